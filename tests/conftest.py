@@ -1,0 +1,74 @@
+"""Shared fixtures.
+
+Databases: every registry test runs against SQLite and PostgreSQL. PostgreSQL comes from
+``DEE_TEST_POSTGRES_URL`` (default ``postgresql://root@127.0.0.1:5432/test``); the session
+creates its own database there and drops it at the end. When the server is unreachable the
+PostgreSQL tests fail rather than skip, because CI always has one: deselect them locally
+with ``-m "not postgres"``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.pool
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from dee.registry import PlanRegistry
+from tests.helpers import db
+
+
+@pytest.fixture(scope="session")
+def postgres_database_url() -> Iterator[str]:
+    """A database of this session's own on the test PostgreSQL server."""
+    server_url = db.postgres_server_url()
+    error: psycopg.OperationalError | None = None
+    try:
+        database_url = db.create_postgres_database(server_url)
+    except psycopg.OperationalError as exc:
+        error = exc
+    if error is not None:
+        # Failed outside the except block so the report is this message, not two tracebacks.
+        shown = make_url(server_url).render_as_string(hide_password=True)
+        pytest.fail(
+            f"PostgreSQL is not reachable at {shown}: {error}\nStart it, point "
+            f"{db.POSTGRES_URL_ENV} at one, or deselect these tests with -m 'not postgres'",
+            pytrace=False,
+        )
+    yield database_url
+    db.drop_postgres_database(server_url, database_url)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+    ]
+)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty, unmigrated database: a new SQLite file, or the session's PostgreSQL
+    database with every table dropped."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'dee.db'}"
+    url: str = request.getfixturevalue("postgres_database_url")
+    db.empty_postgres_database(url)
+    return url
+
+
+@pytest.fixture
+def registry(database_url: str) -> Iterator[PlanRegistry]:
+    with PlanRegistry(database_url) as opened:
+        yield opened
+
+
+@pytest.fixture(scope="session")
+def spawn_pool() -> Iterator[multiprocessing.pool.Pool]:
+    """Four worker processes started with ``spawn``, as a fresh ``dee`` command would be;
+    shared by the session because starting them costs a second."""
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        pool.map(db.warm_up, range(4), chunksize=1)
+        yield pool

@@ -1,0 +1,1 @@
+"""Helpers shared by DEE's tests: plan builders and database set-up."""

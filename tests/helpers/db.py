@@ -1,0 +1,96 @@
+"""Databases for tests: throwaway PostgreSQL databases, and work for spawned processes.
+
+Functions run in other processes live here rather than in a test module so that a
+``spawn`` child can import them without importing pytest's collected modules.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+
+import psycopg
+from psycopg import sql
+from sqlalchemy.engine import make_url
+
+from dee.registry import PlanRegistry, upgrade_database
+from tests.helpers.plans import simple_plan
+
+POSTGRES_URL_ENV = "DEE_TEST_POSTGRES_URL"
+DEFAULT_POSTGRES_URL = "postgresql://root@127.0.0.1:5432/test"
+
+
+def postgres_server_url() -> str:
+    return os.environ.get(POSTGRES_URL_ENV) or DEFAULT_POSTGRES_URL
+
+
+def _connect(url: str) -> psycopg.Connection[tuple[object, ...]]:
+    # psycopg wants a plain libpq URL, without SQLAlchemy's "+driver" part.
+    plain = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    return psycopg.connect(plain, autocommit=True, connect_timeout=5)
+
+
+def create_postgres_database(server_url: str) -> str:
+    """Create an empty database next to ``server_url``'s and return its URL."""
+    name = f"dee_test_{secrets.token_hex(6)}"
+    with _connect(server_url) as connection:
+        connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return make_url(server_url).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_postgres_database(server_url: str, database_url: str) -> None:
+    name = make_url(database_url).database
+    assert name is not None and name.startswith("dee_test_"), name
+    with _connect(server_url) as connection:
+        connection.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+def empty_postgres_database(database_url: str) -> None:
+    """Drop every table, so the next registry starts from an unmigrated database."""
+    with _connect(database_url) as connection:
+        connection.execute("DROP SCHEMA public CASCADE")
+        connection.execute("CREATE SCHEMA public")
+
+
+def warm_up(_index: int) -> None:
+    """Nothing; running it imports this module and DEE in a pool's worker process."""
+    time.sleep(0.2)
+
+
+def _wait_until(start_at: float) -> None:
+    # Processes start at different speeds; a shared wall-clock start lines them up.
+    delay = start_at - time.time()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def create_in_process(
+    url: str, plan_id: str, hours: int, start_at: float
+) -> tuple[int, bool] | str:
+    """Open a registry and create ``simple_plan(plan_id, hours=hours)``.
+
+    Returns ``(version, created)``, or the error as text: DEE's exceptions take keyword
+    arguments and do not survive pickling back to the parent.
+    """
+    try:
+        with PlanRegistry(url) as registry:
+            _wait_until(start_at)
+            version = registry.create(simple_plan(plan_id, hours=hours))
+            return version.version, version.created
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def upgrade_in_process(url: str, start_at: float) -> str | None:
+    """Migrate the database at ``url``; the error as text, or ``None``."""
+    try:
+        _wait_until(start_at)
+        upgrade_database(url)
+        with PlanRegistry(url) as registry:
+            registry.list_plans()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
