@@ -100,6 +100,16 @@ def resolve_url(url: str | None = None) -> URL:
     if parsed.drivername in {"postgres", "postgresql", "postgresql+psycopg"}:
         return parsed.set(drivername="postgresql+psycopg")
     if parsed.drivername in {"sqlite", "sqlite+pysqlite"}:
+        if parsed.database and parsed.database != ":memory:":
+            # A file database needs no setup, not even its folder.
+            folder = Path(parsed.database).parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise RegistryError(
+                    f"cannot open the plan database {safe_url(parsed)}: cannot create "
+                    f"{str(folder)!r}: {exc.strerror}"
+                ) from exc
         return parsed
     raise RegistryError(
         f"unsupported database {safe_url(parsed)!r}: "

@@ -316,6 +316,11 @@ def _describe(node: nodes.Node) -> str:
     return f"a {type(node).__name__.lower()} expression"
 
 
+def clear_caches() -> None:
+    """Forget parsed expressions (they are cached by source text)."""
+    _parse.cache_clear()
+
+
 def check_condition(
     source: str, *, step_ids: Iterable[str] | None = None
 ) -> list[ExpressionProblem]:

@@ -108,7 +108,10 @@ def referenced_content(plan: ExecutionPlan) -> tuple[set[str], set[str]]:
 
 def _read(path: Path) -> str | None:
     try:
-        return path.read_text(encoding="utf-8")
+        # newline="": keep the file's own line endings, so the stored content and its
+        # SHA-256 are the file's exact bytes.
+        with path.open(encoding="utf-8", newline="") as file:
+            return file.read()
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as exc:

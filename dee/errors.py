@@ -140,12 +140,23 @@ class ConditionError(DeeError):
 class RegistryError(DeeError):
     """The plan registry cannot do what was asked."""
 
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        plan_id: str | None = None,
+        version: int | None = None,
+    ) -> None:
+        self.plan_id = plan_id
+        self.version = version
+        super().__init__(message)
+
 
 class PlanNotFoundError(RegistryError):
     """There is no such plan, or no such version of it."""
 
     def __init__(self, plan_id: str, *, version: int | None = None) -> None:
-        self.plan_id = plan_id
-        self.version = version
         what = f"plan {plan_id!r}" if version is None else f"plan {plan_id!r} v{version}"
-        super().__init__(f"{what} does not exist: see `dee plans list`")
+        super().__init__(
+            f"{what} does not exist: see `dee plans list`", plan_id=plan_id, version=version
+        )

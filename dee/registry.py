@@ -12,13 +12,15 @@ Storage is SQLite by default (``.dee/dee.db`` in the working folder) or PostgreS
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Row, func, insert, select
@@ -112,6 +114,28 @@ def _utc(value: datetime.datetime) -> datetime.datetime:
     return value.astimezone(datetime.UTC)
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _database_errors(
+    method: Callable[Concatenate[PlanRegistry, _P], _R],
+) -> Callable[Concatenate[PlanRegistry, _P], _R]:
+    """A database that fails mid-call (connection lost, schema gone) is a RegistryError
+    naming the database, not a driver traceback."""
+
+    @functools.wraps(method)
+    def wrapper(registry: PlanRegistry, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(registry, *args, **kwargs)
+        except SQLAlchemyError as exc:
+            reason = exc.orig if isinstance(exc, DBAPIError) else exc
+            where = safe_url(registry.url)
+            raise RegistryError(f"the plan database {where} failed: {reason}") from exc
+
+    return wrapper
+
+
 class PlanRegistry:
     """Versioned plans in a database; safe to share between threads and processes.
 
@@ -152,6 +176,7 @@ class PlanRegistry:
         """Close the registry's database connections."""
         self._engine.dispose()
 
+    @_database_errors
     def create(
         self,
         plan: ExecutionPlan,
@@ -222,10 +247,12 @@ class PlanRegistry:
             logger.info("created plan %r version %d (digest %s)", plan.id, number, digest[:12])
             return PlanVersion(plan=stored, content=content, digest=digest, created=True)
         raise RegistryError(
-            f"plan {plan.id!r}: {MAX_CREATE_ATTEMPTS} attempts to create a version all "
-            "collided with concurrent creators; try again"
+            plan_id=plan.id,
+            message=f"plan {plan.id!r}: {MAX_CREATE_ATTEMPTS} attempts to create a version all "
+            "collided with concurrent creators; try again",
         )
 
+    @_database_errors
     def get(self, plan_id: str, *, version: int | None = None) -> PlanVersion:
         """Version ``version`` of plan ``plan_id``, the latest when ``version`` is ``None``.
 
@@ -242,6 +269,7 @@ class PlanRegistry:
             raise PlanNotFoundError(plan_id, version=version)
         return self._from_row(row)
 
+    @_database_errors
     def versions(self, plan_id: str) -> list[PlanVersion]:
         """Every version of ``plan_id``, oldest first; :class:`PlanNotFoundError` if none."""
         with self._engine.connect() as connection:
@@ -254,6 +282,7 @@ class PlanRegistry:
             raise PlanNotFoundError(plan_id)
         return [self._from_row(row) for row in rows]
 
+    @_database_errors
     def list_plans(self) -> list[PlanSummary]:
         """One summary per plan, sorted by id."""
         counts = (
@@ -300,7 +329,9 @@ class PlanRegistry:
             or plan_digest(plan, content) != row.digest
         ):
             raise RegistryError(
-                f"plan {row.plan_id!r} v{row.version} does not match its stored digests: "
-                "the database was changed outside DEE; create the plan again"
+                plan_id=row.plan_id,
+                version=row.version,
+                message=f"plan {row.plan_id!r} v{row.version} does not match its stored digests: "
+                "the database was changed outside DEE; create the plan again",
             )
         return PlanVersion(plan=plan, content=content, digest=row.digest)

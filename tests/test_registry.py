@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import multiprocessing.pool
 import threading
@@ -396,9 +397,35 @@ def test_database_url_comes_from_the_environment(
         # Not a URL at all.
         ("not a url", "cannot parse database URL"),
         # A SQLite file in a folder that does not exist.
-        ("sqlite:////nonexistent/dir/dee.db", "cannot open the plan database"),
+        ("sqlite:////proc/dee-test/dee.db", "cannot open the plan database"),
     ],
 )
 def test_bad_database_url_raises_registry_error(url: str, message: str) -> None:
     with pytest.raises(RegistryError, match=message):
         PlanRegistry(url)
+
+
+def test_a_database_failing_mid_call_is_a_registry_error(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'dee.db'}"
+    with PlanRegistry(url) as registry:
+        registry.create(simple_plan("p"))
+        engine = make_engine(resolve_url(url))
+        with engine.begin() as connection:
+            connection.execute(text("DROP TABLE plan_versions"))
+        engine.dispose()
+        for call in (lambda: registry.get("p"), registry.list_plans):
+            with pytest.raises(
+                RegistryError, match=r"dee\.db failed: no such table: plan_versions"
+            ):
+                call()
+
+
+def test_content_keeps_the_files_line_endings(registry: PlanRegistry, tmp_path: Path) -> None:
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "intro.html").write_bytes(b"<p>Hi</p>\r\n<p>there</p>\r\n")
+    plan = email_plan("crlf")
+    stored = registry.create(plan, load_content(tmp_path, plan))
+    assert registry.get("crlf").content.templates["intro"].html == "<p>Hi</p>\r\n<p>there</p>\r\n"
+    assert stored.content.digests()["templates/intro.html"] == (
+        hashlib.sha256(b"<p>Hi</p>\r\n<p>there</p>\r\n").hexdigest()
+    )
