@@ -1,0 +1,63 @@
+"""DEE's configuration, from the environment.
+
+=========================  =============================================  ==========================
+variable                   meaning                                        default
+=========================  =============================================  ==========================
+``DEE_DATABASE_URL``       plan registry, send ledger, suppression list   ``sqlite:///.dee/dee.db``
+``DEE_SMTP_URL``           ``smtp://user:pass@host:port`` (``?starttls``  ``smtp://127.0.0.1:1025``
+                           for STARTTLS) or ``smtps://`` (implicit TLS)
+``DEE_FROM_ADDRESS``       ``From`` of emails when a run names no sender  ``dee@localhost``
+``DEE_PUBLIC_URL``         base of tracking, unsubscribe and callback     ``http://127.0.0.1:8000``
+                           links
+``DEE_SECRET_KEY``         signs tracking and unsubscribe tokens (HMAC)   none: required to send
+``TWILIO_ACCOUNT_SID``     Twilio credentials                             none: required to call
+``TWILIO_AUTH_TOKEN``
+``DEE_TWILIO_API_URL``     Twilio's API base URL                          ``https://api.twilio.com``
+``DEE_TASK_QUEUE``         the worker's task queue                        ``dee``
+=========================  =============================================  ==========================
+
+Temporal itself is configured the way every Temporal client is (``TEMPORAL_ADDRESS``,
+``TEMPORAL_NAMESPACE``, ``TEMPORAL_API_KEY``, TLS, profiles): see
+:mod:`temporalio.envconfig`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = ["Settings"]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str | None = None
+    smtp_url: str = "smtp://127.0.0.1:1025"
+    from_address: str = "dee@localhost"
+    public_url: str = "http://127.0.0.1:8000"
+    secret_key: str | None = None
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = None
+    twilio_api_url: str = "https://api.twilio.com"
+    task_queue: str = "dee"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        defaults = cls()
+
+        def get(name: str, default: str) -> str:
+            return env.get(name) or default
+
+        return cls(
+            database_url=env.get("DEE_DATABASE_URL") or None,
+            smtp_url=get("DEE_SMTP_URL", defaults.smtp_url),
+            from_address=get("DEE_FROM_ADDRESS", defaults.from_address),
+            public_url=get("DEE_PUBLIC_URL", defaults.public_url).rstrip("/"),
+            secret_key=env.get("DEE_SECRET_KEY") or None,
+            twilio_account_sid=env.get("TWILIO_ACCOUNT_SID") or None,
+            twilio_auth_token=env.get("TWILIO_AUTH_TOKEN") or None,
+            twilio_api_url=get("DEE_TWILIO_API_URL", defaults.twilio_api_url).rstrip("/"),
+            task_queue=get("DEE_TASK_QUEUE", defaults.task_queue),
+        )
