@@ -1,4 +1,4 @@
-"""Text the ``dee`` command prints: problem lines, the plan table, a plan's details.
+"""Text the ``dee`` command prints: problem lines, plan and run tables, their details.
 
 Everything here returns lines rather than printing, so :mod:`dee.cli` decides where they go.
 Text from plans (names, subjects, conditions) is put on one line and stripped of control
@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import assert_never
 
+from dee.client import RunSummary
 from dee.errors import Problem
 from dee.plan import (
     BranchStep,
@@ -24,6 +25,7 @@ from dee.plan import (
     WaitStep,
 )
 from dee.registry import PlanSummary, PlanVersion
+from dee.runs import RunFailure, RunState
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -155,3 +157,88 @@ def _indented(rows: Sequence[Sequence[str]]) -> list[str]:
     if not rows:
         return []
     return [f"  {line}" for line in table([""] * len(rows[0]), rows)[1:]]
+
+
+# -- runs ------------------------------------------------------------------------------
+
+
+def _field_lines(fields: Sequence[tuple[str, str]]) -> list[str]:
+    width = max(len(name) for name, _ in fields) + 2
+    return [f"{name + ':':<{width}}{value}" for name, value in fields]
+
+
+def run_table(summaries: Sequence[RunSummary]) -> list[str]:
+    """The table of ``dee runs list``."""
+    return table(
+        ("RUN ID", "STATUS", "PLAN", "CONTACT", "STEP", "OUTCOME", "STARTED", "CLOSED"),
+        [
+            (
+                one_line(summary.run_id),
+                summary.status,
+                f"{summary.plan_id} v{summary.plan_version}" if summary.plan_id else "-",
+                one_line(summary.contact_id or "-"),
+                summary.current_step or "-",
+                summary.outcome or "-",
+                timestamp(summary.started_at),
+                timestamp(summary.closed_at) if summary.closed_at else "-",
+            )
+            for summary in summaries
+        ],
+    )
+
+
+def _failure(failure: RunFailure) -> str:
+    kind = f"{failure.kind}: " if failure.kind else ""
+    return f"{failure.step_id or '(run)'}: {kind}{one_line(failure.reason)}"
+
+
+def run_details(run_id: str, state: RunState) -> list[str]:
+    """The human-readable form of ``dee runs show``."""
+    fields = [
+        ("run", one_line(run_id)),
+        ("plan", f"{state.plan_id} v{state.plan_version}"),
+        ("contact", one_line(state.contact_id)),
+        ("status", state.status),
+        ("current step", state.current_step or "-"),
+    ]
+    if state.outcome is not None:
+        fields.append(("outcome", state.outcome))
+    if state.failure is not None:
+        fields.append(("failure", _failure(state.failure)))
+    lines = _field_lines(fields)
+    lines += ["", f"history ({count(len(state.history), 'step')}):"]
+    if state.history:
+        lines += [
+            f"  {line}"
+            for line in table(
+                ("STARTED", "FINISHED", "STEP", "TYPE", "RESULT"),
+                [
+                    (
+                        timestamp(visit.started_at),
+                        timestamp(visit.finished_at) if visit.finished_at else "-",
+                        visit.step_id if visit.visit == 1 else f"{visit.step_id} #{visit.visit}",
+                        visit.type,
+                        one_line(visit.result) if visit.result else "(in progress)",
+                    )
+                    for visit in state.history
+                ],
+            )
+        ]
+    lines += ["", f"events ({count(len(state.events), 'event')}):"]
+    if state.events:
+        lines += [
+            f"  {line}"
+            for line in table(
+                ("AT", "TYPE", "STEP", "EVENT ID"),
+                [
+                    (
+                        timestamp(event.at),
+                        event.type,
+                        event.step_id or "-",
+                        one_line(event.event_id),
+                    )
+                    for event in state.events
+                ],
+            )
+        ]
+    return lines

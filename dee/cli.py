@@ -7,6 +7,9 @@
     dee plans list
     dee plans show ID [--version N] [--json]
     dee plans graph ID_OR_FILE [--version N]
+    dee runs start|event|show|cancel|list ...   (see dee._cli_runs)
+    dee worker
+    dee dev [--port 7233] [--ui-port 8233] [--smtp-port 1025] [--no-worker]
 
 Exit status: 0 when the command did what was asked; 1 when the plan has problems or the
 registry refuses (no such plan, ...); 2 when a plan file cannot be read or parsed, or the
@@ -17,8 +20,13 @@ and ``grep`` can work with them.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import logging
+import os
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,12 +36,14 @@ from typing import Any, NoReturn
 import click
 
 from dee import _cli_format as fmt
+from dee._cli_runs import run_async, runs, used_temporal
 from dee.content import PlanContent, load_content
 from dee.errors import DeeError, PlanInvalidError, PlanLoadError, Problem
 from dee.graph import to_mermaid
 from dee.loader import load_plan
 from dee.plan import ID_PATTERN, ExecutionPlan
 from dee.registry import PlanRegistry
+from dee.settings import Settings
 from dee.validation import DEFAULT_MAX_STEPS, validate_plan
 
 __all__ = ["dee", "main"]
@@ -229,9 +239,118 @@ def graph(ctx: click.Context, source: str, version: int | None) -> None:
     click.echo(to_mermaid(plan), nl=False)
 
 
+dee.add_command(runs)
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings = Settings.from_env()
+    found = ctx.find_object(_Settings)
+    if found is not None and found.database:
+        settings = dataclasses.replace(settings, database_url=found.database)
+    return settings
+
+
+def _log_to_stderr() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@dee.command()
+@click.pass_context
+def worker(ctx: click.Context) -> None:
+    """Run DEE's worker until Ctrl-C or SIGTERM.
+
+    Temporal is configured by TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, ...; DEE by
+    DEE_SMTP_URL, DEE_SECRET_KEY, DEE_TASK_QUEUE, ... (see dee.settings).
+    """
+    # Imported here: `dee plans` does not need the worker's modules.
+    from worker import run_worker
+
+    _log_to_stderr()
+    run_async(run_worker(_settings(ctx)))
+
+
+@dee.command()
+@click.option(
+    "--port",
+    metavar="PORT",
+    type=click.IntRange(1, 65535),
+    default=7233,
+    show_default=True,
+    help="Temporal's gRPC port.",
+)
+@click.option(
+    "--ui-port",
+    metavar="PORT",
+    type=click.IntRange(1, 65535),
+    default=8233,
+    show_default=True,
+    help="The Temporal Web UI's port.",
+)
+@click.option(
+    "--smtp-port",
+    metavar="PORT",
+    type=click.IntRange(1, 65535),
+    default=1025,
+    show_default=True,
+    help="The local SMTP server's port.",
+)
+@click.option(
+    "--worker/--no-worker",
+    "with_worker",
+    default=True,
+    show_default=True,
+    help="Run DEE's worker in this process.",
+)
+@click.pass_context
+def dev(ctx: click.Context, port: int, ui_port: int, smtp_port: int, with_worker: bool) -> None:
+    """Run Temporal, its Web UI, a local SMTP server and the worker on this machine.
+
+    State is kept under .dee/ in the working folder: Temporal's database (runs survive a
+    restart), the secret key, and every email sent, as .eml files in .dee/outbox/.
+    Ctrl-C stops everything.
+    """
+    from dee.dev import DevOptions, run_dev
+
+    _log_to_stderr()
+    options = DevOptions(port=port, ui_port=ui_port, smtp_port=smtp_port, worker=with_worker)
+
+    def announce(lines: Sequence[str]) -> None:
+        for line in lines:
+            click.echo(line)
+
+    run_async(run_dev(options, settings=_settings(ctx), announce=announce))
+
+
+def _exit_now(code: object) -> NoReturn:
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:
+        click.echo(code, err=True)
+        status = 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    logging.shutdown()
+    os._exit(status)
+
+
 def main() -> None:
     """Run the ``dee`` command (the console script)."""
-    dee(prog_name="dee")
+    try:
+        dee(prog_name="dee")
+    except SystemExit as exited:
+        # temporalio's core can crash the interpreter while it shuts down, after the
+        # command did its work (sdk-python issue 300: exit 134 or 139): a command that
+        # used Temporal leaves with its own status before that can happen.
+        if used_temporal():
+            _exit_now(exited.code)
+        raise
 
 
 if __name__ == "__main__":

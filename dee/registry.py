@@ -12,21 +12,19 @@ Storage is SQLite by default (``.dee/dee.db`` in the working folder) or PostgreS
 from __future__ import annotations
 
 import datetime
-import functools
 import hashlib
 import json
 import logging
 import random
 import time
-from collections.abc import Callable
-from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Row, func, insert, select
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 
-from dee._db import make_engine, migrate, plan_versions, resolve_url, safe_url, write_transaction
+from dee._db import make_engine, migrate, plan_versions, resolve_url, write_transaction
+from dee._store import Store, database_errors
 from dee.content import PlanContent
 from dee.errors import PlanNotFoundError, PlanValidationError, RegistryError
 from dee.plan import ExecutionPlan
@@ -114,69 +112,17 @@ def _utc(value: datetime.datetime) -> datetime.datetime:
     return value.astimezone(datetime.UTC)
 
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def _database_errors(
-    method: Callable[Concatenate[PlanRegistry, _P], _R],
-) -> Callable[Concatenate[PlanRegistry, _P], _R]:
-    """A database that fails mid-call (connection lost, schema gone) is a RegistryError
-    naming the database, not a driver traceback."""
-
-    @functools.wraps(method)
-    def wrapper(registry: PlanRegistry, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return method(registry, *args, **kwargs)
-        except SQLAlchemyError as exc:
-            reason = exc.orig if isinstance(exc, DBAPIError) else exc
-            where = safe_url(registry.url)
-            raise RegistryError(f"the plan database {where} failed: {reason}") from exc
-
-    return wrapper
-
-
-class PlanRegistry:
+class PlanRegistry(Store):
     """Versioned plans in a database; safe to share between threads and processes.
 
     ``url`` is ``sqlite:///path/to/file.db`` or ``postgresql://user@host/db``; ``None``
     means ``$DEE_DATABASE_URL``, else ``sqlite:///.dee/dee.db`` under the working folder.
     """
 
-    def __init__(self, url: str | None = None, *, echo: bool = False) -> None:
-        self.url = resolve_url(url)
-        self._engine = make_engine(self.url, echo=echo)
-        try:
-            migrate(self._engine)
-        except SQLAlchemyError as exc:
-            self._engine.dispose()
-            reason = exc.orig if isinstance(exc, DBAPIError) else exc
-            raise RegistryError(
-                f"cannot open the plan database {safe_url(self.url)}: {reason}"
-            ) from exc
-        except BaseException:
-            self._engine.dispose()
-            raise
+    label = "plan database"
+    error = RegistryError
 
-    def __repr__(self) -> str:
-        return f"PlanRegistry({safe_url(self.url)!r})"
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the registry's database connections."""
-        self._engine.dispose()
-
-    @_database_errors
+    @database_errors
     def create(
         self,
         plan: ExecutionPlan,
@@ -252,7 +198,7 @@ class PlanRegistry:
             "collided with concurrent creators; try again",
         )
 
-    @_database_errors
+    @database_errors
     def get(self, plan_id: str, *, version: int | None = None) -> PlanVersion:
         """Version ``version`` of plan ``plan_id``, the latest when ``version`` is ``None``.
 
@@ -269,7 +215,7 @@ class PlanRegistry:
             raise PlanNotFoundError(plan_id, version=version)
         return self._from_row(row)
 
-    @_database_errors
+    @database_errors
     def versions(self, plan_id: str) -> list[PlanVersion]:
         """Every version of ``plan_id``, oldest first; :class:`PlanNotFoundError` if none."""
         with self._engine.connect() as connection:
@@ -282,7 +228,7 @@ class PlanRegistry:
             raise PlanNotFoundError(plan_id)
         return [self._from_row(row) for row in rows]
 
-    @_database_errors
+    @database_errors
     def list_plans(self) -> list[PlanSummary]:
         """One summary per plan, sorted by id."""
         counts = (

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.pool
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+import pytest_asyncio
 from sqlalchemy.engine import make_url
+from temporalio.testing import WorkflowEnvironment
 
 from dee.registry import PlanRegistry
-from tests.helpers import db
+from tests.helpers import db, temporal
+from tests.helpers.smtp import SmtpServer, smtp_server
 
 
 @pytest.fixture(scope="session")
@@ -72,3 +75,39 @@ def spawn_pool() -> Iterator[multiprocessing.pool.Pool]:
     with multiprocessing.get_context("spawn").Pool(4) as pool:
         pool.map(db.warm_up, range(4), chunksize=1)
         yield pool
+
+
+@pytest.fixture
+async def smtp() -> AsyncIterator[SmtpServer]:
+    """A real SMTP server (aiosmtpd) on a free loopback port that records what it gets."""
+    async with smtp_server() as server:
+        yield server
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The Java time-skipping test server, shared by the session, with DEE's search
+    attributes registered: timers are skipped while a test awaits a workflow's result."""
+    env = await temporal.start_time_skipping_env()
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The Temporal dev server (real time, real visibility queries) on a free port, shared by
+    the session, with DEE's search attributes registered. ``dev_env.client.service_client
+    .config.target_host`` is its address, for ``TEMPORAL_ADDRESS``."""
+    env = await temporal.start_dev_env()
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture
+def task_queue() -> str:
+    """A task queue of this test's own, so no other test's worker takes its work."""
+    return temporal.new_task_queue()

@@ -1,0 +1,389 @@
+"""Voice calls through Twilio: the ``place_call`` activity.
+
+A send-voice step becomes one outbound call whose TwiML ``<Say>``s the rendered script.
+Twilio reports the call's progress (initiated, ringing, answered, completed) to
+``{DEE_PUBLIC_URL}/webhooks/twilio/status?token=...``, where the server turns it into run
+events; the token is signed with ``DEE_SECRET_KEY`` and names the run, step and visit.
+
+Voicemail
+    With ``voicemail.detect`` the call uses Twilio's *asynchronous* answering machine
+    detection: the script starts as soon as someone answers (a person hears no pause
+    while Twilio listens), and Twilio posts what answered to
+    ``{DEE_PUBLIC_URL}/webhooks/twilio/amd?token=...``. With a ``voicemail.messageId``
+    the detection waits for the end of the greeting (``DetectMessageEnd``) and the AMD
+    token also carries the voicemail as ready TwiML (``"m"``), rendered here so that a
+    broken message fails the step before anyone is called. When a machine answered, the
+    server replaces the live call's TwiML with it (``calls(sid).update(twiml=...)``) and
+    the message is recorded after the beep; the server needs nothing but the token, and a
+    forged callback cannot make DEE's number say anything DEE did not render. The price:
+    the message must fit in a token (:data:`dee.tracking.MAX_TOKEN_LENGTH`, about 1,200
+    characters of text; longer fails as ``ScriptTooLong``), and as the token is signed,
+    not encrypted, callback URLs must stay out of logs like every tracking URL. Without a
+    message the detection answers as fast as it can (``Enable``), only to tell the server
+    whether a person or a machine picked up.
+
+Exactly once
+    Each call is claimed in the send ledger (:mod:`dee.ledger`) under an id derived from
+    the workflow execution, run, step and visit *before* Twilio is asked to dial, and its
+    SID is recorded right after. A retry of a call already recorded returns the recorded
+    SID (``already-placed``) without dialling. A claim without a SID ("in doubt") means an
+    earlier attempt died between the two (worker killed, connection lost mid-request, 5xx
+    after Twilio took the call, database down): rather than call twice, the activity asks
+    Twilio for calls to the same number from the same caller id created since that claim
+    (less a minute of clock skew), and adopts the newest; only when there is none does it
+    dial. The limits: a call to the same number from the same caller id made in that
+    window by something else (another plan) would be taken for ours; a call Twilio
+    accepted but does not list yet would be placed twice; and, as the ledger says, two
+    attempts running *at once* are not stopped, so keep the activity's start-to-close
+    timeout above two Twilio requests (2 x 30 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, Final, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, JsonValue
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+from twilio.base.exceptions import TwilioException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.rest import Client
+from twilio.twiml.voice_response import VoiceResponse
+
+from activities._heartbeat import heartbeating
+from dee.content import PlanContent, render_script
+from dee.errors import ContentError
+from dee.ledger import SendLedger
+from dee.plan import SendVoiceStep
+from dee.runs import Contact
+from dee.settings import Settings
+from dee.tracking import TokenError, sign_token
+
+__all__ = [
+    "AMD_TOKEN_KIND",
+    "STATUS_TOKEN_KIND",
+    "PlaceCallInput",
+    "PlaceCallResult",
+    "VoiceActivities",
+    "call_message_id",
+]
+
+#: Kinds (``"k"``) of the tokens in the status and answering machine callback URLs; see
+#: :mod:`dee.tracking`. Both carry ``"r"`` run id, ``"s"`` step id, ``"v"`` visit; the AMD
+#: token also ``"m"``, the voicemail's TwiML, when the step leaves a message.
+STATUS_TOKEN_KIND: Final = "call"
+AMD_TOKEN_KIND: Final = "amd"
+#: The call progress Twilio reports to the status callback.
+STATUS_EVENTS: Final = ("initiated", "ringing", "answered", "completed")
+#: Twilio refuses a ``Twiml`` parameter longer than this.
+MAX_TWIML_CHARS: Final = 4000
+#: How long one request to Twilio may take before it counts as a transient failure.
+HTTP_TIMEOUT_SECONDS: Final = 30.0
+#: Calls created this long before an in-doubt claim still count as ours: clocks differ.
+CLOCK_SKEW: Final = datetime.timedelta(minutes=1)
+#: The most calls looked at when adopting an in-doubt call (newest first).
+ADOPT_SCAN_LIMIT: Final = 50
+
+_T = TypeVar("_T")
+
+
+class PlaceCallInput(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_id: str
+    plan_id: str
+    plan_version: int
+    step: SendVoiceStep
+    #: Which time the run enters this step (1, 2, ...): one call per visit.
+    visit: int
+    #: The script's template source (``scripts/<step.script_id>.txt``).
+    script: str
+    #: The voicemail message's template source, when the step names one.
+    voicemail_message: str | None = None
+    contact: Contact
+    variables: dict[str, JsonValue] = {}
+
+
+class PlaceCallResult(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    call_sid: str
+    #: ``already-placed`` when an earlier attempt had placed this call.
+    status: Literal["placed", "already-placed"]
+
+
+def call_message_id(workflow_run_id: str | None, run_id: str, step_id: str, visit: int) -> str:
+    """The ledger id of the call for one visit of a step: the same for every attempt.
+
+    The workflow execution is part of it because a run id (``<plan>:<contact>``) comes
+    back when the plan runs again for the contact, and that run's first visit of the step
+    is a new call, not a retry of the old one.
+    """
+    key = json.dumps([workflow_run_id or "", run_id, step_id, visit], separators=(",", ":"))
+    return "call-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+class _QuietLogger(logging.LoggerAdapter[logging.Logger]):
+    """twilio's HTTP client logs each request's query string at INFO, and the calls list
+    query holds the contact's phone number: keep all of it at DEBUG."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        super().log(min(level, logging.DEBUG), msg, *args, **kwargs)
+
+
+_TWILIO_HTTP_LOGGER = _QuietLogger(logging.getLogger(f"{__name__}.twilio"))
+
+
+def _permanent(message: str, kind: str) -> ApplicationError:
+    return ApplicationError(message, type=kind, non_retryable=True)
+
+
+class VoiceActivities:
+    """Activities that place calls through Twilio; register ``place_call`` on the worker."""
+
+    def __init__(self, settings: Settings, ledger: SendLedger) -> None:
+        self._settings = settings
+        self._ledger = ledger
+
+    @activity.defn(name="place_call")
+    async def place_call(self, input: PlaceCallInput) -> PlaceCallResult:
+        """Place the call for one visit of a send-voice step, at most once."""
+        async with heartbeating():
+            return await self._place_call(input)
+
+    async def _place_call(self, input: PlaceCallInput) -> PlaceCallResult:
+        settings = self._settings
+        step = input.step
+        if not settings.twilio_account_sid or not settings.twilio_auth_token:
+            raise _permanent(
+                "Twilio credentials are not configured: set TWILIO_ACCOUNT_SID and "
+                "TWILIO_AUTH_TOKEN for the worker",
+                "MissingCredentials",
+            )
+        if not settings.secret_key:
+            raise _permanent(
+                "DEE_SECRET_KEY is not set: the call's status callbacks cannot be signed",
+                "MissingSecretKey",
+            )
+        if input.contact.phone is None:
+            raise _permanent(
+                f"contact {input.contact.id!r} has no phone number: give the contact a "
+                "`phone` in E.164 form (+15551234567)",
+                "MissingPhone",
+            )
+        twiml, voicemail_twiml = self._twiml(input)
+        create: dict[str, Any] = {
+            "to": input.contact.phone,
+            "from_": step.caller_id,
+            "twiml": twiml,
+            "status_callback": self._callback_url(STATUS_TOKEN_KIND, input),
+            "status_callback_method": "POST",
+            "status_callback_event": list(STATUS_EVENTS),
+        }
+        if step.max_duration is not None:
+            create["time_limit"] = step.max_duration.total_seconds
+        if step.voicemail.detect:
+            # Waiting for the beep only matters when there is a message to leave after it.
+            create["machine_detection"] = (
+                "DetectMessageEnd" if voicemail_twiml is not None else "Enable"
+            )
+            create["async_amd"] = "true"
+            create["async_amd_status_callback"] = self._callback_url(
+                AMD_TOKEN_KIND, input, voicemail_twiml=voicemail_twiml
+            )
+            create["async_amd_status_callback_method"] = "POST"
+        # The ledger and twilio's client both block; one worker thread runs them in turn.
+        return await asyncio.to_thread(self._place, input, create)
+
+    def _twiml(self, input: PlaceCallInput) -> tuple[str, str | None]:
+        """The call's TwiML, and the voicemail's when the step leaves a message."""
+        step = input.step
+        message_id = step.voicemail.message_id if step.voicemail.detect else None
+        if message_id is not None and input.voicemail_message is None:
+            raise _permanent(
+                f"step {step.id!r} leaves voicemail message {message_id!r} but the activity "
+                "was not given its source",
+                "TemplateError",
+            )
+        scripts = {step.script_id: input.script}
+        if message_id is not None and input.voicemail_message is not None:
+            scripts[message_id] = input.voicemail_message
+        content = PlanContent(scripts=scripts)
+        twiml = self._render(input, content, step.script_id, hang_up=False)
+        if message_id is None:
+            return twiml, None
+        # Nobody is on the line to hang up after a message left on a machine.
+        return twiml, self._render(input, content, message_id, hang_up=True)
+
+    def _render(
+        self, input: PlaceCallInput, content: PlanContent, script_id: str, *, hang_up: bool
+    ) -> str:
+        step = input.step
+        try:
+            text = render_script(
+                script_id,
+                content,
+                contact=input.contact.attributes(),
+                variables=input.variables,
+                step_id=step.id,
+            )
+        except ContentError as exc:
+            raise _permanent(f"step {step.id!r}: {exc}", "TemplateError") from exc
+        response = VoiceResponse()
+        response.say(text)
+        if hang_up:
+            response.hangup()
+        twiml = str(response.to_xml(xml_declaration=False))
+        if len(twiml) > MAX_TWIML_CHARS:
+            raise _permanent(
+                f"step {step.id!r}: scripts/{script_id}.txt renders to {len(twiml):,} "
+                f"characters of TwiML; Twilio takes at most {MAX_TWIML_CHARS:,}: shorten it",
+                "ScriptTooLong",
+            )
+        return twiml
+
+    def _callback_url(
+        self, kind: str, input: PlaceCallInput, *, voicemail_twiml: str | None = None
+    ) -> str:
+        """``{public_url}/webhooks/twilio/{status|amd}?token=...`` for this run, step, visit."""
+        secret = self._settings.secret_key
+        assert secret is not None
+        payload: dict[str, JsonValue] = {
+            "k": kind,
+            "r": input.run_id,
+            "s": input.step.id,
+            "v": input.visit,
+        }
+        if voicemail_twiml is not None:
+            payload["m"] = voicemail_twiml
+        try:
+            token = sign_token(payload, secret=secret)
+        except TokenError as exc:
+            # Only the voicemail makes a token long: the ids are bounded by the plan model.
+            raise _permanent(
+                f"step {input.step.id!r}: the voicemail message is too long to carry in the "
+                f"answering machine callback ({exc}): shorten "
+                f"scripts/{input.step.voicemail.message_id}.txt",
+                "ScriptTooLong",
+            ) from exc
+        hook = "amd" if kind == AMD_TOKEN_KIND else "status"
+        return f"{self._settings.public_url}/webhooks/twilio/{hook}?token={token}"
+
+    def _client(self) -> tuple[Any, TwilioHttpClient]:
+        settings = self._settings
+        http = TwilioHttpClient(timeout=HTTP_TIMEOUT_SECONDS, logger=_TWILIO_HTTP_LOGGER)
+        client = Client(settings.twilio_account_sid, settings.twilio_auth_token, http_client=http)
+        if settings.twilio_api_url.rstrip("/") != "https://api.twilio.com":
+            # Every resource URL is the Api domain's base_url plus a path, so this is the
+            # one place to point the client elsewhere. TWILIO_REGION / TWILIO_EDGE would
+            # rewrite that host as if it were *.twilio.com, so they do not apply here.
+            client.api.base_url = settings.twilio_api_url.rstrip("/")
+            client.region = None
+            client.edge = None
+        return client, http
+
+    def _place(self, input: PlaceCallInput, create: dict[str, Any]) -> PlaceCallResult:
+        log = activity.logger
+        message_id = call_message_id(
+            activity.info().workflow_run_id, input.run_id, input.step.id, input.visit
+        )
+        claim = self._ledger.claim(
+            message_id, run_id=input.run_id, step_id=input.step.id, channel="voice"
+        )
+        if claim == "already-sent":
+            record = self._ledger.get(message_id)
+            if record is None or record.provider_id is None:
+                raise _permanent(
+                    f"the send ledger has call {message_id} as placed but without its SID",
+                    "LedgerInconsistent",
+                )
+            log.info("call %s was placed before: %s", message_id, record.provider_id)
+            return PlaceCallResult(call_sid=record.provider_id, status="already-placed")
+        client, http = self._client()
+        try:
+            if claim == "in-doubt":
+                sid = self._earlier_call(client, message_id, create)
+                if sid is not None:
+                    self._ledger.mark_sent(message_id, provider_id=sid)
+                    log.info("call %s adopted from an earlier attempt: %s", message_id, sid)
+                    return PlaceCallResult(call_sid=sid, status="already-placed")
+            call = _twilio("place the call", lambda: client.calls.create(**create))
+            sid = str(call.sid)
+            self._ledger.mark_sent(message_id, provider_id=sid)
+            log.info(
+                "placed call %s for run %r step %r visit %d: %s",
+                message_id,
+                input.run_id,
+                input.step.id,
+                input.visit,
+                sid,
+            )
+            return PlaceCallResult(call_sid=sid, status="placed")
+        finally:
+            http.session.close()
+
+    def _earlier_call(self, client: Any, message_id: str, create: dict[str, Any]) -> str | None:
+        """The SID of a call an earlier attempt placed but did not record, if Twilio has one.
+
+        The list is not filtered by ``StartTime``: a call still queued has not started, and
+        Twilio's date filters would hide exactly the call looked for. Calls come newest
+        first; the ones created since the claim (less clock skew) are candidates.
+        """
+        record = self._ledger.get(message_id)
+        assert record is not None, message_id
+        since = record.created_at - CLOCK_SKEW
+        calls = _twilio(
+            "list calls",
+            lambda: client.calls.list(
+                to=create["to"], from_=create["from_"], limit=ADOPT_SCAN_LIMIT
+            ),
+        )
+        for call in calls:
+            if call.date_created is not None and call.date_created >= since:
+                return str(call.sid)
+        return None
+
+
+def _twilio(what: str, request: Callable[[], _T]) -> _T:
+    """Run one request to Twilio, turning refusals into permanent failures.
+
+    4xx answers other than 429 mean the request itself is wrong (bad number, unverified
+    caller id, bad credentials) and will be refused again; 429 and 5xx are Twilio's own
+    state, and connection errors the network's: those re-raise so the retry policy applies.
+    """
+    try:
+        return request()
+    except TwilioException as exc:
+        status, code, message = _describe(exc)
+        if status is not None and 400 <= status < 500 and status != 429:
+            raise _permanent(
+                f"Twilio refused to {what}: HTTP {status}, error {code}: {message}",
+                "CallRejected",
+            ) from exc
+        raise
+
+
+def _describe(exc: TwilioException) -> tuple[int | None, int | None, str]:
+    """HTTP status, Twilio error code and message of a failed request."""
+    status = getattr(exc, "status", None)
+    if status is not None:
+        message = getattr(exc, "detail", None) or getattr(exc, "msg", None) or str(exc)
+        return int(status), getattr(exc, "code", None), str(message)
+    # A failed list page is a bare TwilioException carrying the HTTP response.
+    response: Any = exc.args[1] if len(exc.args) > 1 else None
+    status_code = getattr(response, "status_code", None)
+    if status_code is None:
+        return None, None, str(exc)
+    try:
+        body = json.loads(response.text)
+    except (TypeError, ValueError):
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    return int(status_code), body.get("code"), str(body.get("message") or exc.args[0])

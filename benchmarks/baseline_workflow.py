@@ -1,0 +1,85 @@
+"""The baseline: the spec's example plan written by hand as a Temporal workflow.
+
+It does what ExecutionPlanWorkflow does for that plan, with the same activities and the
+same inputs, but with the steps in code instead of interpreted from a plan.
+"""
+
+from __future__ import annotations
+
+from temporalio import workflow
+
+from workflows.execution_plan import SEND_HEARTBEAT_TIMEOUT, SEND_RETRY_POLICY, SEND_TIMEOUT
+
+with workflow.unsafe.imports_passed_through():
+    from activities.email import EmailActivities, SendEmailInput
+    from activities.voice import PlaceCallInput, VoiceActivities
+    from dee.plan import SendEmailStep, SendVoiceStep, WaitStep
+    from dee.runs import RunEvent, RunInput
+
+
+@workflow.defn(name="HandWrittenSpecPlan")
+class HandWrittenSpecPlan:
+    def __init__(self) -> None:
+        self.replied = False
+        self.opened = False
+
+    @workflow.signal(name="event")
+    def event(self, event: RunEvent) -> None:
+        if event.step_id == "intro-email":
+            self.replied |= event.type == "reply"
+            self.opened |= event.type == "open"
+
+    @workflow.run
+    async def run(self, input: RunInput) -> str:
+        await self.email(input, "intro-email")
+        wait = input.plan.step("wait-for-reply")
+        assert isinstance(wait, WaitStep)
+        await workflow.sleep(wait.duration.to_timedelta())
+        if self.replied:
+            return "replied"
+        if self.opened:
+            await self.email(input, "warm-follow-up")
+            return "replied"
+        await self.email(input, "cold-follow-up")
+        call = input.plan.step("follow-up-call")
+        assert isinstance(call, SendVoiceStep) and input.plan.version is not None
+        message_id = call.voicemail.message_id
+        await workflow.execute_activity_method(
+            VoiceActivities.place_call,
+            PlaceCallInput(
+                run_id=workflow.info().workflow_id,
+                plan_id=input.plan.id,
+                plan_version=input.plan.version,
+                step=call,
+                visit=1,
+                script=input.content.scripts[call.script_id],
+                voicemail_message=input.content.scripts[message_id] if message_id else None,
+                contact=input.contact,
+                variables=input.variables,
+            ),
+            start_to_close_timeout=SEND_TIMEOUT,
+            heartbeat_timeout=SEND_HEARTBEAT_TIMEOUT,
+            retry_policy=SEND_RETRY_POLICY,
+        )
+        return "replied"
+
+    async def email(self, input: RunInput, step_id: str) -> None:
+        step = input.plan.step(step_id)
+        assert isinstance(step, SendEmailStep) and input.plan.version is not None
+        await workflow.execute_activity_method(
+            EmailActivities.send_email,
+            SendEmailInput(
+                run_id=workflow.info().workflow_id,
+                plan_id=input.plan.id,
+                plan_version=input.plan.version,
+                step=step,
+                visit=1,
+                template=input.content.templates[step.template_id],
+                contact=input.contact,
+                variables=input.variables,
+                sender=input.sender,
+            ),
+            start_to_close_timeout=SEND_TIMEOUT,
+            heartbeat_timeout=SEND_HEARTBEAT_TIMEOUT,
+            retry_policy=SEND_RETRY_POLICY,
+        )

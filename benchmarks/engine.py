@@ -1,0 +1,203 @@
+"""DEE's interpreter against a hand-written Temporal workflow of the same plan.
+
+Both run the spec's example plan (with its 3.5-day wait shortened to a few seconds) on the
+same Temporal dev server in one run, with the same activities sending to the same SMTP
+server and loopback Twilio API, each in a worker process of its own. For each it reports
+runs per second, the worker's CPU seconds per run, and history events per run; then the
+ratios the targets are about (worker CPU at most 1.25x, history events at most one more
+per executed step).
+
+    .venv/bin/python benchmarks/engine.py [--runs 100] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from temporalio.client import Client  # noqa: E402
+
+import dee  # noqa: E402
+from dee.registry import PlanRegistry, PlanVersion  # noqa: E402
+from dee.runs import Contact, RunInput  # noqa: E402
+from tests.helpers.smtp import smtp_server  # noqa: E402
+from tests.helpers.spec import SPEC_CONTENT, SPEC_YAML  # noqa: E402
+from tests.helpers.temporal import start_dev_env  # noqa: E402
+from tests.helpers.twilio_api import twilio_api  # noqa: E402
+
+#: Steps a run of the "neither" path executes: email, wait, branch, email, call, end.
+EXECUTED_STEPS = 6
+WORKFLOW_TYPES = {"dee": "ExecutionPlanWorkflow", "baseline": "HandWrittenSpecPlan"}
+
+
+@dataclass
+class Measurement:
+    variant: str
+    runs: int
+    seconds: float
+    cpu_seconds: float
+    events: list[int]
+
+    @property
+    def runs_per_second(self) -> float:
+        return self.runs / self.seconds
+
+    @property
+    def cpu_per_run(self) -> float:
+        return self.cpu_seconds / self.runs
+
+
+def plan_version(database: str, wait_seconds: int) -> PlanVersion:
+    document = dee.load_plan(SPEC_YAML).to_document()
+    for step in document["steps"]:
+        if step["type"] == "wait":
+            step["duration"] = {"seconds": wait_seconds}
+    plan = dee.plan_from_document(document)
+    with PlanRegistry(database) as registry:
+        return registry.create(plan, dee.load_content(SPEC_CONTENT, plan))
+
+
+async def measure(
+    client: Client, variant: str, version: PlanVersion, runs: int, env: dict[str, str]
+) -> Measurement:
+    task_queue = f"bench-{variant}-{uuid.uuid4().hex[:8]}"
+    address = client.service_client.config.target_host
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "_worker.py"),
+            "--variant",
+            variant,
+            "--address",
+            address,
+            "--task-queue",
+            task_queue,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    assert worker.stdout is not None and worker.stdin is not None
+    try:
+        assert worker.stdout.readline().strip() == "ready", "worker did not start"
+        started = time.perf_counter()
+        handles = await asyncio.gather(
+            *(
+                client.start_workflow(
+                    WORKFLOW_TYPES[variant],
+                    RunInput(
+                        plan=version.plan,
+                        content=version.content,
+                        digest=version.digest,
+                        contact=Contact(
+                            id=f"{variant}-{index}",
+                            email=f"contact{index}@example.com",
+                            phone="+15557654321",
+                            firstName="Ana",
+                        ),
+                        variables={"product": "DEE"},
+                    ),
+                    id=f"{task_queue}-{index}",
+                    task_queue=task_queue,
+                )
+                for index in range(runs)
+            )
+        )
+        await asyncio.gather(*(handle.result() for handle in handles))
+        seconds = time.perf_counter() - started
+        worker.stdin.close()
+        report: dict[str, Any] = json.loads(worker.stdout.readline())
+        worker.wait(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    events = [len((await handle.fetch_history()).events) for handle in handles]
+    return Measurement(variant, runs, seconds, float(report["cpu_seconds"]), events)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=100, help="runs per measurement")
+    parser.add_argument("--rounds", type=int, default=2, help="measurements per variant")
+    parser.add_argument("--wait", type=int, default=3, help="the plan's wait, in seconds")
+    args = parser.parse_args()
+    env = await start_dev_env()
+    try:
+        with tempfile.TemporaryDirectory() as scratch, twilio_api() as twilio:
+            async with smtp_server() as smtp:
+                database = f"sqlite:///{Path(scratch) / 'dee.db'}"
+                version = plan_version(database, args.wait)
+                worker_env = {
+                    **os.environ,
+                    "DEE_DATABASE_URL": database,
+                    "DEE_SMTP_URL": smtp.url,
+                    "DEE_SECRET_KEY": "benchmark-secret",
+                    "DEE_PUBLIC_URL": "https://dee.example.com",
+                    "TWILIO_ACCOUNT_SID": twilio.account_sid,
+                    "TWILIO_AUTH_TOKEN": twilio.auth_token,
+                    "DEE_TWILIO_API_URL": twilio.url,
+                }
+                results: dict[str, list[Measurement]] = {"baseline": [], "dee": []}
+                for round_number in range(args.rounds):
+                    # Alternate the order so neither variant always runs on a warmer server.
+                    order = ["baseline", "dee"] if round_number % 2 == 0 else ["dee", "baseline"]
+                    for variant in order:
+                        result = await measure(env.client, variant, version, args.runs, worker_env)
+                        results[variant].append(result)
+                        print(
+                            f"round {round_number + 1} {variant:8} {result.runs_per_second:7.1f} "
+                            f"runs/s  {result.cpu_per_run * 1000:7.2f} ms CPU/run  "
+                            f"{statistics.mean(result.events):5.1f} events/run",
+                            flush=True,
+                        )
+                sent = len(smtp.handler.messages)
+                calls = len(twilio.creates)
+    finally:
+        await env.shutdown()
+    total_runs = args.runs * args.rounds * 2
+    assert sent == 2 * total_runs, f"expected {2 * total_runs} emails, the server got {sent}"
+    assert calls == total_runs, f"expected {total_runs} calls, the API got {calls}"
+    summary = {
+        variant: {
+            "runs_per_second": statistics.median(m.runs_per_second for m in ms),
+            "cpu_ms_per_run": statistics.median(m.cpu_per_run for m in ms) * 1000,
+            "events_per_run": statistics.mean(e for m in ms for e in m.events),
+        }
+        for variant, ms in results.items()
+    }
+    dee_, base = summary["dee"], summary["baseline"]
+    print()
+    print("| workflow | runs/s | worker CPU ms/run | history events/run |")
+    print("| --- | ---: | ---: | ---: |")
+    for variant, name in (("baseline", "hand-written"), ("dee", "DEE interpreter")):
+        row = summary[variant]
+        print(
+            f"| {name} | {row['runs_per_second']:.1f} | {row['cpu_ms_per_run']:.2f} | "
+            f"{row['events_per_run']:.1f} |"
+        )
+    cpu_ratio = dee_["cpu_ms_per_run"] / base["cpu_ms_per_run"]
+    extra = (dee_["events_per_run"] - base["events_per_run"]) / EXECUTED_STEPS
+    print()
+    print(f"worker CPU per run: {cpu_ratio:.2f}x the hand-written workflow (target <= 1.25x)")
+    print(f"extra history events per executed step: {extra:.2f} (target <= 1)")
+    print(f"emails delivered: {sent}, calls placed: {calls}, runs: {total_runs}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,245 @@
+"""Signed tokens for tracking pixels, tracked links and unsubscribe links.
+
+A token is ``<payload>.<signature>``: the payload is compact JSON in base64url without
+padding, and the signature an HMAC-SHA256 of the encoded payload keyed by
+``DEE_SECRET_KEY``, also base64url. Payloads are small and say what the token is for in
+``"k"``:
+
+=======  ==============================================  ===============================
+kind     payload                                          URL
+=======  ==============================================  ===============================
+open     ``{"k":"o","r":run,"s":step,"v":visit}``         ``{public_url}/t/o/{token}``
+click    the same plus ``"u"``, the original URL          ``{public_url}/t/c/{token}``
+unsub.   ``{"k":"u","r":run,"e":email}``                  ``{public_url}/u/{token}``
+=======  ==============================================  ===============================
+
+Tokens are signed, not encrypted: anyone holding one can read its payload (the run id and,
+for unsubscribe links, the recipient's own address), but nobody without the key can make or
+change one. :func:`verify_token` refuses anything forged, altered, of another kind,
+malformed or longer than :data:`MAX_TOKEN_LENGTH` with a :class:`TokenError`.
+
+:func:`rewrite_links` and :func:`add_open_pixel` put the URLs into an email's HTML.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import html
+import json
+import re
+from collections.abc import Callable
+from html.parser import HTMLParser
+from typing import Any, Final
+
+from dee.errors import DeeError
+
+__all__ = [
+    "CLICK",
+    "MAX_TOKEN_LENGTH",
+    "OPEN",
+    "UNSUBSCRIBE",
+    "TokenError",
+    "add_open_pixel",
+    "click_url",
+    "open_pixel_url",
+    "rewrite_links",
+    "sign_token",
+    "unsubscribe_url",
+    "verify_token",
+]
+
+OPEN: Final = "o"
+CLICK: Final = "c"
+UNSUBSCRIBE: Final = "u"
+
+#: Longest token made or accepted. Tokens travel in URLs, and URLs much past 2,000
+#: characters are cut short by some mail clients and proxies.
+MAX_TOKEN_LENGTH: Final = 2048
+
+#: Signatures cover this prefix too, so a DEE token can never be replayed as the HMAC of
+#: some other scheme that shares the key, and a later token format can use ``v2``.
+_DOMAIN: Final = b"dee-token-v1."
+_BASE64URL = re.compile(r"^[A-Za-z0-9_-]+$")
+#: Fields each known kind must carry, with their types.
+_FIELDS: Final[dict[str, dict[str, type]]] = {
+    OPEN: {"r": str, "s": str, "v": int},
+    CLICK: {"r": str, "s": str, "v": int, "u": str},
+    UNSUBSCRIBE: {"r": str, "e": str},
+}
+
+
+class TokenError(DeeError):
+    """A token is forged, altered, of the wrong kind, malformed or too long; or a token
+    cannot be made (no secret key, payload too large)."""
+
+
+def _encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _signature(encoded_payload: str, secret: str) -> str:
+    if not secret:
+        raise TokenError("no secret key: set DEE_SECRET_KEY to sign and verify tokens")
+    digest = hmac.new(secret.encode(), _DOMAIN + encoded_payload.encode("ascii"), hashlib.sha256)
+    return _encode(digest.digest())
+
+
+def sign_token(payload: dict[str, Any], *, secret: str) -> str:
+    """A URL-safe token carrying ``payload`` (JSON-ready, with its kind in ``"k"``)."""
+    if not isinstance(payload.get("k"), str):
+        raise TokenError('a token payload needs its kind as a string in "k"')
+    data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    encoded = _encode(data)
+    token = f"{encoded}.{_signature(encoded, secret)}"
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise TokenError(
+            f"the token would have {len(token):,} characters; the most is {MAX_TOKEN_LENGTH:,}"
+        )
+    return token
+
+
+def verify_token(token: str, *, secret: str, kind: str) -> dict[str, Any]:
+    """The payload of ``token`` if DEE signed it with ``secret`` and it is of ``kind``."""
+    if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+        raise TokenError("the token is too long or not text")
+    encoded, dot, signature = token.partition(".")
+    if not dot or not _BASE64URL.match(encoded) or not _BASE64URL.match(signature):
+        raise TokenError("the token is malformed")
+    # Comparing the text, not decoded bytes, also refuses other spellings of the same
+    # signature (base64's unused trailing bits), so each token has exactly one valid form.
+    expected = _signature(encoded, secret)
+    if not hmac.compare_digest(expected.encode("ascii"), signature.encode("ascii")):
+        raise TokenError("the token's signature does not match: it was altered or forged")
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+    except (binascii.Error, ValueError) as exc:
+        # Signed by DEE yet unreadable: only a key shared with something else could do it.
+        raise TokenError("the token's payload is not JSON") from exc
+    if not isinstance(payload, dict):
+        raise TokenError("the token's payload is not an object")
+    if payload.get("k") != kind:
+        raise TokenError(f"the token is of kind {payload.get('k')!r}, expected {kind!r}")
+    for name, expected_type in _FIELDS.get(kind, {}).items():
+        value = payload.get(name)
+        # bool is an int to isinstance, and never a visit number.
+        if not isinstance(value, expected_type) or isinstance(value, bool):
+            raise TokenError(f"the token lacks {name!r} ({expected_type.__name__})")
+    return payload
+
+
+def open_pixel_url(public_url: str, *, secret: str, run_id: str, step_id: str, visit: int) -> str:
+    """``{public_url}/t/o/{token}``: a 1x1 image that records an open."""
+    token = sign_token({"k": OPEN, "r": run_id, "s": step_id, "v": visit}, secret=secret)
+    return f"{public_url.rstrip('/')}/t/o/{token}"
+
+
+def click_url(
+    public_url: str, *, secret: str, run_id: str, step_id: str, visit: int, url: str
+) -> str:
+    """``{public_url}/t/c/{token}``: records a click, then redirects to ``url``.
+
+    :class:`TokenError` when ``url`` is too long to fit in a token.
+    """
+    payload = {"k": CLICK, "r": run_id, "s": step_id, "v": visit, "u": url}
+    return f"{public_url.rstrip('/')}/t/c/{sign_token(payload, secret=secret)}"
+
+
+def unsubscribe_url(public_url: str, *, secret: str, run_id: str, email: str) -> str:
+    """``{public_url}/u/{token}``: unsubscribes ``email`` (GET shows a page, POST is the
+    RFC 8058 one-click unsubscribe)."""
+    token = sign_token({"k": UNSUBSCRIBE, "r": run_id, "e": email}, secret=secret)
+    return f"{public_url.rstrip('/')}/u/{token}"
+
+
+# -- HTML -----------------------------------------------------------------------------------
+
+#: One attribute inside a start tag, as html.parser's own ``attrfind_tolerant`` reads it.
+_ATTRIBUTE = re.compile(
+    r"""((?<=[\s'"/])[^\s/>][^\s/=>]*)(\s*=+\s*('[^']*'|"[^"]*"|(?!['"])[^>\s]*))?""",
+)
+
+
+class _LinkFinder(HTMLParser):
+    """Finds where each ``<a>`` start tag sits in the source, with its parsed ``href``."""
+
+    def __init__(self, source: str) -> None:
+        super().__init__(convert_charrefs=True)
+        # Offsets of line starts, to turn getpos()'s (line, column) into an index; the
+        # parser counts lines by "\n" alone.
+        self._line_starts = [0] + [match.end() for match in re.finditer("\n", source)]
+        self.links: list[tuple[int, str, str]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag != "a":
+            return
+        href = next((value for name, value in attrs if name == "href"), None)
+        raw = self.get_starttag_text()
+        if href is None or raw is None:
+            return
+        line, column = self.getpos()
+        self.links.append((self._line_starts[line - 1] + column, raw, href))
+
+    handle_startendtag = handle_starttag
+
+
+def _replace_href(raw_tag: str, new_url: str) -> str:
+    for match in _ATTRIBUTE.finditer(raw_tag):
+        if match.group(1).lower() == "href" and match.group(2):
+            # Always double-quoted and escaped: the new URL may hold & or quotes.
+            value = f'"{html.escape(new_url, quote=True)}"'
+            return raw_tag[: match.start(3)] + value + raw_tag[match.end(3) :]
+    return raw_tag
+
+
+def rewrite_links(
+    html_source: str,
+    make_url: Callable[[str], str],
+    *,
+    keep: Callable[[str], bool] | None = None,
+) -> str:
+    """``html_source`` with the ``href`` of every ``<a>`` that points at an http(s) URL
+    replaced by ``make_url(url)``.
+
+    ``mailto:``, ``tel:``, ``#anchors``, relative and other links are left as they are, and
+    so is any link for which ``keep(url)`` is true (the unsubscribe link, links that are
+    already tracked). Everything else in the document is kept byte for byte.
+    """
+    finder = _LinkFinder(html_source)
+    finder.feed(html_source)
+    finder.close()
+    pieces: list[str] = []
+    done = 0
+    for offset, raw_tag, href in finder.links:
+        url = href.strip()
+        if not url.lower().startswith(("http://", "https://")):
+            continue
+        if keep is not None and keep(url):
+            continue
+        new_url = make_url(url)
+        if new_url == url or html_source[offset : offset + len(raw_tag)] != raw_tag:
+            continue
+        pieces.append(html_source[done:offset])
+        pieces.append(_replace_href(raw_tag, new_url))
+        done = offset + len(raw_tag)
+    pieces.append(html_source[done:])
+    return "".join(pieces)
+
+
+_BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
+
+
+def add_open_pixel(html_source: str, pixel_url: str) -> str:
+    """``html_source`` with a 1x1 image loading ``pixel_url`` before ``</body>``, or at the
+    end when there is no ``</body>``."""
+    pixel = (
+        f'<img src="{html.escape(pixel_url, quote=True)}" width="1" height="1" alt="" '
+        'style="display:block;width:1px;height:1px;border:0">'
+    )
+    ends = list(_BODY_END.finditer(html_source))
+    if not ends:
+        return html_source + pixel
+    at = ends[-1].start()
+    return html_source[:at] + pixel + html_source[at:]

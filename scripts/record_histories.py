@@ -1,0 +1,104 @@
+"""Record workflow histories for the replay test (tests/workflows/test_replay.py).
+
+Runs a set of plans on the time-skipping test server with the real worker, activities,
+SMTP server and loopback Twilio API, and writes each run's history to
+``tests/histories/<name>.json``. Re-record only on purpose: the point of the recorded
+histories is that a change to the interpreter must still replay the runs already in flight.
+
+    .venv/bin/python scripts/record_histories.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dee.client import send_event  # noqa: E402
+from tests.helpers.engine import Engine, engine, wait_for_messages  # noqa: E402
+from tests.helpers.smtp import smtp_server  # noqa: E402
+from tests.helpers.temporal import new_task_queue, start_time_skipping_env  # noqa: E402
+from tests.helpers.twilio_api import twilio_api  # noqa: E402
+from tests.workflows.test_execution_plan import loop_plan  # noqa: E402
+
+HISTORIES = ROOT / "tests" / "histories"
+
+
+async def reply(e: Engine) -> str:
+    handle = await e.start(e.spec_version())
+    await wait_for_messages(e, 1)
+    await send_event(e.client, handle.id, type="reply", step_id="intro-email", event_id="r1")
+    await handle.result()
+    return handle.id
+
+
+async def opened(e: Engine) -> str:
+    handle = await e.start(e.spec_version())
+    await send_event(e.client, handle.id, type="open", step_id="intro-email", event_id="o1")
+    await send_event(e.client, handle.id, type="open", step_id="intro-email", event_id="o1")
+    await handle.result()
+    return handle.id
+
+
+async def neither(e: Engine) -> str:
+    handle = await e.start(e.spec_version())
+    await handle.result()
+    return handle.id
+
+
+async def unsubscribed(e: Engine) -> str:
+    handle = await e.start(e.spec_version())
+    await wait_for_messages(e, 1)
+    await send_event(e.client, handle.id, type="unsubscribe", step_id="intro-email", event_id="u1")
+    await handle.result()
+    return handle.id
+
+
+async def rejected(e: Engine) -> str:
+    e.smtp.handler.refuse("ana@example.com", "550 5.1.1 no such user")
+    handle = await e.start(e.spec_version())
+    await handle.result()
+    return handle.id
+
+
+async def visit_limit(e: Engine) -> str:
+    handle = await e.start(e.version(*loop_plan(rounds=50)), max_visits_per_step=4)
+    await handle.result()
+    return handle.id
+
+
+SCENARIOS: dict[str, Callable[[Engine], Awaitable[str]]] = {
+    "spec-reply": reply,
+    "spec-open": opened,
+    "spec-neither": neither,
+    "spec-unsubscribe": unsubscribed,
+    "spec-rejected-recipient": rejected,
+    "loop-visit-limit": visit_limit,
+}
+
+
+async def main() -> None:
+    HISTORIES.mkdir(parents=True, exist_ok=True)
+    env = await start_time_skipping_env()
+    try:
+        for name, scenario in SCENARIOS.items():
+            with tempfile.TemporaryDirectory() as scratch, twilio_api() as twilio:
+                async with (
+                    smtp_server() as smtp,
+                    engine(env, new_task_queue(), Path(scratch), smtp, twilio) as e,
+                ):
+                    run_id = await scenario(e)
+                    history = await e.client.get_workflow_handle(run_id).fetch_history()
+            (HISTORIES / f"{name}.json").write_text(history.to_json())
+            print(f"{name}: {len(history.events)} events")
+    finally:
+        await env.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

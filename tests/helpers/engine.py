@@ -1,0 +1,111 @@
+"""A DEE engine for tests: the real worker, activities, SMTP server and loopback Twilio API
+around a Temporal environment, with a plan registry and send ledger in a SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+import dee
+from dee.content import PlanContent
+from dee.ledger import SendLedger
+from dee.registry import PlanRegistry, PlanVersion
+from dee.runs import Contact, RunInput, RunResult, default_run_id
+from dee.settings import Settings
+from tests.helpers.smtp import SmtpServer
+from tests.helpers.spec import SPEC_CONTENT, SPEC_YAML
+from tests.helpers.temporal import running_worker
+from tests.helpers.twilio_api import TwilioApi
+from workflows.execution_plan import ExecutionPlanWorkflow
+
+__all__ = ["CONTACT", "VARIABLES", "Engine", "engine", "wait_for_messages"]
+
+CONTACT = {"email": "ana@example.com", "firstName": "Ana", "phone": "+15557654321"}
+VARIABLES = {"product": "DEE"}
+
+
+@dataclass
+class Engine:
+    client: Client
+    task_queue: str
+    registry: PlanRegistry
+    smtp: SmtpServer
+    twilio: TwilioApi
+
+    def version(self, plan: dee.ExecutionPlan, content: PlanContent) -> PlanVersion:
+        return self.registry.create(plan, content)
+
+    def spec_version(self) -> PlanVersion:
+        plan = dee.load_plan(SPEC_YAML)
+        return self.registry.create(plan, dee.load_content(SPEC_CONTENT, plan))
+
+    async def start(
+        self, version: PlanVersion, *, max_visits_per_step: int = 100
+    ) -> WorkflowHandle[ExecutionPlanWorkflow, RunResult]:
+        """Start a run through a plain Temporal client (the time-skipping environment skips
+        timers only while a handle it started awaits its result)."""
+        contact = Contact.model_validate({**CONTACT, "id": f"c-{uuid.uuid4().hex[:8]}"})
+        return await self.client.start_workflow(
+            ExecutionPlanWorkflow.run,
+            RunInput(
+                plan=version.plan,
+                content=version.content,
+                digest=version.digest,
+                contact=contact,
+                variables=VARIABLES,
+                max_visits_per_step=max_visits_per_step,
+            ),
+            id=default_run_id(version.plan.id, contact.id),
+            task_queue=self.task_queue,
+        )
+
+    @property
+    def subjects(self) -> list[str]:
+        return [str(received.message["Subject"]) for received in self.smtp.handler.messages]
+
+
+@asynccontextmanager
+async def engine(
+    env: WorkflowEnvironment,
+    task_queue: str,
+    tmp_path: Path,
+    smtp: SmtpServer,
+    twilio: TwilioApi,
+    **overrides: Any,
+) -> AsyncIterator[Engine]:
+    database = f"sqlite:///{tmp_path / 'dee.db'}"
+    settings = Settings(
+        database_url=database,
+        smtp_url=smtp.url,
+        from_address="sales@example.com",
+        public_url="https://dee.example.com",
+        secret_key="test-secret-key",
+        twilio_account_sid=twilio.account_sid,
+        twilio_auth_token=twilio.auth_token,
+        twilio_api_url=twilio.url,
+        task_queue=task_queue,
+    )
+    settings = dataclasses.replace(settings, **overrides)
+    with PlanRegistry(database) as registry, SendLedger(database) as ledger:
+        async with running_worker(
+            env.client, task_queue=task_queue, settings=settings, ledger=ledger
+        ):
+            yield Engine(env.client, task_queue, registry, smtp, twilio)
+
+
+async def wait_for_messages(engine: Engine, count: int) -> None:
+    """Poll (bounded) until the SMTP server has ``count`` messages; time is not skipped."""
+    for _ in range(200):
+        if len(engine.smtp.handler.messages) >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"expected {count} messages, got {engine.subjects}")

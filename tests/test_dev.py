@@ -1,0 +1,321 @@
+"""``dee dev`` as a real process: it starts, runs a plan end to end, keeps its runs across a
+restart, and stops cleanly on SIGINT without leaving the Temporal dev server behind."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dee.dev import DevOptions, banner, dev_server_command, ensure_secret_key
+from dee.settings import Settings
+from tests.helpers.smtp import free_port
+from tests.helpers.temporal import executable
+
+TINY_PLAN = """\
+id: tiny
+name: Tiny
+metadata: {createdBy: tests}
+steps:
+  - {type: sendEmail, id: hello, templateId: tmpl_hello, subject: "Hello {{ contact.firstName }}"}
+  - {type: end, id: done, outcome: sent}
+"""
+
+#: Bounds on how long `dee dev` may take to come up and to stop.
+STARTUP_TIMEOUT = 60.0
+STOP_TIMEOUT = 20.0
+
+
+@dataclass(frozen=True)
+class Ports:
+    temporal: int
+    ui: int
+    smtp: int
+
+
+@pytest.fixture
+def ports() -> Ports:
+    return Ports(free_port(), free_port(), free_port())
+
+
+@pytest.fixture
+def env(tmp_path: Path, ports: Ports) -> dict[str, str]:
+    """The environment of a fresh shell: nothing of DEE's or Temporal's set but the address."""
+    base = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("TEMPORAL_", "DEE_"))
+    }
+    return {
+        **base,
+        "TEMPORAL_ADDRESS": f"127.0.0.1:{ports.temporal}",
+        "TEMPORAL_CONFIG_FILE": str(tmp_path / "no-temporal-profiles.toml"),
+    }
+
+
+async def run_dee(*args: str, cwd: Path, env: dict[str, str]) -> str:
+    """Run a ``dee`` command to completion; its stdout (it must succeed)."""
+    process = await asyncio.create_subprocess_exec(
+        executable("dee"),
+        *args,
+        cwd=cwd,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode == 0, (args, out, err)
+    return out.decode()
+
+
+def answers(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def dev_servers(port: int) -> list[int]:
+    """Pids of Temporal dev servers serving ``port`` (from /proc: no extra packages)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"start-dev" in argv and str(port).encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+@dataclass
+class DevProcess:
+    process: asyncio.subprocess.Process
+    banner: list[str]
+
+    async def stop(self) -> int:
+        """SIGINT, as Ctrl-C sends; the exit status, which must come within STOP_TIMEOUT."""
+        self.process.send_signal(signal.SIGINT)
+        return await asyncio.wait_for(self.process.wait(), timeout=STOP_TIMEOUT)
+
+
+@asynccontextmanager
+async def dee_dev(
+    *args: str, cwd: Path, env: dict[str, str], ports: Ports
+) -> AsyncIterator[DevProcess]:
+    with (cwd / "dev-stderr.log").open("ab") as stderr:
+        process = await asyncio.create_subprocess_exec(
+            executable("dee"),
+            "dev",
+            "--port",
+            str(ports.temporal),
+            "--ui-port",
+            str(ports.ui),
+            "--smtp-port",
+            str(ports.smtp),
+            *args,
+            cwd=cwd,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=stderr,
+        )
+    try:
+        assert process.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while not lines or lines[-1] != "Press Ctrl-C to stop.":
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"dee dev did not come up: {lines}"
+            line = await asyncio.wait_for(process.stdout.readline(), timeout=remaining)
+            assert line, f"dee dev exited: {lines}\n{(cwd / 'dev-stderr.log').read_text()}"
+            lines.append(line.decode().rstrip("\n"))
+        assert answers(ports.temporal) and answers(ports.smtp) and answers(ports.ui)
+        yield DevProcess(process, lines)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def until(read: Any, holds: Any, *, timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await read()
+        if holds(value) or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.3)
+
+
+async def test_dee_dev_runs_a_plan_and_stops_cleanly(
+    tmp_path: Path, env: dict[str, str], ports: Ports
+) -> None:
+    plan_file = tmp_path / "tiny.yaml"
+    plan_file.write_text(TINY_PLAN, encoding="utf-8")
+    (tmp_path / "content" / "templates").mkdir(parents=True)
+    (tmp_path / "content" / "templates" / "tmpl_hello.html").write_text(
+        "<p>Hi {{ contact.firstName }}</p>", encoding="utf-8"
+    )
+    outbox = tmp_path / ".dee" / "outbox"
+    contact = '{"email": "ana@example.com", "firstName": "Ana"}'
+
+    async with dee_dev(cwd=tmp_path, env=env, ports=ports) as dev:
+        assert dev.banner == [
+            "DEE dev environment is up:",
+            f"  Temporal  127.0.0.1:{ports.temporal} (namespace default)",
+            f"  Web UI    http://127.0.0.1:{ports.ui}",
+            f"  SMTP      smtp://127.0.0.1:{ports.smtp} -> .dee/outbox/",
+            "  Worker    task queue 'dee'",
+            "  State     .dee/temporal.db, .dee/secret_key",
+            f"Point dee at it with: export TEMPORAL_ADDRESS=127.0.0.1:{ports.temporal}",
+            "Press Ctrl-C to stop.",
+        ]
+        assert await run_dee("plans", "create", "tiny.yaml", cwd=tmp_path, env=env) == "tiny v1\n"
+        started = await run_dee(
+            "runs", "start", "tiny", "--contact", contact, cwd=tmp_path, env=env
+        )
+        run_id = started.strip()
+        assert run_id == "tiny:ana@example.com"
+
+        async def show() -> dict[str, Any]:
+            shown: dict[str, Any] = json.loads(
+                await run_dee("runs", "show", run_id, "--json", cwd=tmp_path, env=env)
+            )
+            return shown
+
+        state = await until(show, lambda state: state["status"] == "completed")
+        assert state["outcome"] == "sent"
+        [saved] = list(outbox.glob("*.eml"))
+        message = email.message_from_bytes(saved.read_bytes(), policy=email.policy.default)
+        assert (message["To"], message["Subject"]) == ("ana@example.com", "Hello Ana")
+        assert message["X-Envelope-To"] == "ana@example.com"
+
+        assert await dev.stop() == 0
+    assert dev_servers(ports.temporal) == []
+    assert not answers(ports.temporal) and not answers(ports.smtp)
+    assert (tmp_path / ".dee" / "temporal.db").is_file()
+    key = (tmp_path / ".dee" / "secret_key").read_text().strip()
+    assert len(key) >= 32
+    assert (tmp_path / ".dee" / "secret_key").stat().st_mode & 0o777 == 0o600
+
+    # Started again, without a worker: the finished run is still there, and `dee worker`
+    # run beside it does the work.
+    async with dee_dev("--no-worker", cwd=tmp_path, env=env, ports=ports) as dev:
+        assert "  Worker" not in "\n".join(dev.banner)
+        state = await show()
+        assert (state["status"], state["outcome"]) == ("completed", "sent")
+
+        bob = '{"email": "bob@example.com", "firstName": "Bob"}'
+        await run_dee("runs", "start", "tiny", "--contact", bob, cwd=tmp_path, env=env)
+        worker_env = {
+            **env,
+            "DEE_SMTP_URL": f"smtp://127.0.0.1:{ports.smtp}",
+            "DEE_SECRET_KEY": key,
+        }
+        worker = await asyncio.create_subprocess_exec(
+            executable("dee"),
+            "worker",
+            cwd=tmp_path,
+            env=worker_env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            saved = await until(
+                lambda: asyncio.sleep(0, result=list(outbox.glob("*.eml"))),
+                lambda found: len(found) == 2,
+            )
+            assert len(saved) == 2
+        finally:
+            worker.send_signal(signal.SIGINT)
+            assert await asyncio.wait_for(worker.wait(), timeout=STOP_TIMEOUT) == 0
+        assert await dev.stop() == 0
+    assert dev_servers(ports.temporal) == []
+    assert (tmp_path / ".dee" / "secret_key").read_text().strip() == key
+
+
+def test_dev_server_command_keeps_state_and_registers_attributes(tmp_path: Path) -> None:
+    options = DevOptions(state_dir=tmp_path / ".dee", port=7300, ui_port=8300)
+    command = dev_server_command(Path("/bin/temporal"), options)
+    assert command[:3] == ["/bin/temporal", "server", "start-dev"]
+    pairs = list(zip(command[3::2], command[4::2], strict=True))
+    assert ("--ip", "127.0.0.1") in pairs
+    assert ("--port", "7300") in pairs
+    assert ("--ui-port", "8300") in pairs
+    assert ("--db-filename", str(tmp_path / ".dee" / "temporal.db")) in pairs
+    assert [value for flag, value in pairs if flag == "--search-attribute"] == [
+        "DeePlanId=Keyword",
+        "DeePlanVersion=Int",
+        "DeeContactId=Keyword",
+        "DeeCurrentStep=Keyword",
+        "DeeOutcome=Keyword",
+    ]
+
+
+def test_secret_key_is_generated_once_unless_given(tmp_path: Path) -> None:
+    state = tmp_path / ".dee"
+    assert ensure_secret_key(state, given="from-env") == "from-env"
+    assert not (state / "secret_key").exists()
+    key = ensure_secret_key(state)
+    assert ensure_secret_key(state) == key
+    assert (state / "secret_key").stat().st_mode & 0o777 == 0o600
+
+
+def test_banner_without_worker_says_how_to_run_one() -> None:
+    lines = banner(DevOptions(worker=False), Settings())
+    assert lines[-2] == (
+        'No worker: run one with DEE_SMTP_URL=smtp://127.0.0.1:1025 DEE_SECRET_KEY="$(cat '
+        '.dee/secret_key)" dee worker'
+    )
+    assert not any("TEMPORAL_ADDRESS" in line for line in lines)
+
+
+async def test_a_busy_port_is_refused_by_name(
+    tmp_path: Path, env: dict[str, str], ports: Ports
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", ports.smtp))
+        taken.listen()
+        process = await asyncio.create_subprocess_exec(
+            executable("dee"),
+            "dev",
+            "--port",
+            str(ports.temporal),
+            "--ui-port",
+            str(ports.ui),
+            "--smtp-port",
+            str(ports.smtp),
+            cwd=tmp_path,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 1
+    assert out == b""
+    assert (
+        f"error: the SMTP server cannot use 127.0.0.1:{ports.smtp}: it is in use; is another "
+        "`dee dev` or Temporal server running? Choose another port with --smtp-port"
+    ) in err.decode()
+    assert dev_servers(ports.temporal) == []
+
+
+if sys.platform != "linux":  # pragma: no cover - /proc is how the tests find processes
+    pytestmark = pytest.mark.skip(reason="needs /proc")

@@ -1,0 +1,344 @@
+"""``ExecutionPlanWorkflow``: one generic workflow that runs any plan version.
+
+The run walks the plan from its first step: a ``wait`` is a durable timer, ``sendEmail`` and
+``sendVoice`` are activities with a bounded exponential retry policy, a ``branch`` evaluates
+its conditions over the events received so far, and an ``end`` completes the run with its
+outcome. Events arrive through the ``event`` signal at any time (before their step ran too)
+and are de-duplicated by id; the ``state`` query shows where the run is.
+
+A send that fails for good ends the run with outcome ``failed`` (never a hung run); an
+``unsubscribe`` event ends it with outcome ``unsubscribed``, interrupting a wait; a step
+entered more than ``max_visits_per_step`` times ends it with outcome ``visit-limit``. Plans
+with loops continue as new when Temporal suggests it, carrying events and visit counts.
+
+Only deterministic code lives here: time comes from ``workflow.now()``, and DEE's models,
+condition evaluator and the activities' input models are passed through the sandbox so
+they (and Jinja2) are imported once per worker, not once per run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any, Final, NoReturn, assert_never
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.email import EmailActivities, SendEmailInput
+    from activities.voice import PlaceCallInput, VoiceActivities
+    from dee.conditions import ConditionContext, EventTally, evaluate_condition
+    from dee.errors import ConditionError
+    from dee.plan import BranchStep, EndStep, SendEmailStep, SendVoiceStep, Step, WaitStep
+    from dee.runs import (
+        CANCELLED,
+        CURRENT_STEP_ATTRIBUTE,
+        EVENT_SIGNAL,
+        FAILED,
+        OUTCOME_ATTRIBUTE,
+        STATE_QUERY,
+        UNSUBSCRIBED,
+        VISIT_LIMIT,
+        WORKFLOW_NAME,
+        RunEvent,
+        RunFailure,
+        RunInput,
+        RunProgress,
+        RunResult,
+        RunState,
+        StepVisit,
+    )
+    from dee.validation import successors
+
+__all__ = ["SEND_RETRY_POLICY", "ExecutionPlanWorkflow"]
+
+#: Sends retry with exponential backoff for about 20 minutes in all, then fail the run.
+SEND_RETRY_POLICY: Final = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=2),
+    maximum_attempts=15,
+)
+SEND_TIMEOUT: Final = timedelta(minutes=2)
+#: Sends heartbeat every 2 s (activities._heartbeat): a lost attempt is retried this soon.
+SEND_HEARTBEAT_TIMEOUT: Final = timedelta(seconds=10)
+#: Temporal allows 10,000 signals a run; events past this many are counted, not kept.
+MAX_EVENTS: Final = 5_000
+#: Visits kept in the history carried across continue-as-new (counts are always kept).
+MAX_CARRIED_HISTORY: Final = 200
+
+
+class _RunEnded(Exception):
+    """Raised inside a step to end the run with a result."""
+
+    def __init__(self, result: RunResult) -> None:
+        self.result = result
+
+
+@workflow.defn(name=WORKFLOW_NAME)
+class ExecutionPlanWorkflow:
+    @workflow.init
+    def __init__(self, input: RunInput) -> None:
+        progress = input.progress
+        self._input = input
+        self._steps: dict[str, Step] = {step.id: step for step in input.plan.steps}
+        self._events: list[RunEvent] = list(progress.events) if progress else []
+        self._seen = {event.event_id for event in self._events}
+        self._tally = EventTally((event.type, event.step_id) for event in self._events)
+        self._dropped = 0
+        self._visits: dict[str, int] = dict(progress.visits) if progress else {}
+        self._history: list[StepVisit] = list(progress.history) if progress else []
+        self._current: str | None = progress.next_step if progress else input.plan.steps[0].id
+        self._result: RunResult | None = None
+        self._unsubscribed = any(event.type == "unsubscribe" for event in self._events)
+
+    # -- the outside world ---------------------------------------------------------------
+
+    @workflow.signal(name=EVENT_SIGNAL)
+    def event(self, event: RunEvent) -> None:
+        """Record an event once; duplicates (same ``event_id``) are dropped."""
+        if event.event_id in self._seen:
+            return
+        self._seen.add(event.event_id)
+        self._tally.add(event.type, event.step_id)
+        if len(self._events) < MAX_EVENTS:
+            self._events.append(event)
+        else:
+            self._dropped += 1
+        if event.type == "unsubscribe":
+            self._unsubscribed = True
+
+    @workflow.query(name=STATE_QUERY)
+    def state(self) -> RunState:
+        plan = self._input.plan
+        assert plan.version is not None
+        result = self._result
+        return RunState(
+            plan_id=plan.id,
+            plan_version=plan.version,
+            contact_id=self._input.contact.id,
+            status="completed" if result else "running",
+            current_step=self._current,
+            history=tuple(self._history),
+            events=tuple(self._events),
+            outcome=result.outcome if result else None,
+            failure=result.failure if result else None,
+        )
+
+    # -- the run -------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, input: RunInput) -> RunResult:
+        routes = successors(input.plan)
+        try:
+            while True:
+                assert self._current is not None
+                step = self._steps[self._current]
+                self._enter(step)
+                done = await self._execute(step)
+                self._leave(done)
+                if isinstance(step, BranchStep):
+                    self._current = done.removeprefix("-> ")
+                else:
+                    # Validation guarantees exactly one next step for sends and waits.
+                    self._current = routes[step.id][0][0]
+                if workflow.info().is_continue_as_new_suggested():
+                    self._continue_as_new()
+        except _RunEnded as ended:
+            return self._finish(ended.result)
+        except asyncio.CancelledError:
+            self._finish(self._result_for(CANCELLED, self._current))
+            raise
+
+    def _enter(self, step: Step) -> None:
+        if self._unsubscribed:
+            self._end(UNSUBSCRIBED, step.id)
+        visit = self._visits.get(step.id, 0) + 1
+        if visit > self._input.max_visits_per_step:
+            self._end(
+                VISIT_LIMIT,
+                step.id,
+                RunFailure(
+                    step_id=step.id,
+                    reason=f"step {step.id!r} was entered more than "
+                    f"{self._input.max_visits_per_step} times",
+                    kind="VisitLimit",
+                ),
+            )
+        self._visits[step.id] = visit
+        self._history.append(
+            StepVisit(step_id=step.id, type=step.type, visit=visit, started_at=workflow.now())
+        )
+
+    def _leave(self, result: str) -> None:
+        if self._history and self._history[-1].finished_at is None:
+            self._history[-1] = self._history[-1].model_copy(
+                update={"finished_at": workflow.now(), "result": result}
+            )
+
+    async def _execute(self, step: Step) -> str:
+        """Run one step; its result says what it did (``-> <step>`` for a branch)."""
+        match step:
+            case SendEmailStep():
+                return await self._send_email(step)
+            case SendVoiceStep():
+                return await self._place_call(step)
+            case WaitStep():
+                return await self._wait(step)
+            case BranchStep():
+                return self._branch(step)
+            case EndStep():
+                self._end(step.outcome, step.id)
+            case _:
+                assert_never(step)
+
+    async def _send_email(self, step: SendEmailStep) -> str:
+        self._show_step(step.id)
+        input = self._input
+        assert input.plan.version is not None
+        try:
+            result = await workflow.execute_activity_method(
+                EmailActivities.send_email,
+                SendEmailInput(
+                    run_id=workflow.info().workflow_id,
+                    plan_id=input.plan.id,
+                    plan_version=input.plan.version,
+                    step=step,
+                    visit=self._visits[step.id],
+                    template=input.content.templates[step.template_id],
+                    contact=input.contact,
+                    variables=input.variables,
+                    sender=input.sender,
+                ),
+                start_to_close_timeout=SEND_TIMEOUT,
+                heartbeat_timeout=SEND_HEARTBEAT_TIMEOUT,
+                retry_policy=SEND_RETRY_POLICY,
+                summary=f"email {step.id}",
+            )
+        except ActivityError as error:
+            self._fail(step, error)
+        return f"{result.status} {result.message_id}"
+
+    async def _place_call(self, step: SendVoiceStep) -> str:
+        self._show_step(step.id)
+        input = self._input
+        assert input.plan.version is not None
+        message_id = step.voicemail.message_id
+        try:
+            result = await workflow.execute_activity_method(
+                VoiceActivities.place_call,
+                PlaceCallInput(
+                    run_id=workflow.info().workflow_id,
+                    plan_id=input.plan.id,
+                    plan_version=input.plan.version,
+                    step=step,
+                    visit=self._visits[step.id],
+                    script=input.content.scripts[step.script_id],
+                    voicemail_message=input.content.scripts[message_id] if message_id else None,
+                    contact=input.contact,
+                    variables=input.variables,
+                ),
+                start_to_close_timeout=SEND_TIMEOUT,
+                heartbeat_timeout=SEND_HEARTBEAT_TIMEOUT,
+                retry_policy=SEND_RETRY_POLICY,
+                summary=f"call {step.id}",
+            )
+        except ActivityError as error:
+            self._fail(step, error)
+        return f"{result.status} {result.call_sid}"
+
+    async def _wait(self, step: WaitStep) -> str:
+        self._show_step(step.id)
+        try:
+            # An unsubscribe ends the run at once rather than after the wait.
+            await workflow.wait_condition(
+                lambda: self._unsubscribed,
+                timeout=step.duration.to_timedelta(),
+                timeout_summary=f"wait {step.id} {step.duration}",
+            )
+        except TimeoutError:
+            return f"waited {step.duration}"
+        self._end(UNSUBSCRIBED, step.id)
+
+    def _branch(self, step: BranchStep) -> str:
+        context = ConditionContext(
+            events=self._tally,
+            visits=self._visits,
+            contact=self._input.contact.attributes(),
+            variables=self._input.variables,
+        )
+        for condition in step.conditions:
+            try:
+                holds = evaluate_condition(condition.when, context, step_id=step.id)
+            except ConditionError as error:
+                self._end(
+                    FAILED,
+                    step.id,
+                    RunFailure(step_id=step.id, reason=str(error), kind="ConditionError"),
+                )
+            if holds:
+                return f"-> {condition.goto}"
+        # Validation guarantees a default, which always holds.
+        raise AssertionError(f"branch {step.id!r} has no condition that holds")
+
+    # -- endings -------------------------------------------------------------------------
+
+    def _show_step(self, step_id: str) -> None:
+        """Make the step the run is blocked on searchable (one history event per step)."""
+        workflow.upsert_search_attributes([CURRENT_STEP_ATTRIBUTE.value_set(step_id)])
+
+    def _fail(self, step: Step, error: ActivityError) -> NoReturn:
+        cause: Any = error.cause
+        if isinstance(cause, CancelledError):
+            # The run itself was cancelled while the send was going on.
+            raise asyncio.CancelledError()
+        kind = cause.type if isinstance(cause, ApplicationError) else type(cause).__name__
+        reason = str(cause) if cause is not None else str(error)
+        workflow.logger.warning("run failed at step %s: %s", step.id, kind)
+        self._end(FAILED, step.id, RunFailure(step_id=step.id, reason=reason, kind=kind))
+
+    def _end(
+        self, outcome: str, step_id: str | None, failure: RunFailure | None = None
+    ) -> NoReturn:
+        raise _RunEnded(self._result_for(outcome, step_id, failure))
+
+    def _result_for(
+        self, outcome: str, step_id: str | None, failure: RunFailure | None = None
+    ) -> RunResult:
+        return RunResult(
+            outcome=outcome,
+            step_id=step_id,
+            failure=failure,
+            steps=sum(self._visits.values()),
+            events=len(self._seen),
+        )
+
+    def _finish(self, result: RunResult) -> RunResult:
+        self._leave(f"outcome {result.outcome}")
+        self._result = result
+        self._current = result.step_id
+        workflow.upsert_search_attributes(
+            [
+                OUTCOME_ATTRIBUTE.value_set(result.outcome),
+                CURRENT_STEP_ATTRIBUTE.value_set(result.step_id or ""),
+            ]
+        )
+        return result
+
+    def _continue_as_new(self) -> NoReturn:
+        assert self._current is not None
+        progress = RunProgress(
+            next_step=self._current,
+            visits=self._visits,
+            history=tuple(self._history[-MAX_CARRIED_HISTORY:]),
+            events=tuple(self._events),
+            started_at=(
+                self._input.progress.started_at
+                if self._input.progress
+                else workflow.info().start_time
+            ),
+            continued=(self._input.progress.continued + 1) if self._input.progress else 1,
+        )
+        workflow.continue_as_new(self._input.model_copy(update={"progress": progress}))
