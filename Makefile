@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo dev test lint format clean
 
 $(BIN)/dee: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,13 +13,14 @@ $(BIN)/dee: pyproject.toml
 
 install: $(BIN)/dee
 
-# The main job on the embedded default (SQLite under .dee/): validate the spec's example
-# plan, create it as a version, and show it.
+# The main job on the embedded default: `dee dev` (Temporal dev server, Web UI, local mail
+# catcher, worker; state under .dee/), then a plan created and a run driven through it.
 demo: install
-	$(BIN)/dee plans validate examples/spec-plan.yaml
-	$(BIN)/dee plans create examples/spec-plan.yaml
-	$(BIN)/dee plans list
-	$(BIN)/dee plans graph outbound-intro
+	scripts/demo.sh
+
+# Only the local engine, for your own plans and runs.
+dev: install
+	$(BIN)/dee dev
 
 test: install
 	$(BIN)/python scripts/run_tests.py

@@ -13,8 +13,10 @@ import logging
 import signal
 from typing import Any
 
+from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.email import EmailActivities
 from activities.voice import VoiceActivities
@@ -23,7 +25,15 @@ from dee.settings import Settings
 from dee.temporal import connect, ensure_search_attributes
 from workflows.execution_plan import ExecutionPlanWorkflow
 
-__all__ = ["build_worker", "main", "run_worker"]
+__all__ = ["WORKFLOW_RUNNER", "build_worker", "main", "run_worker"]
+
+#: The sandbox, with DEE's own modules, its activities' input models and the libraries they
+#: import (Jinja2, pydantic) passed through: imported once per worker, not once per run.
+WORKFLOW_RUNNER = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules(
+        "dee", "activities", "jinja2", "markupsafe", "pydantic", "yaml", "aiosmtplib", "twilio"
+    )
+)
 
 logger = logging.getLogger("dee.worker")
 
@@ -44,6 +54,7 @@ def build_worker(
         task_queue=task_queue or settings.task_queue,
         workflows=[ExecutionPlanWorkflow],
         activities=[email.send_email, voice.place_call],
+        workflow_runner=options.pop("workflow_runner", WORKFLOW_RUNNER),
         **options,
     )
 
@@ -51,6 +62,10 @@ def build_worker(
 async def run_worker(settings: Settings | None = None, *, client: Client | None = None) -> None:
     """Run until SIGINT or SIGTERM, then finish in-flight tasks and stop."""
     settings = settings or Settings.from_env()
+    # Run ids hold contact ids, which default to email addresses: keep them out of the text
+    # of log lines (they stay in each record's `extra` for structured logging).
+    activity.logger.activity_info_on_message = False
+    workflow.logger.workflow_info_on_message = False
     client = client or await connect()
     added = await ensure_search_attributes(client)
     if added:

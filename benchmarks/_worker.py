@@ -21,6 +21,7 @@ from activities.voice import VoiceActivities  # noqa: E402
 from benchmarks.baseline_workflow import HandWrittenSpecPlan  # noqa: E402
 from dee.ledger import SendLedger  # noqa: E402
 from dee.settings import Settings  # noqa: E402
+from worker import WORKFLOW_RUNNER  # noqa: E402
 from workflows.execution_plan import ExecutionPlanWorkflow  # noqa: E402
 
 
@@ -41,6 +42,7 @@ async def main() -> None:
             task_queue=args.task_queue,
             workflows=[workflow],
             activities=[email.send_email, voice.place_call],
+            workflow_runner=WORKFLOW_RUNNER,
         ):
             start = time.process_time()
             print("ready", flush=True)

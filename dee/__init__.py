@@ -8,6 +8,19 @@ numbered versions with their content (:class:`PlanRegistry`).
 from __future__ import annotations
 
 from dee.builder import execution_plan, steps, transitions
+from dee.client import (
+    RunAlreadyStartedError,
+    RunClosedError,
+    RunError,
+    RunNotFoundError,
+    RunSummary,
+    RunUnavailableError,
+    cancel_run,
+    list_runs,
+    run_state,
+    send_event,
+    start_run,
+)
 from dee.conditions import ConditionContext, EventTally, check_condition, evaluate_condition
 from dee.content import (
     EmailTemplate,
@@ -32,6 +45,7 @@ from dee.errors import (
     RegistryError,
 )
 from dee.graph import to_mermaid
+from dee.ledger import LedgerError, SendLedger
 from dee.loader import load_plan, parse_plan, plan_from_document
 from dee.plan import (
     BranchStep,
@@ -49,6 +63,19 @@ from dee.plan import (
     WaitStep,
 )
 from dee.registry import PlanRegistry, PlanSummary, PlanVersion
+from dee.runs import (
+    WORKFLOW_NAME,
+    Contact,
+    RunEvent,
+    RunFailure,
+    RunInput,
+    RunResult,
+    RunState,
+    StepVisit,
+)
+from dee.settings import Settings
+from dee.temporal import TemporalSetupError, connect, ensure_search_attributes
+from dee.tracking import TokenError
 from dee.validation import validate_plan
 
 __all__ = [
@@ -56,6 +83,7 @@ __all__ = [
     "Condition",
     "ConditionContext",
     "ConditionError",
+    "Contact",
     "ContentError",
     "DeeError",
     "Duration",
@@ -63,6 +91,7 @@ __all__ = [
     "EndStep",
     "EventTally",
     "ExecutionPlan",
+    "LedgerError",
     "MissingVariablesError",
     "PlanContent",
     "PlanDataError",
@@ -77,16 +106,37 @@ __all__ = [
     "Problem",
     "RegistryError",
     "RenderedEmail",
+    "RunAlreadyStartedError",
+    "RunClosedError",
+    "RunError",
+    "RunEvent",
+    "RunFailure",
+    "RunInput",
+    "RunNotFoundError",
+    "RunResult",
+    "RunState",
+    "RunSummary",
+    "RunUnavailableError",
     "SendEmailStep",
+    "SendLedger",
     "SendVoiceStep",
+    "Settings",
     "Step",
+    "StepVisit",
+    "TemporalSetupError",
+    "TokenError",
     "Tracking",
     "Transition",
     "Voicemail",
+    "WORKFLOW_NAME",
     "WaitStep",
+    "cancel_run",
     "check_condition",
+    "connect",
+    "ensure_search_attributes",
     "evaluate_condition",
     "execution_plan",
+    "list_runs",
     "load_content",
     "load_plan",
     "parse_plan",
@@ -94,6 +144,9 @@ __all__ = [
     "render_email",
     "render_script",
     "required_variables",
+    "run_state",
+    "send_event",
+    "start_run",
     "steps",
     "to_mermaid",
     "transitions",

@@ -218,6 +218,26 @@ def show(ctx: click.Context, plan_id: str, version: int | None, as_json: bool) -
 
 
 @plans.command()
+@click.argument("plan_id", metavar="ID")
+@_VERSION
+@click.pass_context
+def export(ctx: click.Context, plan_id: str, version: int | None) -> None:
+    """Print a version with its content as JSON: the start of a run's input.
+
+    Add "contact" and "variables" to it and it is the input of the ExecutionPlanWorkflow,
+    for starting runs with any Temporal client.
+    """
+    with _registry(ctx) as registry:
+        stored = registry.get(plan_id, version=version)
+    document = {
+        "plan": stored.plan.to_document(),
+        "content": stored.content.model_dump(mode="json"),
+        "digest": stored.digest,
+    }
+    click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+@plans.command()
 @click.argument("source", metavar="ID_OR_FILE")
 @_VERSION
 @click.pass_context

@@ -10,8 +10,22 @@ Every exception DEE raises on purpose derives from :class:`DeeError`::
     ├── ContentError           a template or script cannot be loaded or rendered
     │   └── MissingVariablesError  a render lacks variables the content uses
     ├── ConditionError         a branch condition failed while it was evaluated
-    └── RegistryError          the plan registry cannot do what was asked
-        └── PlanNotFoundError  no such plan, or no such version of it
+    ├── RegistryError          the plan registry cannot do what was asked
+    │   └── PlanNotFoundError  no such plan, or no such version of it
+    ├── LedgerError            the send ledger's database failed (dee.ledger)
+    ├── TokenError             a tracking or unsubscribe token is forged or broken (dee.tracking)
+    ├── TemporalSetupError     Temporal is unreachable or lacks DEE's search attributes
+    │                          (dee.temporal)
+    ├── RunError               a run cannot be started, steered or read (dee.client)
+    │   ├── RunNotFoundError       no run with that id
+    │   ├── RunAlreadyStartedError the plan and contact already have an active run
+    │   ├── RunClosedError         the run has ended
+    │   └── RunUnavailableError    no worker answers for the run
+    ├── DevError               ``dee dev`` cannot start (dee.dev)
+    └── SmtpCatcherError       the local mail catcher cannot start (dee._smtp_catcher)
+
+Errors that belong to one module are defined there, next to what raises them, and exported
+from :mod:`dee` like the rest.
 
 Problems (:class:`Problem`) carry a stable ``code`` slug, the offending ``step_id`` when
 there is one, and a message that says what was expected. Data problems and plan problems

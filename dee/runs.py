@@ -79,7 +79,8 @@ class Contact(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="allow")
 
-    id: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s:]+$")]
+    # Run ids are "<plan id>:<contact id>": at most 100 + 1 + 150, within Temporal's 255.
+    id: Annotated[str, Field(min_length=1, max_length=150, pattern=r"^[^\s:]+$")]
     email: Annotated[str, Field(pattern=EMAIL_PATTERN, max_length=254)] | None = None
     phone: Annotated[str, Field(pattern=PHONE_PATTERN)] | None = None
     timezone: str | None = None
