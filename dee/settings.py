@@ -14,6 +14,11 @@ variable                   meaning                                        defaul
 ``TWILIO_AUTH_TOKEN``
 ``DEE_TWILIO_API_URL``     Twilio's API base URL                          ``https://api.twilio.com``
 ``DEE_TASK_QUEUE``         the worker's task queue                        ``dee``
+``DEE_API_KEYS``           bearer keys for the REST API, comma-separated  none: the API refuses all
+``DEE_SENDGRID_WEBHOOK_``  SendGrid's event webhook verification key      none: the webhook refuses
+``PUBLIC_KEY``             (base64 DER, from SendGrid's settings)
+``DEE_INBOUND_SECRET``     shared secret in the inbound-mail webhook URL  none: inbound refuses
+                           (``/webhooks/inbound/...?key=...``)
 =========================  =============================================  ==========================
 
 Temporal itself is configured the way every Temporal client is (``TEMPORAL_ADDRESS``,
@@ -41,6 +46,9 @@ class Settings:
     twilio_auth_token: str | None = None
     twilio_api_url: str = "https://api.twilio.com"
     task_queue: str = "dee"
+    api_keys: tuple[str, ...] = ()
+    sendgrid_webhook_public_key: str | None = None
+    inbound_secret: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -60,4 +68,9 @@ class Settings:
             twilio_auth_token=env.get("TWILIO_AUTH_TOKEN") or None,
             twilio_api_url=get("DEE_TWILIO_API_URL", defaults.twilio_api_url).rstrip("/"),
             task_queue=get("DEE_TASK_QUEUE", defaults.task_queue),
+            api_keys=tuple(
+                key.strip() for key in env.get("DEE_API_KEYS", "").split(",") if key.strip()
+            ),
+            sendgrid_webhook_public_key=env.get("DEE_SENDGRID_WEBHOOK_PUBLIC_KEY") or None,
+            inbound_secret=env.get("DEE_INBOUND_SECRET") or None,
         )
