@@ -9,6 +9,10 @@ not render, a missing address or setting raise a non-retryable ``ApplicationErro
 ``MissingEmail``, ``InvalidSender``, ``MissingConfiguration`` or ``InvalidConfiguration``;
 4xx replies, lost connections and timeouts are raised as they are, to be retried.
 
+An address on the suppression list (:mod:`dee.hits`: it unsubscribed, bounced or reported
+spam) gets nothing: the send returns status ``suppressed`` without claiming it in the
+ledger or talking to the server, and the run shows ``suppressed <message-id>``.
+
 Every attempt of one send derives the same ``Message-ID`` and ledger key (see
 :mod:`dee.ledger`), so a retry after the server accepted the message returns
 ``already-sent`` instead of sending it again. The key covers the workflow *execution*
@@ -41,6 +45,7 @@ from activities._heartbeat import heartbeating
 from dee._smtp import SmtpConfig, SmtpUrlError, parse_smtp_url, send_message
 from dee.content import EmailTemplate, PlanContent, RenderedEmail, render_email
 from dee.errors import ContentError
+from dee.hits import Suppressions
 from dee.ledger import SendLedger
 from dee.plan import EMAIL_PATTERN, SendEmailStep
 from dee.runs import Contact
@@ -85,7 +90,8 @@ class SendEmailResult(BaseModel):
 
     #: The ``Message-ID`` header, with its angle brackets.
     message_id: str
-    status: Literal["sent", "already-sent"]
+    #: ``suppressed``: the recipient is on the suppression list, nothing was sent.
+    status: Literal["sent", "already-sent", "suppressed"]
     #: Only the domain: results land in workflow histories, addresses should not.
     recipient_domain: str
 
@@ -96,6 +102,8 @@ class EmailActivities:
     def __init__(self, settings: Settings, ledger: SendLedger) -> None:
         self._settings = settings
         self._ledger = ledger
+        # The suppression list lives in the ledger's database: read it on its connections.
+        self._suppressions = Suppressions.sharing(ledger)
 
     @activity.defn(name="send_email")
     async def send_email(self, input: SendEmailInput) -> SendEmailResult:
@@ -143,6 +151,17 @@ class EmailActivities:
 
         key = message_key(activity.info().workflow_run_id, input.run_id, step.id, input.visit)
         message_id = f"<{key}@{_id_domain(sender.domain)}>"
+        domain = recipient.domain.lower()
+        if await asyncio.to_thread(self._suppressions.is_suppressed, recipient.addr_spec):
+            # Unless an earlier attempt sent it before the address was suppressed.
+            earlier = await asyncio.to_thread(self._ledger.get, key)
+            if earlier is None or earlier.status != "sent":
+                activity.logger.info(
+                    "email %s not sent: the recipient is on the suppression list", key
+                )
+                return SendEmailResult(
+                    message_id=message_id, status="suppressed", recipient_domain=domain
+                )
         message = _build_message(
             input,
             rendered,
@@ -153,7 +172,6 @@ class EmailActivities:
             reply_to=reply_to,
             message_id=message_id,
         )
-        domain = recipient.domain.lower()
 
         claim = await asyncio.to_thread(
             self._ledger.claim, key, run_id=input.run_id, step_id=step.id, channel="email"

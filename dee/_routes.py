@@ -1,4 +1,4 @@
-"""Puts the server together: routers, error answers, and the request-size limit."""
+"""Puts the server together: routers and error answers."""
 
 from __future__ import annotations
 
@@ -15,12 +15,11 @@ from dee import _api_routes, _inbound_routes, _tracking_routes, _twilio_routes
 from dee._http import ApiError, ErrorBody
 from dee.client import RunClosedError, RunNotFoundError
 from dee.errors import DeeError
+from dee.server import MAX_BODY_BYTES
 
 __all__ = ["install"]
 
 logger = logging.getLogger(__name__)
-
-MAX_BODY_BYTES = 1024 * 1024
 
 
 def install(app: FastAPI, state: Any) -> None:
@@ -60,8 +59,16 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    code = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
-    return _answer(exc.status_code, code, str(exc.detail))
+    code = {
+        400: "bad-request",
+        404: "not-found",
+        405: "method-not-allowed",
+        413: "body-too-large",
+    }.get(exc.status_code, "http-error")
+    response = _answer(exc.status_code, code, str(exc.detail))
+    for name, value in (exc.headers or {}).items():
+        response.headers[name] = value
+    return response
 
 
 async def _run_not_found(request: Request, exc: Exception) -> JSONResponse:
@@ -78,8 +85,9 @@ async def _dee_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 class BodyLimit:
-    """Refuse request bodies over ``limit`` bytes with 413, whether or not they say their
-    length up front, before a route reads them."""
+    """Refuse request bodies over ``limit`` bytes with 413 in DEE's JSON shape, whether
+    they declare their length or not. The body is read here, up to the limit, before the
+    app sees it; the app then gets it as one message."""
 
     def __init__(self, app: ASGIApp, *, limit: int) -> None:
         self.app = app
@@ -89,25 +97,35 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        too_large = _answer(
+            413, "body-too-large", f"request bodies are at most {self.limit:,} bytes"
+        )
         for name, value in scope.get("headers", []):
             if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                await _too_large(self.limit)(scope, receive, send)
+                await too_large(scope, receive, send)
                 return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        chunks: list[bytes] = []
+        size = 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise ApiError(
-                        413, "body-too-large", f"request bodies are at most {self.limit:,} bytes"
-                    )
-            return message
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        delivered = False
 
-        await self.app(scope, limited, send)
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
 
-
-def _too_large(limit: int) -> JSONResponse:
-    return _answer(413, "body-too-large", f"request bodies are at most {limit:,} bytes")
+        await self.app(scope, replay, send)

@@ -9,7 +9,8 @@
     dee plans graph ID_OR_FILE [--version N]
     dee runs start|event|show|cancel|list ...   (see dee._cli_runs)
     dee worker
-    dee dev [--port 7233] [--ui-port 8233] [--smtp-port 1025] [--no-worker]
+    dee serve [--host 127.0.0.1] [--port 8000]
+    dee dev [--port 7233] [--ui-port 8233] [--smtp-port 1025] [--api-port 8000] [--no-worker]
 
 Exit status: 0 when the command did what was asked; 1 when the plan has problems or the
 registry refuses (no such plan, ...); 2 when a plan file cannot be read or parsed, or the
@@ -20,6 +21,7 @@ and ``grep`` can work with them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -27,7 +29,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,6 +296,47 @@ def worker(ctx: click.Context) -> None:
 
 
 @dee.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="The port."
+)
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int) -> None:
+    """Run the REST API and webhook server until Ctrl-C or SIGTERM.
+
+    The API needs DEE_API_KEYS (comma-separated bearer keys); OpenAPI is at /docs.
+    Temporal and DEE are configured as for `dee worker`.
+    """
+    import signal
+
+    import uvicorn
+
+    from dee.server import create_app
+    from dee.temporal import connect
+
+    class Server(uvicorn.Server):
+        # uvicorn re-raises the signal that stopped it once it has shut down, which would end
+        # the command with KeyboardInterrupt or SIGTERM's status: stop with 0, as `dee worker`.
+        @contextlib.contextmanager
+        def capture_signals(self) -> Generator[None, None, None]:
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, self.handle_exit, signum, None)
+            try:
+                yield
+            finally:
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(signum)
+
+    async def serve_app() -> None:
+        app = create_app(_settings(ctx), client=await connect())
+        await Server(uvicorn.Config(app, host=host, port=port)).serve()
+
+    _log_to_stderr()
+    run_async(serve_app())
+
+
+@dee.command()
 @click.option(
     "--port",
     metavar="PORT",
@@ -319,6 +362,14 @@ def worker(ctx: click.Context) -> None:
     help="The local SMTP server's port.",
 )
 @click.option(
+    "--api-port",
+    metavar="PORT",
+    type=click.IntRange(1, 65535),
+    default=8000,
+    show_default=True,
+    help="The API server's port.",
+)
+@click.option(
     "--worker/--no-worker",
     "with_worker",
     default=True,
@@ -326,8 +377,10 @@ def worker(ctx: click.Context) -> None:
     help="Run DEE's worker in this process.",
 )
 @click.pass_context
-def dev(ctx: click.Context, port: int, ui_port: int, smtp_port: int, with_worker: bool) -> None:
-    """Run Temporal, its Web UI, a local SMTP server and the worker on this machine.
+def dev(
+    ctx: click.Context, port: int, ui_port: int, smtp_port: int, api_port: int, with_worker: bool
+) -> None:
+    """Run Temporal, its Web UI, a local SMTP server, the worker and the API on this machine.
 
     State is kept under .dee/ in the working folder: Temporal's database (runs survive a
     restart), the secret key, and every email sent, as .eml files in .dee/outbox/.
@@ -336,7 +389,9 @@ def dev(ctx: click.Context, port: int, ui_port: int, smtp_port: int, with_worker
     from dee.dev import DevOptions, run_dev
 
     _log_to_stderr()
-    options = DevOptions(port=port, ui_port=ui_port, smtp_port=smtp_port, worker=with_worker)
+    options = DevOptions(
+        port=port, ui_port=ui_port, smtp_port=smtp_port, api_port=api_port, worker=with_worker
+    )
 
     def announce(lines: Sequence[str]) -> None:
         for line in lines:

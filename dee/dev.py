@@ -7,11 +7,13 @@ Started in this order, and stopped in the reverse order on Ctrl-C or SIGTERM:
    survive a restart, with DEE's search attributes registered;
 2. a local SMTP server that writes every message to ``.dee/outbox/`` as an ``.eml`` file;
 3. the DEE worker, in this process, sending through that SMTP server and signing links with
-   ``DEE_SECRET_KEY`` (generated once into ``.dee/secret_key`` when the environment has none).
+   ``DEE_SECRET_KEY`` (generated once into ``.dee/secret_key`` when the environment has none);
+4. the API and webhook server (:func:`dee.server.create_app` under uvicorn), in this process,
+   which the worker's links point at unless ``DEE_PUBLIC_URL`` says otherwise.
 
 Everything listens on 127.0.0.1 only. Each part is an async context manager entered on one
-:class:`contextlib.AsyncExitStack` in :func:`run_dev`; a new part (the API server) is one
-more context manager there and one more line in :func:`banner`.
+:class:`contextlib.AsyncExitStack` in :func:`run_dev`; a new part is one more context
+manager there and one more line in :func:`banner`.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ import signal
 import socket
 import sys
 import sysconfig
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import uvicorn
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
@@ -78,6 +81,7 @@ class DevOptions:
     ui_port: int = 8233
     smtp_port: int = 1025
     worker: bool = True
+    api_port: int = 8000
 
     @property
     def address(self) -> str:
@@ -86,6 +90,10 @@ class DevOptions:
     @property
     def ui_url(self) -> str:
         return f"http://{HOST}:{self.ui_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{HOST}:{self.api_port}"
 
     @property
     def smtp_url(self) -> str:
@@ -292,6 +300,40 @@ async def dev_worker(client: Client, settings: Settings) -> AsyncIterator[None]:
             yield
 
 
+class _DevApiServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: Ctrl-C and SIGTERM belong to ``dee dev``,
+    which stops the parts in order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+@contextlib.asynccontextmanager
+async def dev_api(client: Client, settings: Settings, *, port: int) -> AsyncIterator[None]:
+    """The API and webhook server on ``127.0.0.1:port`` while the context lasts."""
+    from dee.server import create_app
+
+    config = uvicorn.Config(
+        create_app(settings, client=client), host=HOST, port=port, log_level="warning"
+    )
+    server = _DevApiServer(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                # uvicorn logs why and exits (a busy port, a failed startup).
+                with contextlib.suppress(SystemExit, Exception):
+                    task.result()
+                raise DevError(f"the API server could not start on {HOST}:{port}")
+            await asyncio.sleep(0.02)
+        yield
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def banner(options: DevOptions, settings: Settings) -> list[str]:
     """What ``dee dev`` prints once everything is up."""
     rows = [
@@ -301,11 +343,14 @@ def banner(options: DevOptions, settings: Settings) -> list[str]:
     ]
     if options.worker:
         rows.append(("Worker", f"task queue {settings.task_queue!r}"))
+    rows.append(("API", f"{options.api_url} (docs at /docs)"))
     rows.append(("State", f"{options.db_file}, {options.secret_key_file}"))
     lines = ["DEE dev environment is up:"]
     lines += [f"  {name:<9} {value}" for name, value in rows]
     if options.port != 7233:
         lines.append(f"Point dee at it with: export TEMPORAL_ADDRESS={options.address}")
+    if not settings.api_keys:
+        lines.append("The API refuses every request until DEE_API_KEYS is set.")
     if not options.worker:
         lines.append(
             f"No worker: run one with DEE_SMTP_URL={options.smtp_url} "
@@ -359,7 +404,11 @@ async def run_dev(
         smtp_url=options.smtp_url,
         secret_key=ensure_secret_key(options.state_dir, given=base.secret_key),
     )
+    if not os.environ.get("DEE_PUBLIC_URL") and base.public_url == Settings().public_url:
+        # Tracking, unsubscribe and callback links reach the API server dee dev runs.
+        settings = dataclasses.replace(settings, public_url=options.api_url)
     check_port_free(options.smtp_port, what="the SMTP server", option="--smtp-port")
+    check_port_free(options.api_port, what="the API server", option="--api-port")
     restore = None
     if stop is None:
         stop = asyncio.Event()
@@ -370,7 +419,7 @@ async def run_dev(
             await stack.enter_async_context(smtp_catcher(options.outbox, port=options.smtp_port))
             if options.worker:
                 await stack.enter_async_context(dev_worker(server.client, settings))
-            # The API server (issue 4) starts here, as one more context on the stack.
+            await stack.enter_async_context(dev_api(server.client, settings, port=options.api_port))
             announce(banner(options, settings))
             await _until_stopped(stop, server)
             logger.info("stopping")

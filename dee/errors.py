@@ -21,6 +21,10 @@ Every exception DEE raises on purpose derives from :class:`DeeError`::
     │   ├── RunAlreadyStartedError the plan and contact already have an active run
     │   ├── RunClosedError         the run has ended
     │   └── RunUnavailableError    no worker answers for the run
+    ├── HitStoreError          the tracking-hit and suppression store failed (dee.hits)
+    ├── InboundError           an inbound message cannot be read (dee.inbound)
+    ├── SendGridError          a SendGrid event webhook call is not valid (dee.sendgrid)
+    │   └── SignatureError     its signature or timestamp does not check out
     ├── DevError               ``dee dev`` cannot start (dee.dev)
     └── SmtpCatcherError       the local mail catcher cannot start (dee._smtp_catcher)
 

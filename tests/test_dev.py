@@ -44,11 +44,12 @@ class Ports:
     temporal: int
     ui: int
     smtp: int
+    api: int
 
 
 @pytest.fixture
 def ports() -> Ports:
-    return Ports(free_port(), free_port(), free_port())
+    return Ports(free_port(), free_port(), free_port(), free_port())
 
 
 @pytest.fixture
@@ -128,6 +129,8 @@ async def dee_dev(
             str(ports.ui),
             "--smtp-port",
             str(ports.smtp),
+            "--api-port",
+            str(ports.api),
             *args,
             cwd=cwd,
             env=env,
@@ -181,8 +184,10 @@ async def test_dee_dev_runs_a_plan_and_stops_cleanly(
             f"  Web UI    http://127.0.0.1:{ports.ui}",
             f"  SMTP      smtp://127.0.0.1:{ports.smtp} -> .dee/outbox/",
             "  Worker    task queue 'dee'",
+            f"  API       http://127.0.0.1:{ports.api} (docs at /docs)",
             "  State     .dee/temporal.db, .dee/secret_key",
             f"Point dee at it with: export TEMPORAL_ADDRESS=127.0.0.1:{ports.temporal}",
+            "The API refuses every request until DEE_API_KEYS is set.",
             "Press Ctrl-C to stop.",
         ]
         assert await run_dee("plans", "create", "tiny.yaml", cwd=tmp_path, env=env) == "tiny v1\n"
@@ -301,6 +306,8 @@ async def test_a_busy_port_is_refused_by_name(
             str(ports.ui),
             "--smtp-port",
             str(ports.smtp),
+            "--api-port",
+            str(ports.api),
             cwd=tmp_path,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,

@@ -127,7 +127,8 @@ def test_ledger_and_registry_share_a_database(database_url: str) -> None:
     finally:
         engine.dispose()
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert revisions == [head] == ["0002"]
+    assert revisions == [head]
+    assert head is not None and int(head) >= 2  # at least the ledger's own migration
 
 
 def test_database_failure_is_a_ledger_error(database_url: str) -> None:

@@ -29,14 +29,18 @@ class RunningServer:
 
 @contextlib.asynccontextmanager
 async def running_server(
-    settings: Settings, *, client: Client, registry: PlanRegistry | None = None
+    settings: Settings,
+    *,
+    client: Client,
+    registry: PlanRegistry | None = None,
+    port: int | None = None,
 ) -> AsyncIterator[RunningServer]:
     """Serve ``create_app(settings, client=client)`` until the block ends.
 
-    ``settings.public_url`` should be the server's own URL for links to work: pass
-    ``Settings(public_url=...)`` made with :func:`reserve_url`'s address, or leave it.
+    For links to work, ``settings.public_url`` should be the server's own URL: take a
+    ``port`` from :func:`free_port` first and set ``public_url=f"http://127.0.0.1:{port}"``.
     """
-    port = free_port()
+    port = port or free_port()
     app = create_app(settings, client=client, registry=registry)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)

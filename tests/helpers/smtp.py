@@ -129,7 +129,9 @@ class _DrainingSMTP(SMTP):
         asyncio.StreamReaderProtocol.connection_lost(self, error)
         session = self._handler_coroutine
         if session is not None:
-            # Time to finish what was received; answers to a closed connection just fail.
+            # Time to finish what was received; answers to a closed connection just fail,
+            # and that failure is expected: retrieve it so asyncio does not report it.
+            session.add_done_callback(lambda task: None if task.cancelled() else task.exception())
             self.loop.call_later(2.0, session.cancel)
 
 

@@ -9,6 +9,10 @@ building, authentication, pagination and error parsing. It answers:
 * ``GET /2010-04-01/Accounts/{AccountSid}/Calls.json``: list calls, newest first, filtered
   by ``To``, ``From``, ``StartTime>`` and ``StartTime<``, paged with ``PageSize`` and
   ``Page`` the way Twilio pages (``first_page_uri``, ``next_page_uri``, ...).
+* ``POST /2010-04-01/Accounts/{AccountSid}/Calls/{Sid}.json``: update a live call with
+  ``Twiml``, ``Url`` or ``Status`` (``completed``, ``canceled``); answers ``200`` and the
+  call resource, ``404`` (20404) for an unknown call, and ``400`` (21220) when the call
+  has ended, as Twilio does. :attr:`TwilioApi.updates` records every update request.
 
 Bodies follow Twilio's published examples: RFC 2822 dates, ``null`` for unknown values,
 errors as ``{"code", "message", "more_info", "status"}``.
@@ -30,7 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-__all__ = ["CallRequest", "TwilioApi", "new_sid", "twilio_api"]
+__all__ = ["CallRequest", "CallUpdate", "TwilioApi", "new_sid", "twilio_api"]
 
 API_VERSION = "2010-04-01"
 
@@ -68,6 +72,22 @@ class CallRequest:
         return values[0] if values else None
 
 
+@dataclass(frozen=True, slots=True)
+class CallUpdate:
+    """One update request for call ``sid`` as the server received it."""
+
+    sid: str
+    form: dict[str, list[str]]
+
+    def get(self, name: str) -> str | None:
+        values = self.form.get(name)
+        return values[0] if values else None
+
+
+#: Call statuses after which Twilio refuses to redirect or end a call.
+_ENDED = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
+
+
 @dataclass(slots=True)
 class _Failure:
     status: int
@@ -81,6 +101,7 @@ class _State:
     calls: list[dict[str, Any]] = field(default_factory=list)
     creates: list[CallRequest] = field(default_factory=list)
     lists: list[dict[str, list[str]]] = field(default_factory=list)
+    updates: list[CallUpdate] = field(default_factory=list)
     failures: list[_Failure] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -112,6 +133,19 @@ class TwilioApi:
         """The query of every list request that passed authentication, in order."""
         with self._state.lock:
             return list(self._state.lists)
+
+    @property
+    def updates(self) -> list[CallUpdate]:
+        """Every call update request that passed authentication, in order."""
+        with self._state.lock:
+            return list(self._state.updates)
+
+    def set_status(self, sid: str, status: str) -> None:
+        """Move call ``sid`` to ``status`` (``in-progress``, ``completed``, ...), as the
+        call's progress would."""
+        with self._state.lock:
+            (call,) = (call for call in self._state.calls if call["sid"] == sid)
+            call["status"] = status
 
     @property
     def calls(self) -> list[dict[str, Any]]:
@@ -243,6 +277,28 @@ class TwilioApi:
             self._state.calls.append(call)
             return 201, call
 
+    def _update(self, sid: str, form: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
+        update = CallUpdate(sid, form)
+        with self._state.lock:
+            self._state.updates.append(update)
+            found = [call for call in self._state.calls if call["sid"] == sid]
+            if not found:
+                return 404, _error(
+                    404, 20404, f"The requested resource /Calls/{sid}.json was not found"
+                )
+            (call,) = found
+            if call["status"] in _ENDED:
+                return 400, _error(400, 21220, "Call is not in-progress. Cannot redirect.")
+            status = update.get("Status")
+            if status is not None:
+                if status not in ("completed", "canceled"):
+                    return 400, _error(400, 20001, f"Invalid Status: {status}")
+                call["status"] = status
+            elif update.get("Twiml") is None and update.get("Url") is None:
+                return 400, _error(400, 21205, "Url parameter is required.")
+            call["date_updated"] = _rfc2822(datetime.datetime.now(datetime.UTC))
+            return 200, dict(call)
+
     def _list(self, path: str, query: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
         def one(name: str) -> str | None:
             values = query.get(name)
@@ -340,8 +396,18 @@ def _handler(api: TwilioApi) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
+        def _call_route(self) -> tuple[str, str] | None:
+            """The account SID and call SID, for one call's resource."""
+            path = urlsplit(self.path).path
+            if not path.startswith(calls_path) or not path.endswith(".json"):
+                return None
+            account_sid, calls, sid = path[len(calls_path) : -len(".json")].partition("/Calls/")
+            if not account_sid or not calls or not sid or "/" in account_sid + sid:
+                return None
+            return account_sid, sid
+
         def _checked(self) -> tuple[str, str] | None:
-            route = self._route()
+            route = self._route() or self._call_route()
             if route is None:
                 self._answer(
                     404, _error(404, 20404, f"The requested resource {self.path} was not found")
@@ -359,11 +425,19 @@ def _handler(api: TwilioApi) -> type[BaseHTTPRequestHandler]:
             raw = self.rfile.read(length).decode()
             if self._checked() is None:
                 return
-            self._answer(*api._create(parse_qs(raw, keep_blank_values=True)))
+            form = parse_qs(raw, keep_blank_values=True)
+            call = self._call_route()
+            if call is not None:
+                self._answer(*api._update(call[1], form))
+                return
+            self._answer(*api._create(form))
 
         def do_GET(self) -> None:
             route = self._checked()
             if route is None:
+                return
+            if self._call_route() is not None:
+                self._answer(405, _error(405, 20004, "Method not allowed"))
                 return
             query = parse_qs(urlsplit(self.path).query, keep_blank_values=True)
             self._answer(*api._list(route[1], query))

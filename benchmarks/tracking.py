@@ -1,0 +1,385 @@
+"""Tracking hits turned into signals, against signalling with a plain Temporal client.
+
+On one Temporal dev server, with DEE's worker and ``dee serve`` each in a process of their
+own, runs of a plan that only waits get one ``open`` each:
+
+- through the tracking server: a GET of each run's signed pixel URL over HTTP, which keeps
+  the hit in the database, takes the run's collapse key and signals after answering;
+- through a plain Temporal client: ``dee.client.send_event``, the same event, directly.
+
+Both with the same number of requests in flight. Signals per second are counted from the
+start to the Temporal server's own time stamp of the last signal event, read from the
+runs' histories afterwards, so signals still in flight after the last HTTP answer count.
+
+Then a burst of 1,000 fetches of one pixel, against 1,000 plain signals of one event id
+(the run drops all but the first, but each still lands in its history), reporting the
+history events each adds to its run.
+
+    .venv/bin/python benchmarks/tracking.py [--runs 500] [--rounds 2] [--concurrency 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+from temporalio.api.enums.v1 import EventType  # noqa: E402
+from temporalio.client import Client  # noqa: E402
+
+from dee.client import send_event, start_run  # noqa: E402
+from dee.hits import HitStore  # noqa: E402
+from dee.plan import ExecutionPlan  # noqa: E402
+from dee.registry import PlanRegistry, PlanVersion  # noqa: E402
+from dee.tracking import open_pixel_url  # noqa: E402
+from tests.helpers.smtp import free_port  # noqa: E402
+from tests.helpers.temporal import start_dev_env  # noqa: E402
+
+SECRET = "benchmark-secret"
+STEP = "intro-email"
+SIGNALED = EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+
+
+@dataclass
+class Measurement:
+    variant: str
+    signals: int
+    seconds: float
+    latencies: list[float]
+    #: CPU seconds the ``dee serve`` process used meanwhile.
+    server_cpu: float
+
+    @property
+    def per_second(self) -> float:
+        return self.signals / self.seconds
+
+
+def waiting_plan(plan_id: str) -> ExecutionPlan:
+    return ExecutionPlan.model_validate(
+        {
+            "id": plan_id,
+            "name": "Waiting",
+            "metadata": {"createdBy": "benchmark"},
+            "steps": [
+                {"type": "wait", "id": "pause", "duration": {"hours": 2}},
+                {"type": "end", "id": "done", "outcome": "waited"},
+            ],
+            "transitions": "linear",
+        }
+    )
+
+
+async def bounded(
+    calls: list[Callable[[], Awaitable[None]]], concurrency: int
+) -> tuple[float, list[float]]:
+    """Run ``calls`` with at most ``concurrency`` in flight; the wall-clock start, and each
+    call's latency."""
+    gate = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+
+    async def one(call: Callable[[], Awaitable[None]]) -> None:
+        async with gate:
+            began = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - began)
+
+    started = time.time()
+    await asyncio.gather(*(one(call) for call in calls))
+    return started, latencies
+
+
+async def start_runs(
+    client: Client, version: PlanVersion, count: int, task_queue: str, tag: str
+) -> list[str]:
+    gate = asyncio.Semaphore(32)
+
+    async def one(index: int) -> str:
+        async with gate:
+            return await start_run(
+                client,
+                version,
+                contact={"id": f"{tag}-{index}", "email": f"{tag}-{index}@example.com"},
+                task_queue=task_queue,
+            )
+
+    return list(await asyncio.gather(*(one(index) for index in range(count))))
+
+
+async def history(client: Client, run_id: str) -> list[tuple[EventType.ValueType, float]]:
+    """The run's events as (type, server time stamp in seconds)."""
+    return [
+        (event.event_type, event.event_time.ToNanoseconds() / 1e9)
+        async for event in client.get_workflow_handle(run_id).fetch_history_events()
+    ]
+
+
+async def last_signal_time(client: Client, run_ids: list[str], expected: int) -> float:
+    """When the last of ``expected`` signals to ``run_ids`` landed, by the server's clock;
+    waits (bounded) for signals still on their way."""
+    deadline = time.monotonic() + 60
+    gate = asyncio.Semaphore(32)
+
+    async def signals(run_id: str) -> list[float]:
+        async with gate:
+            return [at for kind, at in await history(client, run_id) if kind == SIGNALED]
+
+    while True:
+        found = [at for ats in await asyncio.gather(*map(signals, run_ids)) for at in ats]
+        if len(found) >= expected or time.monotonic() > deadline:
+            assert len(found) == expected, f"expected {expected} signals, found {len(found)}"
+            return max(found)
+        await asyncio.sleep(0.2)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def reach_the_wait(client: Client, run_ids: list[str]) -> None:
+    """Until every run has started its timer, so nothing else lands in its history."""
+    for run_id in run_ids:
+        while not any(
+            kind == EventType.EVENT_TYPE_TIMER_STARTED
+            for kind, _at in await history(client, run_id)
+        ):
+            await asyncio.sleep(0.1)
+
+
+async def measure(
+    variant: str,
+    client: Client,
+    http: httpx.AsyncClient,
+    server: subprocess.Popen[bytes],
+    server_url: str,
+    run_ids: list[str],
+    concurrency: int,
+) -> Measurement:
+    calls: list[Callable[[], Awaitable[None]]] = []
+    for run_id in run_ids:
+        if variant == "tracking":
+            url = open_pixel_url(server_url, secret=SECRET, run_id=run_id, step_id=STEP, visit=1)
+
+            async def fetch(url: str = url) -> None:
+                answer = await http.get(url)
+                assert answer.status_code == 200, answer.text
+
+            calls.append(fetch)
+        else:
+
+            async def signal(run_id: str = run_id) -> None:
+                await send_event(
+                    client, run_id, type="open", step_id=STEP, event_id=f"open:{run_id}:{STEP}:1"
+                )
+
+            calls.append(signal)
+    cpu_before = cpu_seconds(server.pid)
+    started, latencies = await bounded(calls, concurrency)
+    last = await last_signal_time(client, run_ids, len(run_ids))
+    server_cpu = cpu_seconds(server.pid) - cpu_before
+    return Measurement(variant, len(run_ids), last - started, latencies, server_cpu)
+
+
+async def burst(
+    variant: str,
+    client: Client,
+    http: httpx.AsyncClient,
+    server_url: str,
+    run_id: str,
+    hits: int,
+    concurrency: int,
+) -> dict[str, int]:
+    """History events that ``hits`` opens of one email add to run ``run_id``, by type."""
+    before = len(await history(client, run_id))
+    calls: list[Callable[[], Awaitable[None]]] = []
+    url = open_pixel_url(server_url, secret=SECRET, run_id=run_id, step_id=STEP, visit=1)
+    for _ in range(hits):
+        if variant == "tracking":
+
+            async def fetch() -> None:
+                answer = await http.get(url)
+                assert answer.status_code == 200, answer.text
+
+            calls.append(fetch)
+        else:
+
+            async def signal() -> None:
+                await send_event(
+                    client, run_id, type="open", step_id=STEP, event_id=f"open:{run_id}:{STEP}:1"
+                )
+
+            calls.append(signal)
+    await bounded(calls, concurrency)
+    # Let the last signal and the workflow tasks it causes settle.
+    await asyncio.sleep(3)
+    added = (await history(client, run_id))[before:]
+    return dict(collections.Counter(EventType.Name(kind) for kind, _at in added))
+
+
+def summary(result: Measurement) -> str:
+    p50 = percentile(result.latencies, 0.5) * 1000
+    cpu = result.server_cpu / result.signals * 1000
+    return f"{result.per_second:7.1f} signals/s  p50 {p50:6.1f} ms  server CPU {cpu:5.2f} ms each"
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+async def wait_for_server(url: str, server: subprocess.Popen[bytes]) -> None:
+    async with httpx.AsyncClient() as probe:
+        for _ in range(300):
+            if server.poll() is not None:
+                raise RuntimeError("dee serve exited")
+            try:
+                await probe.get(f"{url}/t/o/probe")
+                return
+            except httpx.TransportError:
+                await asyncio.sleep(0.1)
+    raise RuntimeError("dee serve did not start")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=500, help="runs per measurement")
+    parser.add_argument("--rounds", type=int, default=2, help="measurements per variant")
+    parser.add_argument("--concurrency", type=int, default=32, help="requests in flight")
+    parser.add_argument("--burst", type=int, default=1000, help="hits in the burst")
+    parser.add_argument("--database-url", help="default: a new SQLite file")
+    args = parser.parse_args()
+    env = await start_dev_env()
+    client = env.client
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            database = args.database_url or f"sqlite:///{Path(scratch) / 'dee.db'}"
+            task_queue = f"bench-tracking-{uuid.uuid4().hex[:8]}"
+            port = free_port()
+            server_url = f"http://127.0.0.1:{port}"
+            process_env = {
+                **os.environ,
+                "TEMPORAL_ADDRESS": client.service_client.config.target_host,
+                "DEE_DATABASE_URL": database,
+                "DEE_SECRET_KEY": SECRET,
+                "DEE_TASK_QUEUE": task_queue,
+                "DEE_PUBLIC_URL": server_url,
+            }
+            with PlanRegistry(database) as registry:
+                version = registry.create(waiting_plan(f"bench-{uuid.uuid4().hex[:6]}"))
+            worker = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(ROOT / "benchmarks" / "_worker.py"),
+                    "--variant",
+                    "dee",
+                    "--address",
+                    process_env["TEMPORAL_ADDRESS"],
+                    "--task-queue",
+                    task_queue,
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=process_env,
+            )
+            processes.append(worker)
+            server = subprocess.Popen(
+                [sys.executable, "-m", "dee.cli", "serve", "--port", str(port)],
+                env=process_env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            processes.append(server)
+            assert worker.stdout is not None
+            assert worker.stdout.readline().strip() == b"ready", "worker did not start"
+            await wait_for_server(server_url, server)
+
+            limits = httpx.Limits(max_connections=args.concurrency)
+            async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+                results: dict[str, list[Measurement]] = {"tracking": [], "plain": []}
+                for round_number in range(args.rounds):
+                    order = (
+                        ["tracking", "plain"] if round_number % 2 == 0 else ["plain", "tracking"]
+                    )
+                    for variant in order:
+                        tag = f"r{round_number}-{variant}-{uuid.uuid4().hex[:4]}"
+                        run_ids = await start_runs(client, version, args.runs, task_queue, tag)
+                        await reach_the_wait(client, run_ids)
+                        result = await measure(
+                            variant, client, http, server, server_url, run_ids, args.concurrency
+                        )
+                        results[variant].append(result)
+                        print(f"round {round_number + 1} {variant:8} {summary(result)}", flush=True)
+
+                bursts: dict[str, dict[str, int]] = {}
+                for variant in ("tracking", "plain"):
+                    [run_id] = await start_runs(
+                        client, version, 1, task_queue, f"burst-{variant}-{uuid.uuid4().hex[:4]}"
+                    )
+                    await reach_the_wait(client, [run_id])
+                    bursts[variant] = await burst(
+                        variant, client, http, server_url, run_id, args.burst, args.concurrency
+                    )
+                    print(f"burst {variant:8} {bursts[variant]}", flush=True)
+                    if variant == "tracking":
+                        with HitStore(database) as store:
+                            kept = len(store.hits(run_id, limit=args.burst * 2))
+                        assert kept == args.burst, f"expected {args.burst} hits kept, got {kept}"
+    finally:
+        for process in reversed(processes):
+            if process.stdin is not None:
+                process.stdin.close()
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        await env.shutdown()
+
+    print()
+    print("| signalled through | signals/s | answer p50 ms | answer p99 ms | server CPU ms each |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for variant, name in (("tracking", "tracking server (pixel GET)"), ("plain", "plain client")):
+        measured = results[variant]
+        latencies = [latency for m in measured for latency in m.latencies]
+        cpu = sum(m.server_cpu for m in measured) / sum(m.signals for m in measured) * 1000
+        print(
+            f"| {name} | {statistics.median(m.per_second for m in measured):.0f} | "
+            f"{percentile(latencies, 0.5) * 1000:.1f} | {percentile(latencies, 0.99) * 1000:.1f} "
+            f"| {cpu:.2f} |"
+        )
+    ratio = statistics.median(m.per_second for m in results["tracking"]) / statistics.median(
+        m.per_second for m in results["plain"]
+    )
+    print()
+    print(f"tracking server: {ratio:.2f}x the plain client's signals per second")
+    print()
+    print(
+        f"| {args.burst:,} opens of one email through | history events added | of which signals |"
+    )
+    print("| --- | ---: | ---: |")
+    for variant, name in (("tracking", "tracking server"), ("plain", "plain client, one id")):
+        added = bursts[variant]
+        signals = added.get(EventType.Name(SIGNALED), 0)
+        print(f"| {name} | {sum(added.values())} | {signals} |")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

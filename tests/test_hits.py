@@ -1,0 +1,213 @@
+"""The tracking database (hits, signal keys, suppressions) on real SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from alembic import command
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
+
+from dee._db import alembic_config, make_engine, resolve_url
+from dee.hits import (
+    MAX_USER_AGENT,
+    HitStore,
+    HitStoreError,
+    SignalClaim,
+    Suppressions,
+    event_id,
+)
+from dee.ledger import SendLedger
+
+RUN = "intro:ana@example.com"
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[HitStore]:
+    with HitStore(database_url) as opened:
+        yield opened
+
+
+def test_the_first_hit_of_a_key_signals_and_every_hit_is_kept(store: HitStore) -> None:
+    first = store.record_hit(RUN, kind="open", step_id="intro", visit=1, user_agent="Mail/1.0")
+    assert first == SignalClaim(RUN, "intro", 1, "open", first.claim if first else "")
+    assert first is not None and first.event_id == f"open:{RUN}:intro:1"
+    for _ in range(4):
+        assert store.record_hit(RUN, kind="open", step_id="intro", visit=1) is None
+    assert store.is_signalled(RUN, step_id="intro", visit=1, kind="open")
+
+    hits = store.hits(RUN)
+    assert [(hit.kind, hit.step_id, hit.visit) for hit in hits] == [("open", "intro", 1)] * 5
+    assert hits[0].user_agent == "Mail/1.0" and hits[1].user_agent is None
+    assert [hit.id for hit in hits] == sorted(hit.id for hit in hits)
+    assert all(hit.at.tzinfo is not None for hit in hits)
+    assert hits[0].at <= hits[-1].at
+    assert store.hits(RUN, limit=2) == hits[:2]
+    assert store.hits("other:run") == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "step_id", "visit"),
+    [
+        # Another kind of hit on the same email.
+        ("click", "intro", 1),
+        # The same email sent again on a later visit of its step.
+        ("open", "intro", 2),
+        # Another email of the run.
+        ("open", "follow-up", 1),
+    ],
+)
+def test_each_kind_step_and_visit_is_its_own_key(
+    store: HitStore, kind: str, step_id: str, visit: int
+) -> None:
+    assert store.record_hit(RUN, kind="open", step_id="intro", visit=1) is not None
+    assert store.record_hit(RUN, kind=kind, step_id=step_id, visit=visit) is not None  # type: ignore[arg-type]
+    assert store.record_hit("intro:bob@example.com", kind="open", step_id="intro", visit=1)
+
+
+def test_clicks_keep_their_url(store: HitStore) -> None:
+    store.record_hit(RUN, kind="click", step_id="intro", visit=1, url="https://a.example/x")
+    store.record_hit(RUN, kind="click", step_id="intro", visit=1, url="https://b.example/y")
+    assert [hit.url for hit in store.hits(RUN)] == ["https://a.example/x", "https://b.example/y"]
+
+
+def test_a_released_key_is_taken_by_the_next_hit(store: HitStore) -> None:
+    first = store.record_hit(RUN, kind="open", step_id="intro", visit=1)
+    assert first is not None
+    store.release(first)
+    assert not store.is_signalled(RUN, step_id="intro", visit=1, kind="open")
+    second = store.record_hit(RUN, kind="open", step_id="intro", visit=1)
+    assert second is not None and second.claim != first.claim
+    # A stale release (the first hit's, after the second took the key) changes nothing.
+    store.release(first)
+    assert store.record_hit(RUN, kind="open", step_id="intro", visit=1) is None
+
+
+def test_a_later_run_with_the_same_id_signals_again(database_url: str) -> None:
+    with HitStore(database_url) as store, SendLedger(database_url) as ledger:
+        ledger.claim("m-first", run_id=RUN, step_id="intro", channel="email")
+        assert store.record_hit(RUN, kind="open", step_id="intro", visit=1) is not None
+        assert store.record_hit(RUN, kind="open", step_id="intro", visit=1) is None
+        # The run ended; a new one under the same id sends the step's email again.
+        ledger.claim("m-second", run_id=RUN, step_id="intro", channel="email")
+        again = store.record_hit(RUN, kind="open", step_id="intro", visit=1)
+        assert again is not None
+        assert store.record_hit(RUN, kind="open", step_id="intro", visit=1) is None
+        # Another step's sends do not count.
+        ledger.claim("m-other", run_id=RUN, step_id="follow-up", channel="email")
+        assert store.record_hit(RUN, kind="open", step_id="intro", visit=1) is None
+
+
+def test_concurrent_hits_signal_once(store: HitStore) -> None:
+    start = threading.Barrier(8)
+
+    def hit(_index: int) -> SignalClaim | None:
+        start.wait()
+        return store.record_hit(RUN, kind="click", step_id="intro", visit=1)
+
+    with ThreadPoolExecutor(8) as pool:
+        claims = list(pool.map(hit, range(8)))
+    assert len([claim for claim in claims if claim is not None]) == 1
+    assert len(store.hits(RUN)) == 8
+
+
+def test_unsubscribes_are_kept_and_never_claim(store: HitStore) -> None:
+    assert store.record_hit(RUN, kind="unsubscribe", user_agent="x") is None
+    [hit] = store.hits(RUN)
+    assert (hit.kind, hit.step_id, hit.visit, hit.url) == ("unsubscribe", None, None, None)
+
+
+def test_long_user_agents_are_cut(store: HitStore) -> None:
+    store.record_hit(RUN, kind="open", step_id="intro", visit=1, user_agent="x" * 5000)
+    [hit] = store.hits(RUN)
+    assert hit.user_agent == "x" * MAX_USER_AGENT
+
+
+def test_refuses_hits_it_cannot_key(store: HitStore) -> None:
+    with pytest.raises(ValueError, match="needs its step_id and visit"):
+        store.record_hit(RUN, kind="open", step_id="intro")
+    with pytest.raises(ValueError, match="kind 'view' is unknown"):
+        store.record_hit(RUN, kind="view", step_id="intro", visit=1)  # type: ignore[arg-type]
+
+
+def test_event_ids() -> None:
+    assert event_id("open", "p:c", "intro", 2) == "open:p:c:intro:2"
+    assert event_id("unsubscribe", "p:c") == "unsubscribe:p:c"
+    # Run ids may be 251 characters; a run takes event ids of at most 200.
+    long_run = "p:" + "c" * 249
+    long = event_id("click", long_run, "intro", 1)
+    assert long.startswith("click:") and len(long) == len("click:") + 64
+    assert long == event_id("click", long_run, "intro", 1) != event_id("click", long_run, "x", 1)
+
+
+# -- suppressions ---------------------------------------------------------------------------
+
+
+def test_suppress_is_idempotent_and_ignores_case(store: HitStore) -> None:
+    assert not store.is_suppressed("ana@example.com")
+    assert store.suppression("ana@example.com") is None
+    assert store.suppress(" Ana@Example.COM ", reason="unsubscribe", run_id=RUN) is True
+    assert store.suppress("ana@example.com", reason="bounce") is False
+    assert store.is_suppressed("ANA@example.com")
+    suppression = store.suppression("ana@EXAMPLE.com")
+    assert suppression is not None
+    # The first reason and run are kept.
+    assert (suppression.address, suppression.reason, suppression.run_id) == (
+        "ana@example.com",
+        "unsubscribe",
+        RUN,
+    )
+    assert suppression.at.tzinfo is not None
+    assert not store.is_suppressed("bob@example.com")
+
+
+def test_unknown_reason_is_refused(store: HitStore) -> None:
+    with pytest.raises(ValueError, match="reason 'complaint' is unknown"):
+        store.suppress("ana@example.com", reason="complaint")  # type: ignore[arg-type]
+
+
+def test_the_worker_reads_suppressions_through_the_ledger(database_url: str) -> None:
+    with SendLedger(database_url) as ledger, HitStore(database_url) as store:
+        shared = Suppressions.sharing(ledger)
+        assert not shared.is_suppressed("ana@example.com")
+        store.suppress("ana@example.com", reason="spamreport")
+        assert shared.is_suppressed("Ana@example.com")
+        # Closing the borrowed view leaves the ledger's connections open.
+        shared.close()
+        assert ledger.claim("m1", run_id=RUN, step_id="intro", channel="email") == "claimed"
+        assert shared.is_suppressed("ana@example.com")
+
+
+# -- schema ---------------------------------------------------------------------------------
+
+
+def test_migration_0003_goes_both_ways(database_url: str) -> None:
+    HitStore(database_url).close()
+    revision = ScriptDirectory.from_config(alembic_config()).get_revision("0003")
+    assert revision is not None and revision.down_revision == "0002"
+    engine = make_engine(resolve_url(database_url))
+    tables = {"tracking_hits", "tracking_signals", "suppressions"}
+    try:
+        assert tables <= set(inspect(engine).get_table_names())
+        with engine.begin() as connection:
+            command.downgrade(alembic_config(connection), "0002")
+        assert not tables & set(inspect(engine).get_table_names())
+        assert "sends" in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+    with HitStore(database_url) as store:
+        assert store.record_hit(RUN, kind="open", step_id="intro", visit=1) is not None
+
+
+def test_database_failure_is_a_hit_store_error(store: HitStore, database_url: str) -> None:
+    engine = make_engine(resolve_url(database_url))
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("DROP TABLE tracking_hits"))
+    finally:
+        engine.dispose()
+    with pytest.raises(HitStoreError, match="the tracking database .* failed"):
+        store.record_hit(RUN, kind="open", step_id="intro", visit=1)
