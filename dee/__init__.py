@@ -45,6 +45,8 @@ from dee.errors import (
     RegistryError,
 )
 from dee.graph import to_mermaid
+from dee.hits import HitStore, HitStoreError, Suppressions
+from dee.inbound import InboundError, InboundStore
 from dee.ledger import LedgerError, SendLedger
 from dee.loader import load_plan, parse_plan, plan_from_document
 from dee.plan import (
@@ -73,6 +75,8 @@ from dee.runs import (
     RunState,
     StepVisit,
 )
+from dee.sendgrid import SendGridError, SignatureError
+from dee.server import create_app
 from dee.settings import Settings
 from dee.temporal import TemporalSetupError, connect, ensure_search_attributes
 from dee.tracking import TokenError
@@ -91,6 +95,10 @@ __all__ = [
     "EndStep",
     "EventTally",
     "ExecutionPlan",
+    "HitStore",
+    "HitStoreError",
+    "InboundError",
+    "InboundStore",
     "LedgerError",
     "MissingVariablesError",
     "PlanContent",
@@ -118,11 +126,14 @@ __all__ = [
     "RunSummary",
     "RunUnavailableError",
     "SendEmailStep",
+    "SendGridError",
     "SendLedger",
     "SendVoiceStep",
     "Settings",
+    "SignatureError",
     "Step",
     "StepVisit",
+    "Suppressions",
     "TemporalSetupError",
     "TokenError",
     "Tracking",
@@ -133,6 +144,7 @@ __all__ = [
     "cancel_run",
     "check_condition",
     "connect",
+    "create_app",
     "ensure_search_attributes",
     "evaluate_condition",
     "execution_plan",

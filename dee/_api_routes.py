@@ -34,6 +34,8 @@ from pydantic.alias_generators import to_camel
 from temporalio.service import RPCError, RPCStatusCode
 
 from dee._http import ApiError, ErrorBody
+from dee._inbound_routes import inbound_store
+from dee._tracking_routes import hit_store
 from dee.client import (
     RunAlreadyStartedError,
     RunStatus,
@@ -273,6 +275,33 @@ class CancelRequested(_Answer):
     run_id: str
     #: The run ends with outcome ``cancelled`` once a worker sees the request.
     cancel_requested: bool = True
+
+
+class HitBody(_Answer):
+    """One fetch of a pixel, click on a link or unsubscribe, as it arrived (kept even when
+    it was collapsed into an earlier hit's signal)."""
+
+    id: int
+    step_id: str | None
+    visit: int | None
+    kind: str
+    url: str | None
+    user_agent: str | None
+    at: datetime.datetime
+
+
+class InboundBody(_Answer):
+    """An inbound message that matched no run, kept so that it can be looked at."""
+
+    id: int
+    message_id: str | None
+    source: str
+    received_at: datetime.datetime
+    from_domain: str | None
+    subject: str | None
+    size: int
+    raw_kept: bool
+    raw_truncated: bool
 
 
 class RunSummaryBody(_Answer):
@@ -571,3 +600,35 @@ async def cancel(run_id: RunId, state: State) -> CancelRequested:
     with _temporal_errors():
         await cancel_run(state.client, run_id)
     return CancelRequested(run_id=run_id)
+
+
+@router.get(
+    "/runs/{run_id}/hits",
+    response_model=list[HitBody],
+    summary="A run's raw tracking hits",
+)
+async def run_hits(
+    run_id: RunId,
+    state: State,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1_000,
+) -> list[HitBody]:
+    """Every pixel fetch, link click and unsubscribe of the run's emails, oldest first,
+    with the user agent and time of each: also those collapsed into an earlier signal."""
+    store = await hit_store(state)
+    hits = await asyncio.to_thread(store.hits, run_id, limit=limit)
+    return [HitBody.model_validate(hit, from_attributes=True) for hit in hits]
+
+
+@router.get(
+    "/inbound/unmatched",
+    response_model=list[InboundBody],
+    summary="Inbound messages that matched no run",
+)
+async def unmatched_inbound(
+    state: State,
+    limit: Annotated[int, Query(ge=1, le=1_000)] = 100,
+) -> list[InboundBody]:
+    """Replies and other inbound messages DEE could not tie to a run, newest first."""
+    store = await inbound_store(state)
+    records = await asyncio.to_thread(store.unmatched, limit=limit)
+    return [InboundBody.model_validate(record, from_attributes=True) for record in records]

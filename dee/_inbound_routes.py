@@ -125,6 +125,10 @@ async def _inbound(state: ServerState) -> InboundStore:
     return await asyncio.to_thread(_open, state, _INBOUND_STORE, InboundStore)
 
 
+#: The app's inbound store, for other routes (the REST API lists unmatched messages).
+inbound_store = _inbound
+
+
 def _check_key(state: ServerState, key: str | None) -> None:
     secret = state.settings.inbound_secret
     if not secret:

@@ -55,13 +55,7 @@ logger = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
 
 
-async def _state(request: Request) -> ServerState:
-    # server_state is a plain function, which FastAPI would run in its thread pool on
-    # every request; these routes are the busiest, so they skip the hop.
-    return server_state(request)
-
-
-State = Annotated[ServerState, Depends(_state)]
+State = Annotated[ServerState, Depends(server_state)]
 
 STORE_KEY: Final = "hits"
 #: A transparent 1x1 GIF, the smallest image every mail client shows.

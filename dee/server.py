@@ -45,8 +45,9 @@ class ServerState:
     stores: dict[str, Any] = field(default_factory=dict)
 
 
-def server_state(request: Request) -> ServerState:
-    """The app's :class:`ServerState`, as a FastAPI dependency."""
+async def server_state(request: Request) -> ServerState:
+    """The app's :class:`ServerState`, as a FastAPI dependency (``async``, so FastAPI
+    calls it on the event loop rather than through its thread pool)."""
     state: ServerState = request.app.state.dee
     return state
 

@@ -210,10 +210,18 @@ def test_the_worker_needs_a_secret_key_and_has_defaults_for_the_rest() -> None:
 
 
 def test_services_built_here_run_a_dee_command_that_exists() -> None:
-    assert _built_here() == ["dee-worker"]
+    assert _built_here() == ["dee-worker", "dee-api"]
     for name in _built_here():
         command = SERVICES[name]["command"]
         assert command[0] in dee_cli.commands, (name, command)
+
+
+def test_the_api_shares_the_workers_database_key_and_public_url() -> None:
+    worker = SERVICES["dee-worker"]["environment"]
+    api = SERVICES["dee-api"]["environment"]
+    for name in ("DEE_DATABASE_URL", "DEE_SECRET_KEY", "DEE_PUBLIC_URL", "TEMPORAL_ADDRESS"):
+        assert api[name] == worker[name], name
+    assert SERVICES["dee-api"]["command"] == ["serve", "--host", "0.0.0.0", "--port", "8000"]
 
 
 def test_published_ports_are_bound_to_localhost() -> None:

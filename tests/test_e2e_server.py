@@ -26,6 +26,7 @@ from tests.helpers.temporal import running_worker
 from workflows.execution_plan import ExecutionPlanWorkflow
 
 INBOUND_KEY = "e2e-inbound-key"
+API_KEY = "e2e-api-key"
 HTML = '<p>Hi {{ contact.firstName }}, meet {{ product }}: <a href="https://example.com/book">book</a></p>'
 
 
@@ -93,6 +94,7 @@ async def test_pixel_link_reply_and_unsubscribe_steer_real_runs(
         secret_key="e2e-secret",
         task_queue=task_queue,
         inbound_secret=INBOUND_KEY,
+        api_keys=(API_KEY,),
     )
     client = dev_env.client
     with PlanRegistry(database) as registry, SendLedger(database) as ledger:
