@@ -30,6 +30,7 @@ from temporalio.client import Client
 from dee import _cli_format as fmt
 from dee.client import cancel_run, list_runs, run_state, send_event, start_run
 from dee.conditions import EVENT_TYPES
+from dee.hits import HitStore
 from dee.plan import EMAIL_PATTERN, ID_PATTERN
 from dee.registry import PlanRegistry
 from dee.runs import DEFAULT_TASK_QUEUE, Contact
@@ -245,4 +246,30 @@ def list_command(plan_id: str | None, limit: int, as_json: bool) -> None:
         click.echo("no runs yet: start one with dee runs start PLAN_ID --contact JSON", err=True)
         return
     for line in fmt.run_table(summaries):
+        click.echo(line)
+
+
+@runs.command()
+@click.argument("run_id")
+@click.option("--limit", metavar="N", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.pass_context
+def hits(ctx: click.Context, run_id: str, limit: int) -> None:
+    """Show RUN_ID's raw tracking hits: every pixel fetch, link click and unsubscribe,
+    with its time and user agent (also those collapsed into an earlier signal)."""
+    with HitStore(_database(ctx)) as store:
+        found = store.hits(run_id, limit=limit)
+    if not found:
+        click.echo(f"no tracking hits for run {run_id!r}", err=True)
+        return
+    rows = [
+        [
+            hit.at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            hit.kind,
+            hit.step_id or "-",
+            hit.url or "-",
+            (hit.user_agent or "-")[:60],
+        ]
+        for hit in found
+    ]
+    for line in fmt.table(["AT", "KIND", "STEP", "URL", "USER AGENT"], rows):
         click.echo(line)
