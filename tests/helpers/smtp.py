@@ -68,6 +68,8 @@ class RecordingHandler:
     data_replies: list[str] = field(default_factory=list)
     #: Every RCPT address the server was asked to take, refused or not.
     rcpt_attempts: list[str] = field(default_factory=list)
+    #: Seconds to wait at the end of DATA before answering: a slow server.
+    data_delay: float = 0.0
     #: Called, in the server's thread, after a message was accepted and recorded.
     after_accept: Callable[[Received], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -94,6 +96,8 @@ class RecordingHandler:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         with self._lock:
             if self.data_replies:
                 return self.data_replies.pop(0)

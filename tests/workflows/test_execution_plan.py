@@ -3,12 +3,15 @@ real SMTP server (aiosmtpd) and the real twilio client against a loopback Calls 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import CancelledError
 from temporalio.testing import WorkflowEnvironment
 
 import dee
@@ -261,3 +264,26 @@ async def test_long_loops_continue_as_new_and_keep_their_place(
         EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW
     )
     assert e.subjects == ["Hi DEE"]
+
+
+async def test_cancelling_during_a_send_ends_the_run_cancelled(
+    dev_env: WorkflowEnvironment,
+    task_queue: str,
+    tmp_path: Path,
+    smtp: SmtpServer,
+    twilio: TwilioApi,
+) -> None:
+    # The server takes its time with the intro email; the run is cancelled meanwhile.
+    smtp.handler.data_delay = 6.0
+    async with engine(dev_env, task_queue, tmp_path, smtp, twilio) as e:
+        handle = await e.start(e.spec_version())
+        async with asyncio.timeout(30):
+            while not smtp.handler.rcpt_attempts:
+                await asyncio.sleep(0.05)
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError) as caught:
+            await handle.result()
+        description = await handle.describe()
+    assert isinstance(caught.value.cause, CancelledError)
+    assert description.typed_search_attributes.get(OUTCOME_ATTRIBUTE) == "cancelled"
+    assert description.typed_search_attributes.get(CURRENT_STEP_ATTRIBUTE) == "intro-email"
