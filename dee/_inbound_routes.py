@@ -26,7 +26,6 @@ import asyncio
 import datetime
 import hmac
 import logging
-import threading
 from typing import Annotated, Final, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -69,10 +68,7 @@ State = Annotated[ServerState, Depends(server_state)]
 _S = TypeVar("_S", bound=Store)
 
 #: The ``stores`` names; the send ledger is shared with the other routes that use it.
-_LEDGER_STORE: Final = "send-ledger"
-_INBOUND_STORE: Final = "inbound"
 _RAW_TYPES: Final = frozenset({"", "message/rfc822", "application/octet-stream", "text/plain"})
-_open_lock = threading.Lock()
 
 
 class InboundAnswer(BaseModel):
@@ -103,26 +99,12 @@ class EventsAnswer(BaseModel):
     suppressed: int = 0
 
 
-def _open(state: ServerState, name: str, kind: type[_S]) -> _S:
-    """The app's store ``name``, opened (and migrated) on first use; the lifespan closes it."""
-    with _open_lock:
-        store = state.stores.get(name)
-        if store is None:
-            opened = kind(state.settings.database_url)
-            # Other routes may open the shared ledger under their own lock.
-            store = state.stores.setdefault(name, opened)
-            if store is not opened:
-                opened.close()
-    assert isinstance(store, kind), f"stores[{name!r}] is {type(store).__name__}"
-    return store
-
-
 async def _ledger(state: ServerState) -> SendLedger:
-    return await asyncio.to_thread(_open, state, _LEDGER_STORE, SendLedger)
+    return await state.store(SendLedger)
 
 
 async def _inbound(state: ServerState) -> InboundStore:
-    return await asyncio.to_thread(_open, state, _INBOUND_STORE, InboundStore)
+    return await state.store(InboundStore)
 
 
 #: The app's inbound store, for other routes (the REST API lists unmatched messages).

@@ -14,7 +14,7 @@ target is the URL inside the signed token and nothing else, so there is no open 
 ``HEAD`` (what link checkers send) answers like ``GET`` but counts as no hit.
 
 Every valid hit is kept with its user agent and time (:class:`dee.hits.HitStore`, in
-``DEE_DATABASE_URL``, opened once per app as ``state.stores["hits"]``), and opens and clicks
+``DEE_DATABASE_URL``, opened once per app by ``ServerState.store``), and opens and clicks
 are collapsed: only the first hit of a run, step, visit and kind signals the run (see
 :mod:`dee.hits`). The signal goes after the answer, so the contact never waits on Temporal
 and always gets the GIF or the redirect: if the run has ended the hit is only kept; if
@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
-import threading
 from typing import Annotated, Any, Final
 from urllib.parse import urlsplit
 
@@ -57,7 +56,6 @@ router = APIRouter(include_in_schema=False)
 
 State = Annotated[ServerState, Depends(server_state)]
 
-STORE_KEY: Final = "hits"
 #: A transparent 1x1 GIF, the smallest image every mail client shows.
 PIXEL: Final = (
     b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
@@ -74,24 +72,10 @@ _NO_REFERRER: Final = {**_NO_STORE, "Referrer-Policy": "no-referrer"}
 #: Most running runs of one contact an unsubscribe ends.
 MAX_CONTACT_RUNS: Final = 1000
 
-_opening = threading.Lock()
-
 
 async def hit_store(state: ServerState) -> HitStore:
-    """The app's :class:`HitStore`, opened (and migrated) on first use; the app's lifespan
-    closes it."""
-    store = state.stores.get(STORE_KEY)
-    if isinstance(store, HitStore):
-        return store
-
-    def open_once() -> HitStore:
-        with _opening:
-            opened = state.stores.get(STORE_KEY)
-            if not isinstance(opened, HitStore):
-                opened = state.stores[STORE_KEY] = HitStore(state.settings.database_url)
-            return opened
-
-    return await asyncio.to_thread(open_once)
+    """The app's :class:`HitStore`."""
+    return await state.store(HitStore)
 
 
 def _verify(state: ServerState, token: str, kind: str) -> dict[str, Any]:

@@ -62,7 +62,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import threading
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
 from urllib.parse import parse_qsl
@@ -128,8 +127,6 @@ _NUMERIC_FIELDS: Final = frozenset({"CallDuration", "MachineDetectionDuration", 
 _CALL_SID = re.compile(r"^CA[0-9a-fA-F]{32}$")
 #: How long the call update may take before it counts as failed.
 HTTP_TIMEOUT_SECONDS: Final = 10.0
-_LEDGER_STORE: Final = "send-ledger"
-_ledger_lock = threading.Lock()
 
 State = Annotated[ServerState, Depends(server_state)]
 
@@ -291,7 +288,7 @@ async def _leave_voicemail(state: ServerState, call: _Call, sid: str) -> str:
     message_id = f"voicemail-{sid}"
     ledger: SendLedger | None = None
     try:
-        ledger = await asyncio.to_thread(_ledger, state)
+        ledger = await state.store(SendLedger)
         claim = await asyncio.to_thread(
             ledger.claim, message_id, run_id=call.run_id, step_id=call.step_id, channel="voice"
         )
@@ -315,16 +312,6 @@ async def _leave_voicemail(state: ServerState, call: _Call, sid: str) -> str:
             logger.warning("voicemail for call %s left but not recorded: %s", sid, exc)
     logger.info("voicemail left on call %s for run %r step %r", sid, call.run_id, call.step_id)
     return "sent"
-
-
-def _ledger(state: ServerState) -> SendLedger:
-    """The app's send ledger, opened (and migrated) on first use."""
-    with _ledger_lock:
-        ledger = state.stores.get(_LEDGER_STORE)
-        if ledger is None:
-            ledger = state.stores[_LEDGER_STORE] = SendLedger(state.settings.database_url)
-        assert isinstance(ledger, SendLedger)
-        return ledger
 
 
 class _QuietLogger(logging.LoggerAdapter[logging.Logger]):

@@ -14,15 +14,18 @@ through :func:`server_state` so routes can be tested against a real app.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from temporalio.client import Client
 
+from dee._store import Store
 from dee.registry import PlanRegistry
 from dee.settings import Settings
 
@@ -34,15 +37,36 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1024 * 1024
 
 
+_S = TypeVar("_S", bound=Store)
+
+
 @dataclass
 class ServerState:
-    """What every route can use. ``stores`` holds the server's own databases (hits,
-    suppressions, inbound messages), opened once per app, keyed by name."""
+    """What every route can use. ``stores`` holds the server's own databases (the send
+    ledger, hits and suppressions, inbound messages): one of each kind per app, opened on
+    first use through :meth:`store`, closed by the app's lifespan."""
 
     settings: Settings
     client: Client
     registry: PlanRegistry
     stores: dict[str, Any] = field(default_factory=dict)
+    _opening: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    async def store(self, kind: type[_S]) -> _S:
+        """The app's store of ``kind``, opened (and migrated) in a thread the first time."""
+        found = self.stores.get(kind.__name__)
+        if found is None:
+            found = await asyncio.to_thread(self._open, kind)
+        assert isinstance(found, kind), f"stores[{kind.__name__!r}] is {type(found).__name__}"
+        return found
+
+    def _open(self, kind: type[_S]) -> _S:
+        with self._opening:
+            found = self.stores.get(kind.__name__)
+            if found is None:
+                found = self.stores[kind.__name__] = kind(self.settings.database_url)
+        assert isinstance(found, kind)
+        return found
 
 
 async def server_state(request: Request) -> ServerState:
