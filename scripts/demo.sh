@@ -6,7 +6,8 @@
 #   scripts/demo.sh            # `make demo` runs this; Ctrl-C stops everything
 #
 # DEE_DEMO_EXIT=1 stops after the run instead of leaving `dee dev` up (the tests use it);
-# DEE_DEMO_PORT, DEE_DEMO_UI_PORT and DEE_DEMO_SMTP_PORT move the servers off 7233, 8233, 1025.
+# DEE_DEMO_PORT, DEE_DEMO_UI_PORT, DEE_DEMO_SMTP_PORT and DEE_DEMO_API_PORT move the servers
+# off 7233, 8233, 1025 and 8000.
 # State goes under .dee/ in the working folder, as with `dee dev` itself.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -15,7 +16,7 @@ PORT="${DEE_DEMO_PORT:-7233}"
 export TEMPORAL_ADDRESS="127.0.0.1:${PORT}"
 
 "$DEE" dev --port "$PORT" --ui-port "${DEE_DEMO_UI_PORT:-8233}" \
-    --smtp-port "${DEE_DEMO_SMTP_PORT:-1025}" &
+    --smtp-port "${DEE_DEMO_SMTP_PORT:-1025}" --api-port "${DEE_DEMO_API_PORT:-8000}" &
 DEV=$!
 stop() { kill -INT "$DEV" 2>/dev/null || true; wait "$DEV" 2>/dev/null || true; }
 trap stop EXIT

@@ -19,6 +19,7 @@ def test_demo_runs_a_plan_on_the_embedded_default(tmp_path: Path) -> None:
         "DEE_DEMO_PORT": str(free_port()),
         "DEE_DEMO_UI_PORT": str(free_port()),
         "DEE_DEMO_SMTP_PORT": str(free_port()),
+        "DEE_DEMO_API_PORT": str(free_port()),
     }
     for name in ("DEE_DATABASE_URL", "DEE_SMTP_URL", "DEE_SECRET_KEY", "TEMPORAL_ADDRESS"):
         env.pop(name, None)
