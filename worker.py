@@ -47,6 +47,10 @@ def build_worker(
     **options: Any,
 ) -> Worker:
     """A worker for DEE's workflow and activities on ``task_queue`` (default: settings)."""
+    # Run ids hold contact ids, which default to email addresses: keep them out of the text
+    # of log lines (they stay in each record's `extra` for structured logging).
+    activity.logger.activity_info_on_message = False
+    workflow.logger.workflow_info_on_message = False
     email = EmailActivities(settings, ledger)
     voice = VoiceActivities(settings, ledger)
     return Worker(
@@ -62,10 +66,6 @@ def build_worker(
 async def run_worker(settings: Settings | None = None, *, client: Client | None = None) -> None:
     """Run until SIGINT or SIGTERM, then finish in-flight tasks and stop."""
     settings = settings or Settings.from_env()
-    # Run ids hold contact ids, which default to email addresses: keep them out of the text
-    # of log lines (they stay in each record's `extra` for structured logging).
-    activity.logger.activity_info_on_message = False
-    workflow.logger.workflow_info_on_message = False
     client = client or await connect()
     added = await ensure_search_attributes(client)
     if added:
