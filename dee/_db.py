@@ -12,7 +12,7 @@ import os
 import random
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from sqlalchemy import (
     event,
     text,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -201,3 +202,26 @@ def migrate(engine: Engine) -> None:
             )
         command.upgrade(alembic_config(connection), "head")
     logger.debug("database %s is at the newest schema", safe_url(engine.url))
+
+
+def insert_if_absent(
+    connection: Connection,
+    table: Table,
+    row: Mapping[str, Any],
+    *,
+    keys: Sequence[Column[Any]],
+) -> bool:
+    """Insert ``row`` unless a row with the same ``keys`` exists; whether it went in.
+
+    ON CONFLICT DO NOTHING rather than catching IntegrityError: on PostgreSQL a failed
+    INSERT aborts the transaction. RETURNING rather than rowcount: psycopg reports -1 for
+    an INSERT ... ON CONFLICT.
+    """
+    dialect: Any = postgresql if connection.dialect.name == "postgresql" else sqlite
+    inserted = connection.execute(
+        dialect.insert(table)
+        .values(dict(row))
+        .on_conflict_do_nothing(index_elements=list(keys))
+        .returning(keys[0])
+    ).first()
+    return inserted is not None

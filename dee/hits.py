@@ -57,9 +57,8 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
-from dee._db import metadata, write_transaction
+from dee._db import insert_if_absent, metadata, write_transaction
 from dee._store import Store, database_errors
 from dee.errors import DeeError
 from dee.ledger import sends
@@ -198,10 +197,6 @@ def _utc(value: datetime.datetime) -> datetime.datetime:
     return value.astimezone(datetime.UTC)
 
 
-def _dialect(name: str) -> Any:
-    return postgresql if name == "postgresql" else sqlite
-
-
 class Suppressions(Store):
     """The suppression list; safe to share between threads and processes.
 
@@ -252,14 +247,7 @@ class Suppressions(Store):
             "at": datetime.datetime.now(datetime.UTC),
         }
         with self._writing() as connection:
-            inserted = connection.execute(
-                _dialect(connection.dialect.name)
-                .insert(suppressions)
-                .values(row)
-                .on_conflict_do_nothing(index_elements=[suppressions.c.address])
-                .returning(suppressions.c.address)
-            ).first()
-        return inserted is not None
+            return insert_if_absent(connection, suppressions, row, keys=[suppressions.c.address])
 
     @database_errors
     def is_suppressed(self, address: str) -> bool:
@@ -333,30 +321,22 @@ class HitStore(Suppressions):
             assert step_id is not None and visit is not None
             claim = SignalClaim(run_id, step_id, visit, kind, uuid.uuid4().hex)
             key = _key(claim)
-            # ON CONFLICT DO NOTHING, not catching IntegrityError: on PostgreSQL a failed
-            # INSERT would abort the transaction. RETURNING, as psycopg's rowcount is -1.
-            taken = connection.execute(
-                _dialect(connection.dialect.name)
-                .insert(tracking_signals)
-                .values(
-                    run_id=run_id,
-                    step_id=step_id,
-                    visit=visit,
-                    kind=kind,
-                    claim=claim.claim,
-                    at=now,
-                )
-                .on_conflict_do_nothing(
-                    index_elements=[
-                        tracking_signals.c.run_id,
-                        tracking_signals.c.step_id,
-                        tracking_signals.c.visit,
-                        tracking_signals.c.kind,
-                    ]
-                )
-                .returning(tracking_signals.c.claim)
-            ).first()
-            if taken is not None:
+            row = {
+                "run_id": run_id,
+                "step_id": step_id,
+                "visit": visit,
+                "kind": kind,
+                "claim": claim.claim,
+                "at": now,
+            }
+            keys = [
+                tracking_signals.c.run_id,
+                tracking_signals.c.step_id,
+                tracking_signals.c.visit,
+                tracking_signals.c.kind,
+            ]
+            taken = insert_if_absent(connection, tracking_signals, row, keys=keys)
+            if taken:
                 return claim
             held = connection.execute(
                 select(tracking_signals.c.claim, tracking_signals.c.at).where(*key)

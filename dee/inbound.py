@@ -73,9 +73,8 @@ from sqlalchemy import (
     UniqueConstraint,
     select,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
-from dee._db import metadata, write_transaction
+from dee._db import insert_if_absent, metadata, write_transaction
 from dee._store import Store, database_errors
 from dee.errors import DeeError
 from dee.ledger import SendRecord
@@ -556,18 +555,13 @@ class InboundStore(Store):
             "raw_truncated": keep and len(mail.raw) > MAX_KEPT_BYTES,
         }
         with write_transaction(self._engine) as connection:
-            # ON CONFLICT DO NOTHING: on PostgreSQL a failed INSERT would end the transaction.
-            dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-            inserted = connection.execute(
-                dialect.insert(inbound_messages)
-                .values(row)
-                .on_conflict_do_nothing(index_elements=[inbound_messages.c.event_id])
-                .returning(inbound_messages.c.id)
-            ).first()
+            inserted = insert_if_absent(
+                connection, inbound_messages, row, keys=[inbound_messages.c.event_id]
+            )
             found = connection.execute(
                 select(*_COLUMNS).where(inbound_messages.c.event_id == mail.event_id)
             ).one()
-        return _record(found._mapping), inserted is not None
+        return _record(found._mapping), inserted
 
     @database_errors
     def unmatched(self, *, limit: int = 100) -> list[InboundRecord]:
@@ -619,11 +613,6 @@ class InboundStore(Store):
             "received_at": datetime.datetime.now(datetime.UTC),
         }
         with write_transaction(self._engine) as connection:
-            dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-            inserted = connection.execute(
-                dialect.insert(provider_events)
-                .values(row)
-                .on_conflict_do_nothing(index_elements=[provider_events.c.event_id])
-                .returning(provider_events.c.event_id)
-            ).first()
-        return inserted is not None
+            return insert_if_absent(
+                connection, provider_events, row, keys=[provider_events.c.event_id]
+            )

@@ -47,9 +47,8 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
-from dee._db import metadata, write_transaction
+from dee._db import insert_if_absent, metadata, write_transaction
 from dee._store import Store, database_errors
 from dee.errors import DeeError
 
@@ -145,17 +144,7 @@ class SendLedger(Store):
             "created_at": datetime.datetime.now(datetime.UTC),
         }
         with write_transaction(self._engine) as connection:
-            # ON CONFLICT DO NOTHING, not catching IntegrityError: on PostgreSQL a failed
-            # INSERT would abort the transaction before the status could be read.
-            dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-            # RETURNING, not rowcount: psycopg reports -1 for an INSERT ... ON CONFLICT.
-            inserted = connection.execute(
-                dialect.insert(sends)
-                .values(row)
-                .on_conflict_do_nothing(index_elements=[sends.c.message_id])
-                .returning(sends.c.message_id)
-            ).first()
-            if inserted is not None:
+            if insert_if_absent(connection, sends, row, keys=[sends.c.message_id]):
                 return "claimed"
             status = connection.execute(
                 select(sends.c.status).where(sends.c.message_id == message_id)
