@@ -20,9 +20,9 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.email import EmailActivities
 from activities.voice import VoiceActivities
-from dee.ledger import SendLedger
+from dee.runs.ledger import SendLedger
+from dee.runs.temporal import connect, ensure_search_attributes
 from dee.settings import Settings
-from dee.temporal import connect, ensure_search_attributes
 from workflows.execution_plan import ExecutionPlanWorkflow
 
 __all__ = ["WORKFLOW_RUNNER", "build_worker", "main", "run_worker"]

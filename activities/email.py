@@ -9,12 +9,12 @@ not render, a missing address or setting raise a non-retryable ``ApplicationErro
 ``MissingEmail``, ``InvalidSender``, ``MissingConfiguration`` or ``InvalidConfiguration``;
 4xx replies, lost connections and timeouts are raised as they are, to be retried.
 
-An address on the suppression list (:mod:`dee.hits`: it unsubscribed, bounced or reported
+An address on the suppression list (:mod:`dee.server.hits`: it unsubscribed, bounced or reported
 spam) gets nothing: the send returns status ``suppressed`` without claiming it in the
 ledger or talking to the server, and the run shows ``suppressed <message-id>``.
 
 Every attempt of one send derives the same ``Message-ID`` and ledger key (see
-:mod:`dee.ledger`), so a retry after the server accepted the message returns
+:mod:`dee.runs.ledger`), so a retry after the server accepted the message returns
 ``already-sent`` instead of sending it again. The key covers the workflow *execution*
 (Temporal's run id) as well as DEE's run id, step and visit: DEE's run id is the workflow
 id, which a later run for the same plan and contact reuses, and that run must send anew.
@@ -42,15 +42,13 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities._heartbeat import heartbeating
-from dee._smtp import SmtpConfig, SmtpUrlError, parse_smtp_url, send_message
-from dee.content import EmailTemplate, PlanContent, RenderedEmail, render_email
+from activities._smtp import SmtpConfig, SmtpUrlError, parse_smtp_url, send_message
 from dee.errors import ContentError
-from dee.hits import Suppressions
-from dee.ledger import SendLedger
-from dee.plan import EMAIL_PATTERN, SendEmailStep
-from dee.runs import Contact
-from dee.settings import Settings
-from dee.tracking import (
+from dee.plans.content import EmailTemplate, PlanContent, RenderedEmail, render_email
+from dee.plans.model import EMAIL_PATTERN, SendEmailStep
+from dee.runs.ledger import SendLedger
+from dee.runs.model import Contact
+from dee.runs.tracking import (
     TokenError,
     add_open_pixel,
     click_url,
@@ -58,6 +56,8 @@ from dee.tracking import (
     rewrite_links,
     unsubscribe_url,
 )
+from dee.server.hits import Suppressions
+from dee.settings import Settings
 
 __all__ = ["EmailActivities", "SendEmailInput", "SendEmailResult", "html_to_text", "message_key"]
 
@@ -183,7 +183,7 @@ class EmailActivities:
             )
         if claim == "in-doubt":
             # An earlier attempt died before it handed the server the end of DATA, so
-            # the server discarded what it had (see dee.ledger): sending again is safe.
+            # the server discarded what it had (see dee.runs.ledger): sending again is safe.
             activity.logger.warning(
                 "email %s: an earlier attempt died before the message was complete; sending again",
                 key,
@@ -191,7 +191,7 @@ class EmailActivities:
         committed = False
 
         def commit() -> None:
-            # On the loop's thread, on purpose: see dee._smtp._CommittingSMTP.
+            # On the loop's thread, on purpose: see activities._smtp._CommittingSMTP.
             nonlocal committed
             self._ledger.mark_sent(key)
             committed = True

@@ -16,14 +16,14 @@ Voicemail
     server replaces the live call's TwiML with it (``calls(sid).update(twiml=...)``) and
     the message is recorded after the beep; the server needs nothing but the token, and a
     forged callback cannot make DEE's number say anything DEE did not render. The price:
-    the message must fit in a token (:data:`dee.tracking.MAX_TOKEN_LENGTH`, about 1,200
+    the message must fit in a token (:data:`dee.runs.tracking.MAX_TOKEN_LENGTH`, about 1,200
     characters of text; longer fails as ``ScriptTooLong``), and as the token is signed,
     not encrypted, callback URLs must stay out of logs like every tracking URL. Without a
     message the detection answers as fast as it can (``Enable``), only to tell the server
     whether a person or a machine picked up.
 
 Exactly once
-    Each call is claimed in the send ledger (:mod:`dee.ledger`) under an id derived from
+    Each call is claimed in the send ledger (:mod:`dee.runs.ledger`) under an id derived from
     the workflow execution, run, step and visit *before* Twilio is asked to dial, and its
     SID is recorded right after. A retry of a call already recorded returns the recorded
     SID (``already-placed``) without dialling. A claim without a SID ("in doubt") means an
@@ -57,13 +57,13 @@ from twilio.rest import Client
 from twilio.twiml.voice_response import VoiceResponse
 
 from activities._heartbeat import heartbeating
-from dee.content import PlanContent, render_script
 from dee.errors import ContentError
-from dee.ledger import SendLedger
-from dee.plan import SendVoiceStep
-from dee.runs import Contact
+from dee.plans.content import PlanContent, render_script
+from dee.plans.model import SendVoiceStep
+from dee.runs.ledger import SendLedger
+from dee.runs.model import Contact
+from dee.runs.tracking import TokenError, sign_token
 from dee.settings import Settings
-from dee.tracking import TokenError, sign_token
 
 __all__ = [
     "AMD_TOKEN_KIND",
@@ -75,7 +75,7 @@ __all__ = [
 ]
 
 #: Kinds (``"k"``) of the tokens in the status and answering machine callback URLs; see
-#: :mod:`dee.tracking`. Both carry ``"r"`` run id, ``"s"`` step id, ``"v"`` visit; the AMD
+#: :mod:`dee.runs.tracking`. Both carry ``"r"`` run id, ``"s"`` step id, ``"v"`` visit; the AMD
 #: token also ``"m"``, the voicemail's TwiML, when the step leaves a message.
 STATUS_TOKEN_KIND: Final = "call"
 AMD_TOKEN_KIND: Final = "amd"

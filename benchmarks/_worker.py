@@ -19,7 +19,7 @@ from temporalio.worker import Worker  # noqa: E402
 from activities.email import EmailActivities  # noqa: E402
 from activities.voice import VoiceActivities  # noqa: E402
 from benchmarks.baseline_workflow import HandWrittenSpecPlan  # noqa: E402
-from dee.ledger import SendLedger  # noqa: E402
+from dee.runs.ledger import SendLedger  # noqa: E402
 from dee.settings import Settings  # noqa: E402
 from worker import WORKFLOW_RUNNER  # noqa: E402
 from workflows.execution_plan import ExecutionPlanWorkflow  # noqa: E402

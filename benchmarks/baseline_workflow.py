@@ -13,8 +13,8 @@ from workflows.execution_plan import SEND_HEARTBEAT_TIMEOUT, SEND_RETRY_POLICY, 
 with workflow.unsafe.imports_passed_through():
     from activities.email import EmailActivities, SendEmailInput
     from activities.voice import PlaceCallInput, VoiceActivities
-    from dee.plan import SendEmailStep, SendVoiceStep, WaitStep
-    from dee.runs import RunEvent, RunInput
+    from dee.plans.model import SendEmailStep, SendVoiceStep, WaitStep
+    from dee.runs.model import RunEvent, RunInput
 
 
 @workflow.defn(name="HandWrittenSpecPlan")

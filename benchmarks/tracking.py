@@ -5,7 +5,7 @@ own, runs of a plan that only waits get one ``open`` each:
 
 - through the tracking server: a GET of each run's signed pixel URL over HTTP, which keeps
   the hit in the database, takes the run's collapse key and signals after answering;
-- through a plain Temporal client: ``dee.client.send_event``, the same event, directly.
+- through a plain Temporal client: ``dee.runs.client.send_event``, the same event, directly.
 
 Both with the same number of requests in flight. Signals per second are counted from the
 start to the Temporal server's own time stamp of the last signal event, read from the
@@ -41,11 +41,11 @@ import httpx  # noqa: E402
 from temporalio.api.enums.v1 import EventType  # noqa: E402
 from temporalio.client import Client  # noqa: E402
 
-from dee.client import send_event, start_run  # noqa: E402
-from dee.hits import HitStore  # noqa: E402
-from dee.plan import ExecutionPlan  # noqa: E402
-from dee.registry import PlanRegistry, PlanVersion  # noqa: E402
-from dee.tracking import open_pixel_url  # noqa: E402
+from dee.plans.model import ExecutionPlan  # noqa: E402
+from dee.plans.registry import PlanRegistry, PlanVersion  # noqa: E402
+from dee.runs.client import send_event, start_run  # noqa: E402
+from dee.runs.tracking import open_pixel_url  # noqa: E402
+from dee.server.hits import HitStore  # noqa: E402
 from tests.helpers.smtp import free_port  # noqa: E402
 from tests.helpers.temporal import start_dev_env  # noqa: E402
 
@@ -299,7 +299,7 @@ async def main() -> None:
             )
             processes.append(worker)
             server = subprocess.Popen(
-                [sys.executable, "-m", "dee.cli", "serve", "--port", str(port)],
+                [sys.executable, "-m", "dee.cli.main", "serve", "--port", str(port)],
                 env=process_env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

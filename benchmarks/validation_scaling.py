@@ -14,8 +14,8 @@ import time
 from typing import Any
 
 import dee
-from dee.conditions import clear_caches
-from dee.content import EmailTemplate, PlanContent
+from dee.plans.conditions import clear_caches
+from dee.plans.content import EmailTemplate, PlanContent
 
 
 def build(blocks: int) -> dee.ExecutionPlan:

@@ -1,36 +1,12 @@
 """DEE: a durable engine for outbound communication workflows, on Temporal.
 
-Plans are written in Python (:mod:`dee.builder`) or as JSON/YAML documents
+Plans are written in Python (:mod:`dee.plans.builder`) or as JSON/YAML documents
 (:func:`load_plan`), validated as a whole (:func:`validate_plan`) and stored as immutable,
 numbered versions with their content (:class:`PlanRegistry`).
 """
 
 from __future__ import annotations
 
-from dee.builder import execution_plan, steps, transitions
-from dee.client import (
-    RunAlreadyStartedError,
-    RunClosedError,
-    RunError,
-    RunNotFoundError,
-    RunSummary,
-    RunUnavailableError,
-    cancel_run,
-    list_runs,
-    run_state,
-    send_event,
-    start_run,
-)
-from dee.conditions import ConditionContext, EventTally, check_condition, evaluate_condition
-from dee.content import (
-    EmailTemplate,
-    PlanContent,
-    RenderedEmail,
-    load_content,
-    render_email,
-    render_script,
-    required_variables,
-)
 from dee.errors import (
     ConditionError,
     ContentError,
@@ -44,12 +20,20 @@ from dee.errors import (
     Problem,
     RegistryError,
 )
-from dee.graph import to_mermaid
-from dee.hits import HitStore, HitStoreError, Suppressions
-from dee.inbound import InboundError, InboundStore
-from dee.ledger import LedgerError, SendLedger
-from dee.loader import load_plan, parse_plan, plan_from_document
-from dee.plan import (
+from dee.plans.builder import execution_plan, steps, transitions
+from dee.plans.conditions import ConditionContext, EventTally, check_condition, evaluate_condition
+from dee.plans.content import (
+    EmailTemplate,
+    PlanContent,
+    RenderedEmail,
+    load_content,
+    render_email,
+    render_script,
+    required_variables,
+)
+from dee.plans.graph import to_mermaid
+from dee.plans.loader import load_plan, parse_plan, plan_from_document
+from dee.plans.model import (
     BranchStep,
     Condition,
     Duration,
@@ -64,8 +48,23 @@ from dee.plan import (
     Voicemail,
     WaitStep,
 )
-from dee.registry import PlanRegistry, PlanSummary, PlanVersion
-from dee.runs import (
+from dee.plans.registry import PlanRegistry, PlanSummary, PlanVersion
+from dee.plans.validation import validate_plan
+from dee.runs.client import (
+    RunAlreadyStartedError,
+    RunClosedError,
+    RunError,
+    RunNotFoundError,
+    RunSummary,
+    RunUnavailableError,
+    cancel_run,
+    list_runs,
+    run_state,
+    send_event,
+    start_run,
+)
+from dee.runs.ledger import LedgerError, SendLedger
+from dee.runs.model import (
     WORKFLOW_NAME,
     Contact,
     RunEvent,
@@ -75,12 +74,13 @@ from dee.runs import (
     RunState,
     StepVisit,
 )
-from dee.sendgrid import SendGridError, SignatureError
-from dee.server import create_app
+from dee.runs.temporal import TemporalSetupError, connect, ensure_search_attributes
+from dee.runs.tracking import TokenError
+from dee.server.app import create_app
+from dee.server.hits import HitStore, HitStoreError, Suppressions
+from dee.server.inbound import InboundError, InboundStore
+from dee.server.sendgrid import SendGridError, SignatureError
 from dee.settings import Settings
-from dee.temporal import TemporalSetupError, connect, ensure_search_attributes
-from dee.tracking import TokenError
-from dee.validation import validate_plan
 
 __all__ = [
     "BranchStep",

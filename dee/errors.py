@@ -12,21 +12,21 @@ Every exception DEE raises on purpose derives from :class:`DeeError`::
     ├── ConditionError         a branch condition failed while it was evaluated
     ├── RegistryError          the plan registry cannot do what was asked
     │   └── PlanNotFoundError  no such plan, or no such version of it
-    ├── LedgerError            the send ledger's database failed (dee.ledger)
-    ├── TokenError             a tracking or unsubscribe token is forged or broken (dee.tracking)
+    ├── LedgerError            the send ledger's database failed (dee.runs.ledger)
+    ├── TokenError             a signed link token is forged or broken (dee.runs.tracking)
     ├── TemporalSetupError     Temporal is unreachable or lacks DEE's search attributes
-    │                          (dee.temporal)
-    ├── RunError               a run cannot be started, steered or read (dee.client)
+    │                          (dee.runs.temporal)
+    ├── RunError               a run cannot be started, steered or read (dee.runs.client)
     │   ├── RunNotFoundError       no run with that id
     │   ├── RunAlreadyStartedError the plan and contact already have an active run
     │   ├── RunClosedError         the run has ended
     │   └── RunUnavailableError    no worker answers for the run
-    ├── HitStoreError          the tracking-hit and suppression store failed (dee.hits)
-    ├── InboundError           an inbound message cannot be read (dee.inbound)
-    ├── SendGridError          a SendGrid event webhook call is not valid (dee.sendgrid)
+    ├── HitStoreError          the tracking-hit and suppression store failed (dee.server.hits)
+    ├── InboundError           an inbound message cannot be read (dee.server.inbound)
+    ├── SendGridError          a SendGrid event webhook call is not valid (dee.server.sendgrid)
     │   └── SignatureError     its signature or timestamp does not check out
-    ├── DevError               ``dee dev`` cannot start (dee.dev)
-    └── SmtpCatcherError       the local mail catcher cannot start (dee._smtp_catcher)
+    ├── DevError               ``dee dev`` cannot start (dee.cli.dev)
+    └── SmtpCatcherError       the local mail catcher cannot start (dee.cli._smtp_catcher)
 
 Errors that belong to one module are defined there, next to what raises them, and exported
 from :mod:`dee` like the rest.
@@ -122,7 +122,7 @@ class PlanDataError(PlanInvalidError):
 
 
 class PlanValidationError(PlanInvalidError):
-    """The plan is well-formed but breaks a rule: see :mod:`dee.validation`."""
+    """The plan is well-formed but breaks a rule: see :mod:`dee.plans.validation`."""
 
 
 class ContentError(DeeError):

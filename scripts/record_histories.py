@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dee.client import send_event  # noqa: E402
+from dee.runs.client import send_event  # noqa: E402
 from tests.helpers.engine import Engine, engine, wait_for_messages  # noqa: E402
 from tests.helpers.smtp import smtp_server  # noqa: E402
 from tests.helpers.temporal import new_task_queue, start_time_skipping_env  # noqa: E402

@@ -20,7 +20,7 @@ import pytest_asyncio
 from sqlalchemy.engine import make_url
 from temporalio.testing import WorkflowEnvironment
 
-from dee.registry import PlanRegistry
+from dee.plans.registry import PlanRegistry
 from tests.helpers import db, temporal
 from tests.helpers.smtp import SmtpServer, smtp_server
 

@@ -18,9 +18,9 @@ import pytest
 import pytest_asyncio
 from temporalio.testing import WorkflowEnvironment
 
-from dee.ledger import SendLedger
-from dee.loader import plan_from_document
-from dee.registry import PlanRegistry
+from dee.plans.loader import plan_from_document
+from dee.plans.registry import PlanRegistry
+from dee.runs.ledger import SendLedger
 from dee.settings import Settings
 from tests.helpers.server import RunningServer, running_server
 from tests.helpers.smtp import SmtpServer, free_port, smtp_server

@@ -31,8 +31,8 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from dee.registry import PlanRegistry
-from dee.server import create_app
+from dee.plans.registry import PlanRegistry
+from dee.server.app import create_app
 from dee.settings import Settings
 from tests.helpers.smtp import free_port
 from tests.helpers.temporal import new_task_queue

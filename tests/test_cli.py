@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from dee.cli import dee
-from dee.graph import to_mermaid
-from dee.loader import load_plan
+from dee.cli.main import dee
+from dee.plans.graph import to_mermaid
+from dee.plans.loader import load_plan
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SPEC_PLAN = EXAMPLES / "spec-plan.yaml"
@@ -308,7 +308,7 @@ def test_the_console_script_exit_codes(tmp_path: Path) -> None:
 
     def validate(plan: Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "dee.cli", "plans", "validate", str(plan)],
+            [sys.executable, "-m", "dee.cli.main", "plans", "validate", str(plan)],
             capture_output=True,
             text=True,
             timeout=60,

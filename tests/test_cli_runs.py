@@ -18,7 +18,7 @@ import pytest_asyncio
 from temporalio.client import WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
-from dee.ledger import SendLedger
+from dee.runs.ledger import SendLedger
 from dee.settings import Settings
 from tests.helpers.smtp import SmtpServer
 from tests.helpers.temporal import executable, run_result, running_worker

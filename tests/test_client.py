@@ -1,4 +1,4 @@
-"""dee.client against the Temporal dev server, with DEE's real worker and a real SMTP server."""
+"""The run client against the Temporal dev server, with the real worker and SMTP server."""
 
 from __future__ import annotations
 
@@ -14,7 +14,11 @@ import pytest_asyncio
 from temporalio.client import WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
-from dee.client import (
+from dee.errors import MissingVariablesError
+from dee.plans.content import EmailTemplate, PlanContent
+from dee.plans.model import ExecutionPlan
+from dee.plans.registry import PlanRegistry, PlanVersion
+from dee.runs.client import (
     RunAlreadyStartedError,
     RunClosedError,
     RunNotFoundError,
@@ -26,11 +30,7 @@ from dee.client import (
     send_event,
     start_run,
 )
-from dee.content import EmailTemplate, PlanContent
-from dee.errors import MissingVariablesError
-from dee.ledger import SendLedger
-from dee.plan import ExecutionPlan
-from dee.registry import PlanRegistry, PlanVersion
+from dee.runs.ledger import SendLedger
 from dee.settings import Settings
 from tests.helpers.plans import simple_plan
 from tests.helpers.smtp import SmtpServer

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from dee.conditions import (
+from dee.errors import ConditionError
+from dee.plans.conditions import (
     ConditionContext,
     EventTally,
     ExpressionProblem,
@@ -14,7 +15,6 @@ from dee.conditions import (
     evaluate_condition,
     referenced_steps,
 )
-from dee.errors import ConditionError
 
 STEPS = ["intro", "call", "check"]
 

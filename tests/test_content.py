@@ -9,7 +9,8 @@ import pytest
 
 import dee
 from dee import steps
-from dee.content import (
+from dee.errors import ContentError, MissingVariablesError
+from dee.plans.content import (
     EmailTemplate,
     PlanContent,
     check_variables,
@@ -18,7 +19,6 @@ from dee.content import (
     render_script,
     required_variables,
 )
-from dee.errors import ContentError, MissingVariablesError
 from tests.helpers.spec import SPEC_CONTENT, spec_plan
 
 CONTACT = {"id": "ana@example.com", "email": "ana@example.com", "firstName": "Ana"}

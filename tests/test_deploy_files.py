@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from dee.cli import dee as dee_cli
-from dee.runs import SEARCH_ATTRIBUTES
+from dee.cli.main import dee as dee_cli
+from dee.runs.model import SEARCH_ATTRIBUTES
 from tests.helpers.spec import ROOT
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"

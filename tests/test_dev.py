@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from dee.dev import DevOptions, banner, dev_server_command, ensure_secret_key
+from dee.cli.dev import DevOptions, banner, dev_server_command, ensure_secret_key
 from dee.settings import Settings
 from tests.helpers.smtp import free_port
 from tests.helpers.temporal import executable

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dee.ledger import SendLedger
+from dee.runs.ledger import SendLedger
 from dee.settings import Settings
 from tests.helpers.smtp import SmtpServer
 from tests.helpers.spec import EXAMPLES, ROOT
@@ -30,7 +30,7 @@ def _python_block(marker: str) -> str:
 def _dee(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DEE_DATABASE_URL": f"sqlite:///{cwd / 'readme.db'}"}
     return subprocess.run(
-        [sys.executable, "-m", "dee.cli", *args],
+        [sys.executable, "-m", "dee.cli.main", *args],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -14,11 +14,11 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 import dee
-from dee.client import run_state, start_run
-from dee.content import EmailTemplate, PlanContent
-from dee.ledger import SendLedger
-from dee.registry import PlanRegistry, PlanVersion
-from dee.runs import RunResult
+from dee.plans.content import EmailTemplate, PlanContent
+from dee.plans.registry import PlanRegistry, PlanVersion
+from dee.runs.client import run_state, start_run
+from dee.runs.ledger import SendLedger
+from dee.runs.model import RunResult
 from dee.settings import Settings
 from tests.helpers.server import RunningServer, running_server
 from tests.helpers.smtp import SmtpServer, free_port

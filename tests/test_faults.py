@@ -23,10 +23,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 import dee
-from dee.content import EmailTemplate, PlanContent
-from dee.ledger import SendLedger
-from dee.registry import PlanRegistry, PlanVersion
-from dee.runs import SEARCH_ATTRIBUTES, Contact, RunInput, RunResult
+from dee.plans.content import EmailTemplate, PlanContent
+from dee.plans.registry import PlanRegistry, PlanVersion
+from dee.runs.ledger import SendLedger
+from dee.runs.model import SEARCH_ATTRIBUTES, Contact, RunInput, RunResult
 from dee.settings import Settings
 from tests.helpers.smtp import RecordingHandler, SmtpServer, free_port, smtp_server
 from tests.helpers.temporal import executable, running_worker

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from dee.graph import escape_label, to_mermaid
-from dee.loader import load_plan
-from dee.plan import ExecutionPlan
+from dee.plans.graph import escape_label, to_mermaid
+from dee.plans.loader import load_plan
+from dee.plans.model import ExecutionPlan
 
 SPEC_PLAN = Path(__file__).resolve().parent.parent / "examples" / "spec-plan.yaml"
 

@@ -11,8 +11,8 @@ from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
-from dee._db import alembic_config, make_engine, resolve_url
-from dee.hits import (
+from dee.runs.ledger import SendLedger
+from dee.server.hits import (
     MAX_USER_AGENT,
     HitStore,
     HitStoreError,
@@ -20,7 +20,7 @@ from dee.hits import (
     Suppressions,
     event_id,
 )
-from dee.ledger import SendLedger
+from dee.storage.database import alembic_config, make_engine, resolve_url
 
 RUN = "intro:ana@example.com"
 

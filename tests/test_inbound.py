@@ -26,10 +26,13 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from dee._db import alembic_config, make_engine, resolve_url
-from dee.client import cancel_run, run_state, start_run
-from dee.content import EmailTemplate, PlanContent
-from dee.inbound import (
+from dee.plans.content import EmailTemplate, PlanContent
+from dee.plans.model import ExecutionPlan
+from dee.plans.registry import PlanRegistry
+from dee.runs.client import cancel_run, run_state, start_run
+from dee.runs.ledger import SendLedger
+from dee.runs.model import RunState
+from dee.server.inbound import (
     MAX_KEPT_BYTES,
     InboundError,
     InboundMail,
@@ -42,11 +45,8 @@ from dee.inbound import (
     reply_address,
     reply_token,
 )
-from dee.ledger import SendLedger
-from dee.plan import ExecutionPlan
-from dee.registry import PlanRegistry
-from dee.runs import RunState
 from dee.settings import Settings
+from dee.storage.database import alembic_config, make_engine, resolve_url
 from tests.helpers.server import RunningServer, running_server
 from tests.helpers.smtp import SmtpServer
 from tests.helpers.temporal import run_result, running_worker

@@ -10,10 +10,10 @@ import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
 
-from dee._db import alembic_config, make_engine, resolve_url
 from dee.errors import DeeError
-from dee.ledger import LedgerError, SendLedger
-from dee.registry import PlanRegistry
+from dee.plans.registry import PlanRegistry
+from dee.runs.ledger import LedgerError, SendLedger
+from dee.storage.database import alembic_config, make_engine, resolve_url
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 
 import dee
 from dee.errors import PlanDataError, PlanLoadError, Problem
-from dee.loader import MAX_DOCUMENT_BYTES
+from dee.plans.loader import MAX_DOCUMENT_BYTES
 
 HEAD = "id: p\nname: P\nmetadata: {createdBy: tests}\n"
 

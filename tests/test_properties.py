@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dee
-from dee.conditions import ConditionContext, EventTally, check_condition, evaluate_condition
 from dee.errors import ConditionError, PlanDataError, PlanLoadError, Problem
-from dee.validation import successors
+from dee.plans.conditions import ConditionContext, EventTally, check_condition, evaluate_condition
+from dee.plans.validation import successors
 from tests.helpers.spec import SPEC_CONTENT, SPEC_YAML
 
 SPEC_DOCUMENT = dee.load_plan(SPEC_YAML).to_document()

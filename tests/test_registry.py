@@ -16,11 +16,11 @@ import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import Row, select, text
 
-from dee._db import alembic_config, make_engine, plan_versions, resolve_url
-from dee.content import load_content
 from dee.errors import PlanNotFoundError, PlanValidationError, RegistryError
-from dee.plan import ExecutionPlan
-from dee.registry import PlanRegistry, PlanVersion, plan_digest
+from dee.plans.content import load_content
+from dee.plans.model import ExecutionPlan
+from dee.plans.registry import PlanRegistry, PlanVersion, plan_digest
+from dee.storage.database import alembic_config, make_engine, plan_versions, resolve_url
 from tests.helpers import db
 from tests.helpers.plans import email_content, email_plan, simple_plan
 

@@ -25,15 +25,15 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from dee.client import cancel_run, run_state, start_run
-from dee.content import EmailTemplate, PlanContent
-from dee.hits import Suppressions
-from dee.inbound import InboundStore
-from dee.ledger import SendLedger
-from dee.plan import ExecutionPlan
-from dee.registry import PlanRegistry
-from dee.runs import RunState
-from dee.sendgrid import (
+from dee.plans.content import EmailTemplate, PlanContent
+from dee.plans.model import ExecutionPlan
+from dee.plans.registry import PlanRegistry
+from dee.runs.client import cancel_run, run_state, start_run
+from dee.runs.ledger import SendLedger
+from dee.runs.model import RunState
+from dee.server.hits import Suppressions
+from dee.server.inbound import InboundStore
+from dee.server.sendgrid import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     SendGridError,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from dee.errors import DeeError
-from dee.tracking import (
+from dee.runs.tracking import (
     CLICK,
     MAX_TOKEN_LENGTH,
     OPEN,
@@ -134,7 +134,7 @@ def test_bad_tokens_are_refused(make_token: Any, kind: str, secret: str, message
 
 def test_signed_non_object_payload_is_refused() -> None:
     # Only reachable with the key, so built by hand with the module's own signature.
-    from dee.tracking import _signature
+    from dee.runs.tracking import _signature
 
     payload = encode(b"[1, 2]")
     token = f"{payload}.{_signature(payload, SECRET)}"

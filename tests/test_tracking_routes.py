@@ -23,14 +23,14 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from dee.client import run_state, start_run
-from dee.hits import HitStore
-from dee.ledger import SendLedger
-from dee.plan import ExecutionPlan
-from dee.registry import PlanRegistry, PlanVersion
-from dee.runs import CONTACT_ID_ATTRIBUTE, WORKFLOW_NAME, RunEvent
+from dee.plans.model import ExecutionPlan
+from dee.plans.registry import PlanRegistry, PlanVersion
+from dee.runs.client import run_state, start_run
+from dee.runs.ledger import SendLedger
+from dee.runs.model import CONTACT_ID_ATTRIBUTE, WORKFLOW_NAME, RunEvent
+from dee.runs.tracking import click_url, open_pixel_url, sign_token, unsubscribe_url
+from dee.server.hits import HitStore
 from dee.settings import Settings
-from dee.tracking import click_url, open_pixel_url, sign_token, unsubscribe_url
 from tests.helpers.plans import email_content, email_plan
 from tests.helpers.server import RunningServer, running_server
 from tests.helpers.smtp import SmtpServer, free_port
@@ -340,7 +340,7 @@ async def test_a_hit_for_an_ended_run_is_kept_and_still_answered(
 async def test_when_temporal_is_unreachable_the_key_is_given_back(
     offline_settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="dee._tracking_routes")
+    caplog.set_level(logging.WARNING, logger="dee.server.tracking_routes")
     client = await Client.connect(
         f"127.0.0.1:{free_port()}", lazy=True, data_converter=pydantic_data_converter
     )

@@ -25,15 +25,15 @@ from temporalio.testing import WorkflowEnvironment
 from twilio.request_validator import RequestValidator
 
 from activities import voice
-from dee import _twilio_routes
-from dee.client import send_event
-from dee.content import PlanContent
-from dee.ledger import SendLedger
-from dee.plan import ExecutionPlan
-from dee.registry import PlanRegistry, PlanVersion
-from dee.runs import EVENT_SIGNAL, Contact, RunEvent, RunInput, RunResult
+from dee.plans.content import PlanContent
+from dee.plans.model import ExecutionPlan
+from dee.plans.registry import PlanRegistry, PlanVersion
+from dee.runs.client import send_event
+from dee.runs.ledger import SendLedger
+from dee.runs.model import EVENT_SIGNAL, Contact, RunEvent, RunInput, RunResult
+from dee.runs.tracking import sign_token, verify_token
+from dee.server import twilio_routes as _twilio_routes
 from dee.settings import Settings
-from dee.tracking import sign_token, verify_token
 from tests.helpers.engine import CONTACT, Engine, engine
 from tests.helpers.plans import simple_plan
 from tests.helpers.server import RunningServer, running_server

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 import dee
-from dee.content import EmailTemplate, PlanContent
 from dee.errors import PlanValidationError, Problem
-from dee.validation import ensure_valid, successors
+from dee.plans.content import EmailTemplate, PlanContent
+from dee.plans.validation import ensure_valid, successors
 from tests.helpers.spec import spec_plan
 
 END = {"type": "end", "id": "done", "outcome": "finished"}

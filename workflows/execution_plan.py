@@ -29,10 +29,11 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 with workflow.unsafe.imports_passed_through():
     from activities.email import EmailActivities, SendEmailInput
     from activities.voice import PlaceCallInput, VoiceActivities
-    from dee.conditions import ConditionContext, EventTally, evaluate_condition
     from dee.errors import ConditionError
-    from dee.plan import BranchStep, EndStep, SendEmailStep, SendVoiceStep, Step, WaitStep
-    from dee.runs import (
+    from dee.plans.conditions import ConditionContext, EventTally, evaluate_condition
+    from dee.plans.model import BranchStep, EndStep, SendEmailStep, SendVoiceStep, Step, WaitStep
+    from dee.plans.validation import successors
+    from dee.runs.model import (
         CANCELLED,
         CURRENT_STEP_ATTRIBUTE,
         EVENT_SIGNAL,
@@ -50,7 +51,6 @@ with workflow.unsafe.imports_passed_through():
         RunState,
         StepVisit,
     )
-    from dee.validation import successors
 
 __all__ = ["SEND_RETRY_POLICY", "ExecutionPlanWorkflow"]
 

@@ -18,6 +18,7 @@ from sqlalchemy import text
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
+from activities._smtp import SmtpConfig, SmtpUrlError, parse_smtp_url
 from activities.email import (
     EmailActivities,
     SendEmailInput,
@@ -25,14 +26,13 @@ from activities.email import (
     html_to_text,
     message_key,
 )
-from dee._db import make_engine, resolve_url
-from dee._smtp import SmtpConfig, SmtpUrlError, parse_smtp_url
-from dee.content import EmailTemplate
-from dee.ledger import SendLedger
-from dee.plan import SendEmailStep, Tracking
-from dee.runs import Contact
+from dee.plans.content import EmailTemplate
+from dee.plans.model import SendEmailStep, Tracking
+from dee.runs.ledger import SendLedger
+from dee.runs.model import Contact
+from dee.runs.tracking import CLICK, OPEN, UNSUBSCRIBE, verify_token
 from dee.settings import Settings
-from dee.tracking import CLICK, OPEN, UNSUBSCRIBE, verify_token
+from dee.storage.database import make_engine, resolve_url
 from tests.helpers.smtp import Received, SmtpServer, free_port, smtp_server
 
 SECRET = "activity-test-secret"

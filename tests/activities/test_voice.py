@@ -25,11 +25,11 @@ from activities.voice import (
     VoiceActivities,
     call_message_id,
 )
-from dee.ledger import SendLedger
-from dee.plan import SendVoiceStep
-from dee.runs import Contact
+from dee.plans.model import SendVoiceStep
+from dee.runs.ledger import SendLedger
+from dee.runs.model import Contact
+from dee.runs.tracking import verify_token
 from dee.settings import Settings
-from dee.tracking import verify_token
 from tests.helpers.twilio_api import TwilioApi, twilio_api
 
 SECRET = "test-secret-key"

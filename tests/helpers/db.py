@@ -14,7 +14,7 @@ import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
-from dee.registry import PlanRegistry, upgrade_database
+from dee.plans.registry import PlanRegistry, upgrade_database
 from tests.helpers.plans import simple_plan
 
 POSTGRES_URL_ENV = "DEE_TEST_POSTGRES_URL"

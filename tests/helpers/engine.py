@@ -16,10 +16,10 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 import dee
-from dee.content import PlanContent
-from dee.ledger import SendLedger
-from dee.registry import PlanRegistry, PlanVersion
-from dee.runs import Contact, RunInput, RunResult, default_run_id
+from dee.plans.content import PlanContent
+from dee.plans.registry import PlanRegistry, PlanVersion
+from dee.runs.ledger import SendLedger
+from dee.runs.model import Contact, RunInput, RunResult, default_run_id
 from dee.settings import Settings
 from tests.helpers.smtp import SmtpServer
 from tests.helpers.spec import SPEC_CONTENT, SPEC_YAML

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dee.content import EmailTemplate, PlanContent
-from dee.plan import ExecutionPlan
+from dee.plans.content import EmailTemplate, PlanContent
+from dee.plans.model import ExecutionPlan
 
 
 def simple_plan(plan_id: str, *, hours: int = 1, created_by: str = "tests") -> ExecutionPlan:

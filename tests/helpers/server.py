@@ -12,8 +12,8 @@ import uvicorn
 from fastapi import FastAPI
 from temporalio.client import Client
 
-from dee.registry import PlanRegistry
-from dee.server import create_app
+from dee.plans.registry import PlanRegistry
+from dee.server.app import create_app
 from dee.settings import Settings
 from tests.helpers.smtp import free_port
 

@@ -30,8 +30,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from dee.ledger import SendLedger
-from dee.runs import SEARCH_ATTRIBUTES, RunResult
+from dee.runs.ledger import SendLedger
+from dee.runs.model import SEARCH_ATTRIBUTES, RunResult
 from dee.settings import Settings
 
 __all__ = [
@@ -62,7 +62,7 @@ async def register_search_attributes(client: Client) -> None:
     """Add DEE's search attributes one by one, tolerating those that exist.
 
     One at a time because the Java test server implements adding them but not listing
-    them (which :func:`dee.temporal.ensure_search_attributes` needs).
+    them (which :func:`dee.runs.temporal.ensure_search_attributes` needs).
     """
     for key in SEARCH_ATTRIBUTES:
         kind = IndexedValueType.ValueType(int(key.indexed_value_type))
@@ -104,7 +104,7 @@ async def run_result(env: WorkflowEnvironment, run_id: str, *, timeout: float = 
     """How run ``run_id`` ended, waiting at most ``timeout`` real seconds.
 
     On the time-skipping server the clock jumps over timers meanwhile. temporalio only does
-    that by itself for handles that ``start_workflow`` returned, and :func:`dee.client.start_run`
+    that by itself for handles that ``start_workflow`` returned, and :func:`dee.start_run`
     returns a run id, so this unlocks time skipping around the wait itself.
     """
     handle = env.client.get_workflow_handle(run_id, result_type=RunResult)

@@ -15,9 +15,9 @@ from temporalio.exceptions import CancelledError
 from temporalio.testing import WorkflowEnvironment
 
 import dee
-from dee.client import send_event
-from dee.content import EmailTemplate, PlanContent
-from dee.runs import (
+from dee.plans.content import EmailTemplate, PlanContent
+from dee.runs.client import send_event
+from dee.runs.model import (
     CURRENT_STEP_ATTRIBUTE,
     OUTCOME_ATTRIBUTE,
     RunState,

@@ -1,0 +1,1 @@
+"""Plans: model, builder, document form, validation, conditions, content and the registry."""

@@ -1,0 +1,1 @@
+"""Runs: run and activity models, client API, Temporal connection, send ledger, tokens."""

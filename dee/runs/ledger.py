@@ -1,0 +1,212 @@
+"""The send ledger: what DEE set out to send, so retries do not send it twice.
+
+Temporal runs an activity at least once: a worker that dies mid-send, a timeout, or a
+failure after the provider accepted the message all lead to another attempt. Each send
+therefore goes through the ledger, keyed by a message id that the attempt derives from the
+run, the step and the visit (so every attempt of one send has the same id):
+
+1. :meth:`SendLedger.claim` before talking to the provider. ``"claimed"``: first attempt,
+   send. ``"already-sent"``: an earlier attempt finished; return success without sending.
+   ``"in-doubt"``: an earlier attempt claimed the message but never recorded success.
+2. :meth:`SendLedger.mark_sent` right after the provider accepted the message.
+
+What ``"in-doubt"`` means depends on the channel. For email the record is made *inside*
+the SMTP transaction (:mod:`activities._smtp`): after the whole body has gone to the server and
+before the final ``.`` of DATA. An SMTP message exists only once the server reads that dot,
+so an attempt that died while the ledger still says ``"sending"`` never completed a message
+and the retry sends it; one that died after the record had already handed the dot to the
+kernel, which delivers it even after the process is gone, and the retry finds
+``"already-sent"``. What is left is the few microseconds between the record and the write
+of the dot, in which a crash would lose the message instead of sending it twice; and a
+server that refuses the message after the dot gets the record released
+(:meth:`SendLedger.release`) so that a retry sends again. A voice call can instead ask the
+provider whether the call exists (it has a list of calls).
+
+The ledger prevents duplicates across *retries of one attempt sequence*; it cannot stop two
+attempts running at once (an attempt that outlived its start-to-close timeout while its
+retry started): keep the activity's timeout above the provider's own.
+
+The table lives in the same database as the plan registry (``DEE_DATABASE_URL``) and is
+created by the migrations, which run when a ledger opens.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TypeAlias
+
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    String,
+    Table,
+    select,
+    update,
+)
+
+from dee.errors import DeeError
+from dee.storage.database import insert_if_absent, metadata, write_transaction
+from dee.storage.store import Store, database_errors
+
+__all__ = ["Channel", "ClaimOutcome", "LedgerError", "SendLedger", "SendRecord", "SendStatus"]
+
+logger = logging.getLogger(__name__)
+
+Channel: TypeAlias = Literal["email", "voice"]
+SendStatus: TypeAlias = Literal["sending", "sent"]
+ClaimOutcome: TypeAlias = Literal["claimed", "already-sent", "in-doubt"]
+
+CHANNELS: Final = ("email", "voice")
+
+#: Mirrors migration 0002; change only together with a new migration.
+sends = Table(
+    "sends",
+    metadata,
+    Column("message_id", String(200), primary_key=True),
+    Column("run_id", String(400), nullable=False),
+    Column("step_id", String(100), nullable=False),
+    Column("channel", String(10), nullable=False),
+    Column("status", String(10), nullable=False),
+    Column("provider_id", String(200), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("sent_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint("channel IN ('email', 'voice')", name="ck_sends_channel"),
+    CheckConstraint("status IN ('sending', 'sent')", name="ck_sends_status"),
+    Index("ix_sends_run_id", "run_id"),
+)
+
+
+class LedgerError(DeeError):
+    """The send ledger's database failed, or was asked about a message it never claimed."""
+
+    def __init__(self, message: str, *, message_id: str | None = None) -> None:
+        self.message_id = message_id
+        super().__init__(message)
+
+
+@dataclass(frozen=True, slots=True)
+class SendRecord:
+    """One row of the ledger."""
+
+    message_id: str
+    run_id: str
+    step_id: str
+    channel: Channel
+    status: SendStatus
+    provider_id: str | None
+    created_at: datetime.datetime
+    sent_at: datetime.datetime | None
+
+
+def _utc(value: datetime.datetime | None) -> datetime.datetime | None:
+    # SQLite hands back naive datetimes; the ledger stores UTC only.
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=datetime.UTC)
+    return value.astimezone(datetime.UTC)
+
+
+class SendLedger(Store):
+    """Claims and completions of sends; safe to share between threads and processes.
+
+    ``url`` is as for :class:`dee.PlanRegistry`: ``sqlite:///path``, ``postgresql://...``,
+    or ``None`` for ``$DEE_DATABASE_URL``, else ``sqlite:///.dee/dee.db``. Calls block:
+    from async code run them in a thread (:func:`asyncio.to_thread`).
+    """
+
+    label = "send ledger"
+    error = LedgerError
+
+    @database_errors
+    def claim(
+        self, message_id: str, *, run_id: str, step_id: str, channel: Channel
+    ) -> ClaimOutcome:
+        """Record that ``message_id`` is about to be sent, unless an attempt already did.
+
+        ``"claimed"`` the first time; ``"already-sent"`` once :meth:`mark_sent` has been
+        called for it; ``"in-doubt"`` when an earlier claim never got as far as
+        :meth:`mark_sent` (what to do then is the channel's call: see the module's doc).
+        Concurrent claims of one message id: exactly one of them gets ``"claimed"``.
+        """
+        if channel not in CHANNELS:
+            raise ValueError(f"channel {channel!r} is unknown; expected one of {CHANNELS}")
+        row = {
+            "message_id": message_id,
+            "run_id": run_id,
+            "step_id": step_id,
+            "channel": channel,
+            "status": "sending",
+            "created_at": datetime.datetime.now(datetime.UTC),
+        }
+        with write_transaction(self._engine) as connection:
+            if insert_if_absent(connection, sends, row, keys=[sends.c.message_id]):
+                return "claimed"
+            status = connection.execute(
+                select(sends.c.status).where(sends.c.message_id == message_id)
+            ).scalar_one()
+        return "already-sent" if status == "sent" else "in-doubt"
+
+    @database_errors
+    def release(self, message_id: str) -> None:
+        """Undo :meth:`mark_sent` for a message the provider refused after it was
+        recorded, so that the next attempt sends it."""
+        with write_transaction(self._engine) as connection:
+            connection.execute(
+                update(sends)
+                .where(sends.c.message_id == message_id)
+                .values(status="sending", provider_id=None, sent_at=None)
+            )
+
+    @database_errors
+    def mark_sent(self, message_id: str, *, provider_id: str | None = None) -> None:
+        """Record that the provider accepted ``message_id``; calling it again changes
+        nothing. :class:`LedgerError` if the message was never claimed."""
+        with write_transaction(self._engine) as connection:
+            updated = connection.execute(
+                update(sends)
+                .where(sends.c.message_id == message_id, sends.c.status == "sending")
+                .values(
+                    status="sent",
+                    provider_id=provider_id,
+                    sent_at=datetime.datetime.now(datetime.UTC),
+                )
+            )
+            if updated.rowcount == 1:
+                return
+            exists = connection.execute(
+                select(sends.c.message_id).where(sends.c.message_id == message_id)
+            ).first()
+        if exists is None:
+            raise LedgerError(
+                f"message {message_id!r} was never claimed: claim() it before sending",
+                message_id=message_id,
+            )
+
+    @database_errors
+    def get(self, message_id: str) -> SendRecord | None:
+        """The ledger's row for ``message_id``, or ``None``."""
+        with self._engine.connect() as connection:
+            row = connection.execute(select(sends).where(sends.c.message_id == message_id)).first()
+        if row is None:
+            return None
+        return _record(row._mapping)
+
+
+def _record(row: Any) -> SendRecord:
+    created_at = _utc(row["created_at"])
+    assert created_at is not None, "created_at is NOT NULL"
+    return SendRecord(
+        message_id=row["message_id"],
+        run_id=row["run_id"],
+        step_id=row["step_id"],
+        channel=row["channel"],
+        status=row["status"],
+        provider_id=row["provider_id"],
+        created_at=created_at,
+        sent_at=_utc(row["sent_at"]),
+    )

@@ -1,0 +1,1 @@
+"""The API and webhook server: the app, one module per route group, and the stores behind them."""

@@ -1,0 +1,157 @@
+"""HTTP plumbing: errors as the server answers them (JSON ``{"code", "message"}`` with a
+status), the handlers that turn exceptions into those answers, and the body-size limit."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dee.errors import DeeError
+from dee.runs.client import RunClosedError, RunNotFoundError
+
+__all__ = ["MAX_BODY_BYTES", "ApiError", "BodyLimit", "ErrorBody", "install_error_answers"]
+
+logger = logging.getLogger(__name__)
+
+#: Bodies larger than this are refused with 413 before they are read in full.
+MAX_BODY_BYTES = 1024 * 1024
+
+
+class ErrorBody(BaseModel):
+    """Every error the server answers: a stable ``code`` and a message for people."""
+
+    code: str
+    message: str
+    #: Plan problems, for ``422 invalid-plan``.
+    problems: list[dict[str, Any]] | None = None
+
+
+class ApiError(Exception):
+    """Raise in a route to answer ``status`` with an :class:`ErrorBody`."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        problems: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.status = status
+        self.body = ErrorBody(code=code, message=message, problems=problems)
+        self.headers = headers
+        super().__init__(message)
+
+
+def install_error_answers(app: FastAPI) -> None:
+    """Answer every error in DEE's JSON shape, and refuse bodies over the limit."""
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RunNotFoundError, _run_not_found)
+    app.add_exception_handler(RunClosedError, _run_closed)
+    app.add_exception_handler(DeeError, _dee_error)
+
+
+def _answer(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    body = ErrorBody(code=code, message=message, **extra)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=status)
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    response = JSONResponse(exc.body.model_dump(exclude_none=True), status_code=exc.status)
+    for name, value in (exc.headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    details = "; ".join(
+        f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}" for error in exc.errors()
+    )
+    return _answer(422, "invalid-request", details or "the request is not valid")
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {
+        400: "bad-request",
+        404: "not-found",
+        405: "method-not-allowed",
+        413: "body-too-large",
+    }.get(exc.status_code, "http-error")
+    response = _answer(exc.status_code, code, str(exc.detail))
+    for name, value in (exc.headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+async def _run_not_found(request: Request, exc: Exception) -> JSONResponse:
+    return _answer(404, "run-not-found", str(exc))
+
+
+async def _run_closed(request: Request, exc: Exception) -> JSONResponse:
+    return _answer(409, "run-closed", str(exc))
+
+
+async def _dee_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.warning("request %s %s failed: %s", request.method, request.url.path, exc)
+    return _answer(400, "bad-request", str(exc))
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413 in DEE's JSON shape, whether
+    they declare their length or not. The body is read here, up to the limit, before the
+    app sees it; the app then gets it as one message."""
+
+    def __init__(self, app: ASGIApp, *, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = _answer(
+            413, "body-too-large", f"request bodies are at most {self.limit:,} bytes"
+        )
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await too_large(scope, receive, send)
+                return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                await too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

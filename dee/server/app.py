@@ -1,0 +1,71 @@
+"""The API and webhook server: the outside world steering runs, over HTTP.
+
+``create_app`` builds the FastAPI app; ``dee serve`` runs it under uvicorn. Its parts:
+
+- the REST API under ``/v1`` (:mod:`dee.server.api`), behind bearer API keys;
+- tracking pixels, click redirects and unsubscribes (:mod:`dee.server.tracking_routes`),
+  answering the signed links the email activity puts in every message;
+- provider webhooks (:mod:`dee.server.inbound_routes`, :mod:`dee.server.twilio_routes`): replies,
+  SendGrid events, Twilio call status and answering-machine callbacks.
+
+Everything the routes need lives on ``app.state`` as one :class:`ServerState`, reached
+through :func:`server_state` so routes can be tested against a real app.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+from fastapi import FastAPI
+from temporalio.client import Client
+
+from dee.plans.registry import PlanRegistry
+from dee.server import api, inbound_routes, tracking_routes, twilio_routes
+from dee.server._http import install_error_answers
+from dee.server.state import ServerState
+from dee.settings import Settings
+
+__all__ = ["create_app"]
+
+
+def create_app(
+    settings: Settings,
+    *,
+    client: Client,
+    registry: PlanRegistry | None = None,
+    extra_setup: Callable[[FastAPI], None] | None = None,
+) -> FastAPI:
+    """The DEE app for ``settings``, signalling runs through ``client``."""
+    owned_registry = registry is None
+    state = ServerState(
+        settings=settings,
+        client=client,
+        registry=registry if registry is not None else PlanRegistry(settings.database_url),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            for store in state.stores.values():
+                store.close()
+            if owned_registry:
+                state.registry.close()
+
+    app = FastAPI(
+        title="DEE",
+        summary="A durable engine for outbound communication workflows",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+    app.state.dee = state
+    for module in (api, tracking_routes, inbound_routes, twilio_routes):
+        app.include_router(module.router)
+    install_error_answers(app)
+    if extra_setup is not None:
+        extra_setup(app)
+    return app

@@ -1,0 +1,310 @@
+"""Tracking pixels, click redirects and unsubscribes: the signed links in every email.
+
+::
+
+    GET  /t/o/{token}   a 1x1 GIF (no-store); signals ``open``
+    GET  /t/c/{token}   302 to the link that was signed; signals ``click``
+    GET  /u/{token}     a small page asking to confirm, with an "Unsubscribe" button
+    POST /u/{token}     unsubscribes: ``List-Unsubscribe=One-Click`` (RFC 8058) answers an
+                        empty 200, the page's form a short confirmation page
+
+Tokens are those :mod:`dee.runs.tracking` signs. A forged, altered or malformed token, or one of
+another kind, answers ``404 invalid-token`` and keeps and signals nothing; the redirect
+target is the URL inside the signed token and nothing else, so there is no open redirect.
+``HEAD`` (what link checkers send) answers like ``GET`` but counts as no hit.
+
+Every valid hit is kept with its user agent and time (:class:`dee.server.hits.HitStore`, in
+``DEE_DATABASE_URL``, opened once per app by ``ServerState.store``), and opens and clicks
+are collapsed: only the first hit of a run, step, visit and kind signals the run (see
+:mod:`dee.server.hits`). The signal goes after the answer, so the contact never waits on Temporal
+and always gets the GIF or the redirect: if the run has ended the hit is only kept; if
+Temporal cannot be reached the key is given back and a later hit signals.
+
+An unsubscribe puts the address on the suppression list, then sends ``unsubscribe`` to the
+token's run and to every other running run of the same contact (found through the
+``DeeContactId`` search attribute), which end with outcome ``unsubscribed``. Doing it again
+changes nothing. These routes are links in emails, not API, and stay out of the OpenAPI
+schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+from typing import Annotated, Any, Final
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+from dee.runs.client import RunClosedError, RunNotFoundError, send_event
+from dee.runs.model import CONTACT_ID_ATTRIBUTE, WORKFLOW_NAME
+from dee.runs.tracking import CLICK, OPEN, UNSUBSCRIBE, TokenError, verify_token
+from dee.server._http import ApiError
+from dee.server.hits import (
+    HitKind,
+    HitStore,
+    HitStoreError,
+    SignalClaim,
+    event_id,
+    normalize_address,
+)
+from dee.server.state import ServerState, server_state
+
+__all__ = ["router"]
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(include_in_schema=False)
+
+
+State = Annotated[ServerState, Depends(server_state)]
+
+#: A transparent 1x1 GIF, the smallest image every mail client shows.
+PIXEL: Final = (
+    b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00\x00"
+    b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
+)
+#: Every fetch should reach the server (and be counted); nothing here is for search engines.
+_NO_STORE: Final = {
+    "Cache-Control": "no-store, no-cache, must-revalidate, max-age=0",
+    "Pragma": "no-cache",
+    "X-Robots-Tag": "noindex, nofollow",
+}
+#: The token holds the run id (and so often the address): never pass it on as a Referer.
+_NO_REFERRER: Final = {**_NO_STORE, "Referrer-Policy": "no-referrer"}
+#: Most running runs of one contact an unsubscribe ends.
+MAX_CONTACT_RUNS: Final = 1000
+
+
+def _verify(state: ServerState, token: str, kind: str) -> dict[str, Any]:
+    secret = state.settings.secret_key
+    if not secret:
+        logger.error("DEE_SECRET_KEY is not set: tracking and unsubscribe links cannot be checked")
+        raise ApiError(
+            503, "not-configured", "the server cannot check links: DEE_SECRET_KEY is not set"
+        )
+    try:
+        return verify_token(token, secret=secret, kind=kind)
+    except TokenError as exc:
+        logger.debug("refused a %s token: %s", kind, exc)
+        raise ApiError(
+            404, "invalid-token", "this link is not valid: it was altered or not made here"
+        ) from None
+
+
+# -- opens and clicks -------------------------------------------------------------------------
+
+
+@router.api_route("/t/o/{token}", methods=["GET", "HEAD"])
+async def open_pixel(
+    token: str, request: Request, background: BackgroundTasks, state: State
+) -> Response:
+    payload = _verify(state, token, OPEN)
+    if request.method == "GET":
+        await _hit(state, background, request, payload, kind="open")
+    return Response(PIXEL, media_type="image/gif", headers=_NO_STORE)
+
+
+@router.api_route("/t/c/{token}", methods=["GET", "HEAD"])
+async def click(
+    token: str, request: Request, background: BackgroundTasks, state: State
+) -> Response:
+    payload = _verify(state, token, CLICK)
+    url: str = payload["u"]
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in {"http", "https"} or not parts.netloc:
+        # DEE only signs http(s) links; anything else is no place to send a contact.
+        raise ApiError(404, "invalid-token", "this link is not valid: it leads nowhere")
+    if request.method == "GET":
+        await _hit(state, background, request, payload, kind="click", url=url)
+    return RedirectResponse(url, status_code=302, headers=_NO_REFERRER)
+
+
+async def _hit(
+    state: ServerState,
+    background: BackgroundTasks,
+    request: Request,
+    payload: dict[str, Any],
+    *,
+    kind: HitKind,
+    url: str | None = None,
+) -> None:
+    """Keep the hit; if it is the first of its key, signal the run after answering."""
+    try:
+        store = await state.store(HitStore)
+        claim = await asyncio.to_thread(
+            store.record_hit,
+            payload["r"],
+            kind=kind,
+            step_id=payload["s"],
+            visit=payload["v"],
+            url=url,
+            user_agent=request.headers.get("user-agent"),
+        )
+    except HitStoreError as exc:
+        # The contact still gets the image or the link; without the key nothing signals,
+        # which beats signalling every hit.
+        logger.error("a %s hit was not kept: %s", kind, exc)
+        return
+    if claim is not None:
+        details = {"url": url} if url is not None else {}
+        background.add_task(_signal, state.client, store, claim, details)
+
+
+async def _signal(
+    client: Client, store: HitStore, claim: SignalClaim, details: dict[str, Any]
+) -> None:
+    try:
+        await send_event(
+            client,
+            claim.run_id,
+            type=claim.kind,
+            step_id=claim.step_id,
+            event_id=claim.event_id,
+            details=details,
+        )
+    except (RunClosedError, RunNotFoundError):
+        # Nobody left to tell; the hit is kept and the key stays taken.
+        logger.debug("%s of run %s not signalled: the run has ended", claim.kind, claim.run_id)
+    except Exception as exc:
+        logger.warning("%s not signalled, a later hit will retry: %s", claim.kind, exc)
+        try:
+            await asyncio.to_thread(store.release, claim)
+        except HitStoreError as released:
+            logger.error("the %s key could not be given back: %s", claim.kind, released)
+
+
+# -- unsubscribes -----------------------------------------------------------------------------
+
+
+@router.get("/u/{token}")
+async def unsubscribe_page(token: str, state: State) -> HTMLResponse:
+    payload = _verify(state, token, UNSUBSCRIBE)
+    address = html.escape(payload["e"])
+    # No action: the form posts back to this very URL, token and all.
+    body = (
+        f"<p>Stop all emails to <strong>{address}</strong>?</p>"
+        '<form method="post">'
+        '<input type="hidden" name="confirm" value="yes">'
+        '<button type="submit">Unsubscribe</button>'
+        "</form>"
+    )
+    return HTMLResponse(_page("Unsubscribe", body), headers=_NO_REFERRER)
+
+
+@router.post("/u/{token}")
+async def unsubscribe(token: str, request: Request, state: State) -> Response:
+    payload = _verify(state, token, UNSUBSCRIBE)
+    form = await request.form()
+    one_click = form.get("List-Unsubscribe") == "One-Click"
+    if not one_click and form.get("confirm") != "yes":
+        raise ApiError(
+            400,
+            "bad-request",
+            "expected the form field List-Unsubscribe=One-Click (RFC 8058) or confirm=yes",
+        )
+    run_id: str = payload["r"]
+    address = normalize_address(payload["e"])
+    try:
+        store = await state.store(HitStore)
+        await asyncio.to_thread(store.suppress, address, reason="unsubscribe", run_id=run_id)
+        await asyncio.to_thread(
+            store.record_hit,
+            run_id,
+            kind="unsubscribe",
+            user_agent=request.headers.get("user-agent"),
+        )
+    except HitStoreError as exc:
+        logger.error("an unsubscribe was not recorded: %s", exc)
+        raise ApiError(
+            503, "unavailable", "the unsubscribe could not be recorded: try again shortly"
+        ) from None
+    try:
+        ended = await _end_runs(state.client, run_id)
+    except RPCError as exc:
+        logger.error("an unsubscribe could not reach the contact's runs: %s", exc)
+        raise ApiError(
+            503,
+            "unavailable",
+            "the address will get no more email, but its runs could not be stopped yet: "
+            "try again shortly",
+        ) from None
+    logger.info("unsubscribe recorded; %d run(s) told", ended)
+    if one_click:
+        return Response(status_code=200, headers=_NO_STORE)
+    body = (
+        f"<p><strong>{html.escape(address)}</strong> is unsubscribed "
+        "and will get no more emails from us.</p>"
+    )
+    return HTMLResponse(_page("Unsubscribed", body), headers=_NO_REFERRER)
+
+
+async def _end_runs(client: Client, run_id: str) -> int:
+    """Send ``unsubscribe`` to ``run_id`` and every running run of its contact; how many
+    runs took it."""
+    targets = {run_id}
+    contact_id = await _contact_id(client, run_id)
+    query = _running_runs_query(contact_id) if contact_id else None
+    if query is not None:
+        async for execution in client.list_workflows(query, limit=MAX_CONTACT_RUNS):
+            targets.add(execution.id)
+    told = 0
+    for target in sorted(targets):
+        try:
+            await send_event(
+                client, target, type="unsubscribe", event_id=event_id("unsubscribe", target)
+            )
+        except (RunClosedError, RunNotFoundError):
+            continue
+        told += 1
+    return told
+
+
+async def _contact_id(client: Client, run_id: str) -> str | None:
+    """The run's contact, as its ``DeeContactId`` says; from the id ``<plan>:<contact>``
+    when the run is gone."""
+    try:
+        description = await client.get_workflow_handle(run_id).describe()
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise
+    else:
+        found = description.typed_search_attributes.get(CONTACT_ID_ATTRIBUTE)
+        if found:
+            return found
+    _plan, colon, contact = run_id.partition(":")
+    return contact if colon and contact else None
+
+
+def _running_runs_query(contact_id: str) -> str | None:
+    """The visibility query for ``contact_id``'s running runs; ``None`` when the id cannot
+    be quoted safely (contact ids may hold quotes, and backslashes escape)."""
+    if "\\" in contact_id:
+        return None
+    if "'" not in contact_id:
+        quoted = f"'{contact_id}'"
+    elif '"' not in contact_id:
+        quoted = f'"{contact_id}"'
+    else:
+        return None
+    return (
+        f"WorkflowType = '{WORKFLOW_NAME}' AND {CONTACT_ID_ATTRIBUTE.name} = {quoted} "
+        "AND ExecutionStatus = 'Running'"
+    )
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        "<!doctype html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<meta name="robots" content="noindex, nofollow">'
+        f"<title>{html.escape(title)}</title>"
+        "<style>body{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;"
+        "padding:0 1rem;line-height:1.5}button{font-size:1rem;padding:.5rem 1.25rem}</style>"
+        f"</head><body><h1>{html.escape(title)}</h1>{body}</body></html>\n"
+    )

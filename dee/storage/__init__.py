@@ -1,0 +1,1 @@
+"""Storage: database URLs, engines, the store base class, and the Alembic migrations."""

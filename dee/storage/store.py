@@ -1,0 +1,81 @@
+"""What the plan registry and the send ledger share: a migrated database behind a URL."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from types import TracebackType
+from typing import Concatenate, ParamSpec, Self, TypeVar
+
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from dee.errors import DeeError
+from dee.storage.database import make_engine, migrate, resolve_url, safe_url
+
+__all__ = ["Store", "database_errors"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_S = TypeVar("_S", bound="Store")
+
+
+class Store:
+    """A database opened from a URL (``None``: ``$DEE_DATABASE_URL``, else
+    ``sqlite:///.dee/dee.db``) with its schema migrated; closes as a context manager."""
+
+    #: What the store is called in messages, and the error it raises.
+    label = "database"
+    error: type[DeeError] = DeeError
+
+    def __init__(self, url: str | None = None, *, echo: bool = False) -> None:
+        self.url = resolve_url(url)
+        self._engine = make_engine(self.url, echo=echo)
+        try:
+            migrate(self._engine)
+        except SQLAlchemyError as exc:
+            self._engine.dispose()
+            raise self.error(
+                f"cannot open the {self.label} {safe_url(self.url)}: {_reason(exc)}"
+            ) from exc
+        except BaseException:
+            self._engine.dispose()
+            raise
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({safe_url(self.url)!r})"
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the database connections."""
+        self._engine.dispose()
+
+
+def _reason(exc: SQLAlchemyError) -> object:
+    return exc.orig if isinstance(exc, DBAPIError) else exc
+
+
+def database_errors(
+    method: Callable[Concatenate[_S, _P], _R],
+) -> Callable[Concatenate[_S, _P], _R]:
+    """A database that fails mid-call (connection lost, schema gone) raises the store's own
+    error naming the database, not a driver traceback."""
+
+    @functools.wraps(method)
+    def wrapper(store: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(store, *args, **kwargs)
+        except SQLAlchemyError as exc:
+            where = safe_url(store.url)
+            raise store.error(f"the {store.label} {where} failed: {_reason(exc)}") from exc
+
+    return wrapper
