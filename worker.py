@@ -20,6 +20,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.email import EmailActivities
 from activities.voice import VoiceActivities
+from dee.runs.channels import EmailChannel, VoiceChannel
 from dee.runs.ledger import SendLedger
 from dee.runs.temporal import connect, ensure_search_attributes
 from dee.settings import Settings
@@ -27,11 +28,12 @@ from workflows.execution_plan import ExecutionPlanWorkflow
 
 __all__ = ["WORKFLOW_RUNNER", "build_worker", "main", "run_worker"]
 
-#: The sandbox, with DEE's own modules, its activities' input models and the libraries they
-#: import (Jinja2, pydantic) passed through: imported once per worker, not once per run.
+#: The sandbox, with DEE's own models and the libraries they import (pydantic, Jinja2 for
+#: conditions) passed through: imported once per worker, not once per run. The workflow
+#: imports no channel, so no SMTP or Twilio client needs to pass.
 WORKFLOW_RUNNER = SandboxedWorkflowRunner(
     restrictions=SandboxRestrictions.default.with_passthrough_modules(
-        "dee", "activities", "jinja2", "markupsafe", "pydantic", "yaml", "aiosmtplib", "twilio"
+        "dee", "pydantic", "jinja2", "markupsafe", "yaml"
     )
 )
 
@@ -51,8 +53,8 @@ def build_worker(
     # of log lines (they stay in each record's `extra` for structured logging).
     activity.logger.activity_info_on_message = False
     workflow.logger.workflow_info_on_message = False
-    email = EmailActivities(settings, ledger)
-    voice = VoiceActivities(settings, ledger)
+    email: EmailChannel = EmailActivities(settings, ledger)
+    voice: VoiceChannel = VoiceActivities(settings, ledger)
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,

@@ -9,8 +9,8 @@ not render, a missing address or setting raise a non-retryable ``ApplicationErro
 ``MissingEmail``, ``InvalidSender``, ``MissingConfiguration`` or ``InvalidConfiguration``;
 4xx replies, lost connections and timeouts are raised as they are, to be retried.
 
-An address on the suppression list (:mod:`dee.server.hits`: it unsubscribed, bounced or reported
-spam) gets nothing: the send returns status ``suppressed`` without claiming it in the
+An address on the suppression list (:mod:`dee.runs.suppressions`: it unsubscribed, bounced or
+reported spam) gets nothing: the send returns status ``suppressed`` without claiming it in the
 ledger or talking to the server, and the run shows ``suppressed <message-id>``.
 
 Every attempt of one send derives the same ``Message-ID`` and ledger key (see
@@ -26,28 +26,27 @@ import asyncio
 import datetime
 import email.policy
 import email.utils
-import hashlib
 import re
 from collections.abc import Callable
 from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 from email.policy import Policy
 from html.parser import HTMLParser
-from typing import Final, Literal
+from typing import Final
 from urllib.parse import quote
 
 import aiosmtplib
-from pydantic import BaseModel, ConfigDict, JsonValue
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities._heartbeat import heartbeating
+from activities._attempt import heartbeating, permanent
 from activities._smtp import SmtpConfig, SmtpUrlError, parse_smtp_url, send_message
 from dee.errors import ContentError
-from dee.plans.content import EmailTemplate, PlanContent, RenderedEmail, render_email
-from dee.plans.model import EMAIL_PATTERN, SendEmailStep
-from dee.runs.ledger import SendLedger
-from dee.runs.model import Contact
+from dee.plans.content import PlanContent, RenderedEmail, render_email
+from dee.plans.model import EMAIL_PATTERN
+from dee.runs.channels import SendEmailInput, SendEmailResult
+from dee.runs.ledger import SendLedger, email_key
+from dee.runs.suppressions import Suppressions
 from dee.runs.tracking import (
     TokenError,
     add_open_pixel,
@@ -56,44 +55,13 @@ from dee.runs.tracking import (
     rewrite_links,
     unsubscribe_url,
 )
-from dee.server.hits import Suppressions
 from dee.settings import Settings
 
-__all__ = ["EmailActivities", "SendEmailInput", "SendEmailResult", "html_to_text", "message_key"]
+__all__ = ["EmailActivities", "html_to_text"]
 
 _EMAIL: Final = re.compile(EMAIL_PATTERN)
 #: Longest part of a server's reply kept in an error message.
 _MAX_REPLY: Final = 200
-
-
-class SendEmailInput(BaseModel):
-    """One send of one email step to one contact."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    #: DEE's run id (the workflow id); goes into tracking links and ``X-DEE-Run``.
-    run_id: str
-    plan_id: str
-    plan_version: int
-    step: SendEmailStep
-    #: 1 the first time the run enters the step; loops make 2, 3, ...
-    visit: int
-    template: EmailTemplate
-    contact: Contact
-    variables: dict[str, JsonValue] = {}
-    #: ``From``; ``DEE_FROM_ADDRESS`` when ``None``.
-    sender: str | None = None
-
-
-class SendEmailResult(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    #: The ``Message-ID`` header, with its angle brackets.
-    message_id: str
-    #: ``suppressed``: the recipient is on the suppression list, nothing was sent.
-    status: Literal["sent", "already-sent", "suppressed"]
-    #: Only the domain: results land in workflow histories, addresses should not.
-    recipient_domain: str
 
 
 class EmailActivities:
@@ -115,7 +83,7 @@ class EmailActivities:
         settings = self._settings
         step = input.step
         if not settings.secret_key:
-            raise _permanent(
+            raise permanent(
                 "DEE_SECRET_KEY is not set: it signs tracking and unsubscribe links; set it "
                 "in the worker's environment",
                 "MissingConfiguration",
@@ -123,22 +91,22 @@ class EmailActivities:
         try:
             smtp = parse_smtp_url(settings.smtp_url)
         except SmtpUrlError as exc:
-            raise _permanent(str(exc), "InvalidConfiguration") from None
+            raise permanent(str(exc), "InvalidConfiguration") from None
         if input.contact.email is None:
-            raise _permanent(f"contact {input.contact.id!r} has no email address", "MissingEmail")
+            raise permanent(f"contact {input.contact.id!r} has no email address", "MissingEmail")
         recipient = _address(input.contact.email)
         if recipient is None:
-            raise _permanent(
+            raise permanent(
                 f"contact {input.contact.id!r} has an email address that is not one plain address",
                 "InvalidRecipient",
             )
         sender = _address(input.sender or settings.from_address)
         if sender is None:
             source = "the run's sender" if input.sender else "DEE_FROM_ADDRESS"
-            raise _permanent(f"{source} is not one plain address", "InvalidSender")
+            raise permanent(f"{source} is not one plain address", "InvalidSender")
         reply_to = _address(step.reply_to) if step.reply_to else None
         if step.reply_to and reply_to is None:
-            raise _permanent(f"step {step.id!r}: replyTo is not one plain address", "InvalidSender")
+            raise permanent(f"step {step.id!r}: replyTo is not one plain address", "InvalidSender")
         try:
             rendered = render_email(
                 step,
@@ -147,9 +115,9 @@ class EmailActivities:
                 variables=input.variables,
             )
         except ContentError as exc:
-            raise _permanent(f"step {step.id!r}: {exc}", "TemplateError") from None
+            raise permanent(f"step {step.id!r}: {exc}", "TemplateError") from None
 
-        key = message_key(activity.info().workflow_run_id, input.run_id, step.id, input.visit)
+        key = email_key(activity.info().workflow_run_id, input.run_id, step.id, input.visit)
         message_id = f"<{key}@{_id_domain(sender.domain)}>"
         domain = recipient.domain.lower()
         if await asyncio.to_thread(self._suppressions.is_suppressed, recipient.addr_spec):
@@ -214,20 +182,6 @@ class EmailActivities:
             input.visit,
         )
         return SendEmailResult(message_id=message_id, status="sent", recipient_domain=domain)
-
-
-def message_key(workflow_run_id: str | None, run_id: str, step_id: str, visit: int) -> str:
-    """The ledger key and left part of the ``Message-ID`` of one send: the same for every
-    attempt, different for every execution, step and visit."""
-    seed = "\x1f".join([workflow_run_id or "", run_id, step_id, str(visit)])
-    digest = hashlib.sha256(seed.encode()).hexdigest()[:32]
-    # Step ids may hold dots in places a Message-ID may not ("a..b", "a.").
-    readable = re.sub(r"[^A-Za-z0-9_-]+", "-", step_id).strip("-")
-    return f"{digest}.{readable}" if readable else digest
-
-
-def _permanent(message: str, kind: str) -> ApplicationError:
-    return ApplicationError(message, type=kind, non_retryable=True)
 
 
 def _address(value: str) -> Address | None:
@@ -338,7 +292,7 @@ def _build_message(
         message["X-DEE-Step"] = step.id
     except ValueError as exc:
         # The policy refuses line breaks in any header: contact data cannot add headers.
-        raise _permanent(
+        raise permanent(
             f"step {step.id!r}: cannot build the headers: {exc}", "TemplateError"
         ) from None
     message.set_content(text)
@@ -369,7 +323,7 @@ async def _send(
         refusals = exc.recipients
         if refusals and all(refusal.code >= 500 for refusal in refusals):
             first = refusals[0]
-            raise _permanent(
+            raise permanent(
                 f"the server refused the recipient: {first.code} "
                 f"{_redact(first.message, recipient)}",
                 "InvalidRecipient",
@@ -377,14 +331,14 @@ async def _send(
         raise
     except aiosmtplib.SMTPRecipientRefused as exc:
         if exc.code >= 500:
-            raise _permanent(
+            raise permanent(
                 f"the server refused the recipient: {exc.code} {_redact(exc.message, recipient)}",
                 "InvalidRecipient",
             ) from None
         raise
     except aiosmtplib.SMTPAuthenticationError as exc:
         if exc.code >= 500:
-            raise _permanent(
+            raise permanent(
                 f"the SMTP server refused DEE_SMTP_URL's credentials: {exc.code} "
                 f"{_redact(exc.message, recipient)}",
                 "AuthenticationFailed",
@@ -392,14 +346,14 @@ async def _send(
         raise
     except aiosmtplib.SMTPResponseException as exc:
         if exc.code >= 500:
-            raise _permanent(
+            raise permanent(
                 f"the server rejected the message: {exc.code} {_redact(exc.message, recipient)}",
                 "Rejected",
             ) from None
         raise
     except aiosmtplib.SMTPNotSupported as exc:
         # An internationalised address to a server without SMTPUTF8: retrying cannot help.
-        raise _permanent(f"the server cannot take this message: {exc}", "Rejected") from None
+        raise permanent(f"the server cannot take this message: {exc}", "Rejected") from None
 
 
 class _TextMaker(HTMLParser):

@@ -42,43 +42,29 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import hashlib
 import json
-import logging
 from collections.abc import Callable
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, TypeVar
 
-from pydantic import BaseModel, ConfigDict, JsonValue
+from pydantic import JsonValue
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 from twilio.base.exceptions import TwilioException
 from twilio.http.http_client import TwilioHttpClient
-from twilio.rest import Client
 from twilio.twiml.voice_response import VoiceResponse
 
-from activities._heartbeat import heartbeating
+from activities._attempt import heartbeating, permanent
 from dee.errors import ContentError
 from dee.plans.content import PlanContent, render_script
-from dee.plans.model import SendVoiceStep
-from dee.runs.ledger import SendLedger
-from dee.runs.model import Contact
-from dee.runs.tracking import TokenError, sign_token
+from dee.runs.calls import twilio_client
+from dee.runs.channels import PlaceCallInput, PlaceCallResult
+from dee.runs.ledger import SendLedger, call_key
+from dee.runs.tracking import CALL_AMD, CALL_STATUS, TokenError, sign_token
 from dee.settings import Settings
 
 __all__ = [
-    "AMD_TOKEN_KIND",
-    "STATUS_TOKEN_KIND",
-    "PlaceCallInput",
-    "PlaceCallResult",
     "VoiceActivities",
-    "call_message_id",
 ]
 
-#: Kinds (``"k"``) of the tokens in the status and answering machine callback URLs; see
-#: :mod:`dee.runs.tracking`. Both carry ``"r"`` run id, ``"s"`` step id, ``"v"`` visit; the AMD
-#: token also ``"m"``, the voicemail's TwiML, when the step leaves a message.
-STATUS_TOKEN_KIND: Final = "call"
-AMD_TOKEN_KIND: Final = "amd"
 #: The call progress Twilio reports to the status callback.
 STATUS_EVENTS: Final = ("initiated", "ringing", "answered", "completed")
 #: Twilio refuses a ``Twiml`` parameter longer than this.
@@ -91,57 +77,6 @@ CLOCK_SKEW: Final = datetime.timedelta(minutes=1)
 ADOPT_SCAN_LIMIT: Final = 50
 
 _T = TypeVar("_T")
-
-
-class PlaceCallInput(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    run_id: str
-    plan_id: str
-    plan_version: int
-    step: SendVoiceStep
-    #: Which time the run enters this step (1, 2, ...): one call per visit.
-    visit: int
-    #: The script's template source (``scripts/<step.script_id>.txt``).
-    script: str
-    #: The voicemail message's template source, when the step names one.
-    voicemail_message: str | None = None
-    contact: Contact
-    variables: dict[str, JsonValue] = {}
-
-
-class PlaceCallResult(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    call_sid: str
-    #: ``already-placed`` when an earlier attempt had placed this call.
-    status: Literal["placed", "already-placed"]
-
-
-def call_message_id(workflow_run_id: str | None, run_id: str, step_id: str, visit: int) -> str:
-    """The ledger id of the call for one visit of a step: the same for every attempt.
-
-    The workflow execution is part of it because a run id (``<plan>:<contact>``) comes
-    back when the plan runs again for the contact, and that run's first visit of the step
-    is a new call, not a retry of the old one.
-    """
-    key = json.dumps([workflow_run_id or "", run_id, step_id, visit], separators=(",", ":"))
-    return "call-" + hashlib.sha256(key.encode()).hexdigest()[:32]
-
-
-class _QuietLogger(logging.LoggerAdapter[logging.Logger]):
-    """twilio's HTTP client logs each request's query string at INFO, and the calls list
-    query holds the contact's phone number: keep all of it at DEBUG."""
-
-    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
-        super().log(min(level, logging.DEBUG), msg, *args, **kwargs)
-
-
-_TWILIO_HTTP_LOGGER = _QuietLogger(logging.getLogger(f"{__name__}.twilio"))
-
-
-def _permanent(message: str, kind: str) -> ApplicationError:
-    return ApplicationError(message, type=kind, non_retryable=True)
 
 
 class VoiceActivities:
@@ -161,18 +96,18 @@ class VoiceActivities:
         settings = self._settings
         step = input.step
         if not settings.twilio_account_sid or not settings.twilio_auth_token:
-            raise _permanent(
+            raise permanent(
                 "Twilio credentials are not configured: set TWILIO_ACCOUNT_SID and "
                 "TWILIO_AUTH_TOKEN for the worker",
                 "MissingCredentials",
             )
         if not settings.secret_key:
-            raise _permanent(
+            raise permanent(
                 "DEE_SECRET_KEY is not set: the call's status callbacks cannot be signed",
                 "MissingSecretKey",
             )
         if input.contact.phone is None:
-            raise _permanent(
+            raise permanent(
                 f"contact {input.contact.id!r} has no phone number: give the contact a "
                 "`phone` in E.164 form (+15551234567)",
                 "MissingPhone",
@@ -182,7 +117,7 @@ class VoiceActivities:
             "to": input.contact.phone,
             "from_": step.caller_id,
             "twiml": twiml,
-            "status_callback": self._callback_url(STATUS_TOKEN_KIND, input),
+            "status_callback": self._callback_url(CALL_STATUS, input),
             "status_callback_method": "POST",
             "status_callback_event": list(STATUS_EVENTS),
         }
@@ -195,7 +130,7 @@ class VoiceActivities:
             )
             create["async_amd"] = "true"
             create["async_amd_status_callback"] = self._callback_url(
-                AMD_TOKEN_KIND, input, voicemail_twiml=voicemail_twiml
+                CALL_AMD, input, voicemail_twiml=voicemail_twiml
             )
             create["async_amd_status_callback_method"] = "POST"
         # The ledger and twilio's client both block; one worker thread runs them in turn.
@@ -206,7 +141,7 @@ class VoiceActivities:
         step = input.step
         message_id = step.voicemail.message_id if step.voicemail.detect else None
         if message_id is not None and input.voicemail_message is None:
-            raise _permanent(
+            raise permanent(
                 f"step {step.id!r} leaves voicemail message {message_id!r} but the activity "
                 "was not given its source",
                 "TemplateError",
@@ -234,14 +169,14 @@ class VoiceActivities:
                 step_id=step.id,
             )
         except ContentError as exc:
-            raise _permanent(f"step {step.id!r}: {exc}", "TemplateError") from exc
+            raise permanent(f"step {step.id!r}: {exc}", "TemplateError") from exc
         response = VoiceResponse()
         response.say(text)
         if hang_up:
             response.hangup()
         twiml = str(response.to_xml(xml_declaration=False))
         if len(twiml) > MAX_TWIML_CHARS:
-            raise _permanent(
+            raise permanent(
                 f"step {step.id!r}: scripts/{script_id}.txt renders to {len(twiml):,} "
                 f"characters of TwiML; Twilio takes at most {MAX_TWIML_CHARS:,}: shorten it",
                 "ScriptTooLong",
@@ -266,31 +201,21 @@ class VoiceActivities:
             token = sign_token(payload, secret=secret)
         except TokenError as exc:
             # Only the voicemail makes a token long: the ids are bounded by the plan model.
-            raise _permanent(
+            raise permanent(
                 f"step {input.step.id!r}: the voicemail message is too long to carry in the "
                 f"answering machine callback ({exc}): shorten "
                 f"scripts/{input.step.voicemail.message_id}.txt",
                 "ScriptTooLong",
             ) from exc
-        hook = "amd" if kind == AMD_TOKEN_KIND else "status"
+        hook = "amd" if kind == CALL_AMD else "status"
         return f"{self._settings.public_url}/webhooks/twilio/{hook}?token={token}"
 
     def _client(self) -> tuple[Any, TwilioHttpClient]:
-        settings = self._settings
-        http = TwilioHttpClient(timeout=HTTP_TIMEOUT_SECONDS, logger=_TWILIO_HTTP_LOGGER)
-        client = Client(settings.twilio_account_sid, settings.twilio_auth_token, http_client=http)
-        if settings.twilio_api_url.rstrip("/") != "https://api.twilio.com":
-            # Every resource URL is the Api domain's base_url plus a path, so this is the
-            # one place to point the client elsewhere. TWILIO_REGION / TWILIO_EDGE would
-            # rewrite that host as if it were *.twilio.com, so they do not apply here.
-            client.api.base_url = settings.twilio_api_url.rstrip("/")
-            client.region = None
-            client.edge = None
-        return client, http
+        return twilio_client(self._settings, timeout=HTTP_TIMEOUT_SECONDS)
 
     def _place(self, input: PlaceCallInput, create: dict[str, Any]) -> PlaceCallResult:
         log = activity.logger
-        message_id = call_message_id(
+        message_id = call_key(
             activity.info().workflow_run_id, input.run_id, input.step.id, input.visit
         )
         claim = self._ledger.claim(
@@ -299,7 +224,7 @@ class VoiceActivities:
         if claim == "already-sent":
             record = self._ledger.get(message_id)
             if record is None or record.provider_id is None:
-                raise _permanent(
+                raise permanent(
                     f"the send ledger has call {message_id} as placed but without its SID",
                     "LedgerInconsistent",
                 )
@@ -362,7 +287,7 @@ def _twilio(what: str, request: Callable[[], _T]) -> _T:
     except TwilioException as exc:
         status, code, message = _describe(exc)
         if status is not None and 400 <= status < 500 and status != 429:
-            raise _permanent(
+            raise permanent(
                 f"Twilio refused to {what}: HTTP {status}, error {code}: {message}",
                 "CallRejected",
             ) from exc

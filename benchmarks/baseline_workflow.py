@@ -11,9 +11,8 @@ from temporalio import workflow
 from workflows.execution_plan import SEND_HEARTBEAT_TIMEOUT, SEND_RETRY_POLICY, SEND_TIMEOUT
 
 with workflow.unsafe.imports_passed_through():
-    from activities.email import EmailActivities, SendEmailInput
-    from activities.voice import PlaceCallInput, VoiceActivities
     from dee.plans.model import SendEmailStep, SendVoiceStep, WaitStep
+    from dee.runs.channels import EmailChannel, PlaceCallInput, SendEmailInput, VoiceChannel
     from dee.runs.model import RunEvent, RunInput
 
 
@@ -45,7 +44,7 @@ class HandWrittenSpecPlan:
         assert isinstance(call, SendVoiceStep) and input.plan.version is not None
         message_id = call.voicemail.message_id
         await workflow.execute_activity_method(
-            VoiceActivities.place_call,
+            VoiceChannel.place_call,
             PlaceCallInput(
                 run_id=workflow.info().workflow_id,
                 plan_id=input.plan.id,
@@ -67,7 +66,7 @@ class HandWrittenSpecPlan:
         step = input.plan.step(step_id)
         assert isinstance(step, SendEmailStep) and input.plan.version is not None
         await workflow.execute_activity_method(
-            EmailActivities.send_email,
+            EmailChannel.send_email,
             SendEmailInput(
                 run_id=workflow.info().workflow_id,
                 plan_id=input.plan.id,

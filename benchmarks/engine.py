@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 from temporalio.client import Client  # noqa: E402
 
 import dee  # noqa: E402
-from dee.plans.registry import PlanRegistry, PlanVersion  # noqa: E402
+from dee.plans.registry import PlanRegistry  # noqa: E402
+from dee.plans.versions import PlanVersion  # noqa: E402
 from dee.runs.model import Contact, RunInput  # noqa: E402
 from tests.helpers.smtp import smtp_server  # noqa: E402
 from tests.helpers.spec import SPEC_CONTENT, SPEC_YAML  # noqa: E402

@@ -42,7 +42,8 @@ from temporalio.api.enums.v1 import EventType  # noqa: E402
 from temporalio.client import Client  # noqa: E402
 
 from dee.plans.model import ExecutionPlan  # noqa: E402
-from dee.plans.registry import PlanRegistry, PlanVersion  # noqa: E402
+from dee.plans.registry import PlanRegistry  # noqa: E402
+from dee.plans.versions import PlanVersion  # noqa: E402
 from dee.runs.client import send_event, start_run  # noqa: E402
 from dee.runs.tracking import open_pixel_url  # noqa: E402
 from dee.server.hits import HitStore  # noqa: E402

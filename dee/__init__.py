@@ -2,10 +2,17 @@
 
 Plans are written in Python (:mod:`dee.plans.builder`) or as JSON/YAML documents
 (:func:`load_plan`), validated as a whole (:func:`validate_plan`) and stored as immutable,
-numbered versions with their content (:class:`PlanRegistry`).
+numbered versions with their content (:class:`PlanRegistry`); runs are started, steered and
+inspected through :func:`start_run`, :func:`send_event`, :func:`run_state` and friends.
+
+``import dee`` stays light: what needs the database or the web server (the registry, the
+ledger and the server's stores, :func:`create_app`) is imported on first use.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from dee.errors import (
     ConditionError,
@@ -43,13 +50,15 @@ from dee.plans.model import (
     SendEmailStep,
     SendVoiceStep,
     Step,
+    StepType,
     Tracking,
     Transition,
     Voicemail,
     WaitStep,
 )
-from dee.plans.registry import PlanRegistry, PlanSummary, PlanVersion
 from dee.plans.validation import validate_plan
+from dee.plans.versions import PlanSummary, PlanVersion
+from dee.runs.channels import PlaceCallInput, PlaceCallResult, SendEmailInput, SendEmailResult
 from dee.runs.client import (
     RunAlreadyStartedError,
     RunClosedError,
@@ -63,7 +72,6 @@ from dee.runs.client import (
     send_event,
     start_run,
 )
-from dee.runs.ledger import LedgerError, SendLedger
 from dee.runs.model import (
     WORKFLOW_NAME,
     Contact,
@@ -76,11 +84,16 @@ from dee.runs.model import (
 )
 from dee.runs.temporal import TemporalSetupError, connect, ensure_search_attributes
 from dee.runs.tracking import TokenError
-from dee.server.app import create_app
-from dee.server.hits import HitStore, HitStoreError, Suppressions
-from dee.server.inbound import InboundError, InboundStore
-from dee.server.sendgrid import SendGridError, SignatureError
 from dee.settings import Settings
+
+if TYPE_CHECKING:
+    from dee.plans.registry import PlanRegistry, upgrade_database
+    from dee.runs.ledger import LedgerError, SendLedger
+    from dee.runs.suppressions import SuppressionError, Suppressions
+    from dee.server.app import create_app
+    from dee.server.hits import HitStore, HitStoreError
+    from dee.server.inbound import InboundError, InboundStore
+    from dee.server.sendgrid import SendGridError, SignatureError
 
 __all__ = [
     "BranchStep",
@@ -101,6 +114,8 @@ __all__ = [
     "InboundStore",
     "LedgerError",
     "MissingVariablesError",
+    "PlaceCallInput",
+    "PlaceCallResult",
     "PlanContent",
     "PlanDataError",
     "PlanInvalidError",
@@ -125,6 +140,8 @@ __all__ = [
     "RunState",
     "RunSummary",
     "RunUnavailableError",
+    "SendEmailInput",
+    "SendEmailResult",
     "SendEmailStep",
     "SendGridError",
     "SendLedger",
@@ -132,7 +149,9 @@ __all__ = [
     "Settings",
     "SignatureError",
     "Step",
+    "StepType",
     "StepVisit",
+    "SuppressionError",
     "Suppressions",
     "TemporalSetupError",
     "TokenError",
@@ -162,5 +181,36 @@ __all__ = [
     "steps",
     "to_mermaid",
     "transitions",
+    "upgrade_database",
     "validate_plan",
 ]
+
+#: Names imported on first use, and the module each comes from.
+_LAZY: dict[str, str] = {
+    "PlanRegistry": "dee.plans.registry",
+    "upgrade_database": "dee.plans.registry",
+    "LedgerError": "dee.runs.ledger",
+    "SendLedger": "dee.runs.ledger",
+    "SuppressionError": "dee.runs.suppressions",
+    "Suppressions": "dee.runs.suppressions",
+    "create_app": "dee.server.app",
+    "HitStore": "dee.server.hits",
+    "HitStoreError": "dee.server.hits",
+    "InboundError": "dee.server.inbound",
+    "InboundStore": "dee.server.inbound",
+    "SendGridError": "dee.server.sendgrid",
+    "SignatureError": "dee.server.sendgrid",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dee' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -17,7 +17,8 @@ from temporalio.testing import WorkflowEnvironment
 from dee.errors import MissingVariablesError
 from dee.plans.content import EmailTemplate, PlanContent
 from dee.plans.model import ExecutionPlan
-from dee.plans.registry import PlanRegistry, PlanVersion
+from dee.plans.registry import PlanRegistry
+from dee.plans.versions import PlanVersion
 from dee.runs.client import (
     RunAlreadyStartedError,
     RunClosedError,

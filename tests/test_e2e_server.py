@@ -15,7 +15,8 @@ from temporalio.testing import WorkflowEnvironment
 
 import dee
 from dee.plans.content import EmailTemplate, PlanContent
-from dee.plans.registry import PlanRegistry, PlanVersion
+from dee.plans.registry import PlanRegistry
+from dee.plans.versions import PlanVersion
 from dee.runs.client import run_state, start_run
 from dee.runs.ledger import SendLedger
 from dee.runs.model import RunResult

@@ -24,7 +24,8 @@ from temporalio.testing import WorkflowEnvironment
 
 import dee
 from dee.plans.content import EmailTemplate, PlanContent
-from dee.plans.registry import PlanRegistry, PlanVersion
+from dee.plans.registry import PlanRegistry
+from dee.plans.versions import PlanVersion
 from dee.runs.ledger import SendLedger
 from dee.runs.model import SEARCH_ATTRIBUTES, Contact, RunInput, RunResult
 from dee.settings import Settings

@@ -12,12 +12,12 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
 from dee.runs.ledger import SendLedger
+from dee.runs.suppressions import Suppressions
 from dee.server.hits import (
     MAX_USER_AGENT,
     HitStore,
     HitStoreError,
     SignalClaim,
-    Suppressions,
     event_id,
 )
 from dee.storage.database import alembic_config, make_engine, resolve_url

@@ -32,6 +32,7 @@ from dee.plans.registry import PlanRegistry
 from dee.runs.client import cancel_run, run_state, start_run
 from dee.runs.ledger import SendLedger
 from dee.runs.model import RunState
+from dee.runs.tracking import reply_address, reply_token
 from dee.server.inbound import (
     MAX_KEPT_BYTES,
     InboundError,
@@ -42,8 +43,6 @@ from dee.server.inbound import (
     match_message,
     parse_message,
     parse_sendgrid_form,
-    reply_address,
-    reply_token,
 )
 from dee.settings import Settings
 from dee.storage.database import alembic_config, make_engine, resolve_url

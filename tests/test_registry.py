@@ -19,7 +19,8 @@ from sqlalchemy import Row, select, text
 from dee.errors import PlanNotFoundError, PlanValidationError, RegistryError
 from dee.plans.content import load_content
 from dee.plans.model import ExecutionPlan
-from dee.plans.registry import PlanRegistry, PlanVersion, plan_digest
+from dee.plans.registry import PlanRegistry
+from dee.plans.versions import PlanVersion, plan_digest
 from dee.storage.database import alembic_config, make_engine, plan_versions, resolve_url
 from tests.helpers import db
 from tests.helpers.plans import email_content, email_plan, simple_plan

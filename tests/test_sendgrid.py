@@ -31,7 +31,7 @@ from dee.plans.registry import PlanRegistry
 from dee.runs.client import cancel_run, run_state, start_run
 from dee.runs.ledger import SendLedger
 from dee.runs.model import RunState
-from dee.server.hits import Suppressions
+from dee.runs.suppressions import Suppressions
 from dee.server.inbound import InboundStore
 from dee.server.sendgrid import (
     SIGNATURE_HEADER,

@@ -24,7 +24,8 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from dee.plans.model import ExecutionPlan
-from dee.plans.registry import PlanRegistry, PlanVersion
+from dee.plans.registry import PlanRegistry
+from dee.plans.versions import PlanVersion
 from dee.runs.client import run_state, start_run
 from dee.runs.ledger import SendLedger
 from dee.runs.model import CONTACT_ID_ATTRIBUTE, WORKFLOW_NAME, RunEvent

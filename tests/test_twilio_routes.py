@@ -24,15 +24,14 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from twilio.request_validator import RequestValidator
 
-from activities import voice
 from dee.plans.content import PlanContent
 from dee.plans.model import ExecutionPlan
-from dee.plans.registry import PlanRegistry, PlanVersion
+from dee.plans.registry import PlanRegistry
+from dee.plans.versions import PlanVersion
 from dee.runs.client import send_event
 from dee.runs.ledger import SendLedger
 from dee.runs.model import EVENT_SIGNAL, Contact, RunEvent, RunInput, RunResult
 from dee.runs.tracking import sign_token, verify_token
-from dee.server import twilio_routes as _twilio_routes
 from dee.settings import Settings
 from tests.helpers.engine import CONTACT, Engine, engine
 from tests.helpers.plans import simple_plan
@@ -305,11 +304,6 @@ async def placed_call(twilio: TwilioApi, before: int, known: set[str]) -> tuple[
 
 
 # -- the mapping ----------------------------------------------------------------------------
-
-
-def test_token_kinds_match_the_voice_activity() -> None:
-    assert _twilio_routes.STATUS_TOKEN_KIND == voice.STATUS_TOKEN_KIND
-    assert _twilio_routes.AMD_TOKEN_KIND == voice.AMD_TOKEN_KIND
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ entered more than ``max_visits_per_step`` times ends it with outcome ``visit-lim
 with loops continue as new when Temporal suggests it, carrying events and visit counts.
 
 Only deterministic code lives here: time comes from ``workflow.now()``, and DEE's models,
-condition evaluator and the activities' input models are passed through the sandbox so
+condition evaluator and the channels' input models are passed through the sandbox so
 they (and Jinja2) are imported once per worker, not once per run.
 """
 
@@ -27,12 +27,11 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.email import EmailActivities, SendEmailInput
-    from activities.voice import PlaceCallInput, VoiceActivities
     from dee.errors import ConditionError
     from dee.plans.conditions import ConditionContext, EventTally, evaluate_condition
     from dee.plans.model import BranchStep, EndStep, SendEmailStep, SendVoiceStep, Step, WaitStep
     from dee.plans.validation import successors
+    from dee.runs.channels import EmailChannel, PlaceCallInput, SendEmailInput, VoiceChannel
     from dee.runs.model import (
         CANCELLED,
         CURRENT_STEP_ATTRIBUTE,
@@ -62,7 +61,7 @@ SEND_RETRY_POLICY: Final = RetryPolicy(
     maximum_attempts=15,
 )
 SEND_TIMEOUT: Final = timedelta(minutes=2)
-#: Sends heartbeat every 2 s (activities._heartbeat): a lost attempt is retried this soon.
+#: Sends heartbeat every 2 s (activities._attempt): a lost attempt is retried this soon.
 SEND_HEARTBEAT_TIMEOUT: Final = timedelta(seconds=10)
 #: Temporal allows 10,000 signals a run; events past this many are counted, not kept.
 MAX_EVENTS: Final = 5_000
@@ -200,7 +199,7 @@ class ExecutionPlanWorkflow:
         assert input.plan.version is not None
         try:
             result = await workflow.execute_activity_method(
-                EmailActivities.send_email,
+                EmailChannel.send_email,
                 SendEmailInput(
                     run_id=workflow.info().workflow_id,
                     plan_id=input.plan.id,
@@ -228,7 +227,7 @@ class ExecutionPlanWorkflow:
         message_id = step.voicemail.message_id
         try:
             result = await workflow.execute_activity_method(
-                VoiceActivities.place_call,
+                VoiceChannel.place_call,
                 PlaceCallInput(
                     run_id=workflow.info().workflow_id,
                     plan_id=input.plan.id,

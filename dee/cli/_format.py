@@ -23,7 +23,7 @@ from dee.plans.model import (
     Step,
     WaitStep,
 )
-from dee.plans.registry import PlanSummary, PlanVersion
+from dee.plans.versions import PlanSummary, PlanVersion
 from dee.runs.client import RunSummary
 from dee.runs.model import RunFailure, RunState
 

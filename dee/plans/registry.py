@@ -12,14 +12,12 @@ Storage is SQLite by default (``.dee/dee.db`` in the working folder) or PostgreS
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
 import random
 import time
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Row, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
@@ -27,72 +25,23 @@ from dee.errors import PlanNotFoundError, PlanValidationError, RegistryError
 from dee.plans.content import PlanContent
 from dee.plans.model import ExecutionPlan
 from dee.plans.validation import DEFAULT_MAX_STEPS, validate_plan
-from dee.storage.database import make_engine, migrate, plan_versions, resolve_url, write_transaction
+from dee.plans.versions import PlanSummary, PlanVersion, plan_digest
+from dee.storage.database import (
+    as_utc,
+    make_engine,
+    migrate,
+    plan_versions,
+    resolve_url,
+    write_transaction,
+)
 from dee.storage.store import Store, database_errors
 
-__all__ = ["PlanRegistry", "PlanSummary", "PlanVersion", "plan_digest", "upgrade_database"]
+__all__ = ["PlanRegistry", "upgrade_database"]
 
 logger = logging.getLogger(__name__)
 
 #: How many times create() retries after losing a race for the next version number.
 MAX_CREATE_ATTEMPTS = 50
-
-
-class PlanVersion(BaseModel):
-    """One stored version of a plan, with the content it renders."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    #: The plan with ``version`` and ``metadata.created_at`` filled in.
-    plan: ExecutionPlan
-    content: PlanContent
-    #: SHA-256 of what the version means: see :func:`plan_digest`.
-    digest: str
-    #: True only on what :meth:`PlanRegistry.create` returns when it stored a new version.
-    created: bool = Field(default=False, exclude=True)
-
-    @property
-    def version(self) -> int:
-        assert self.plan.version is not None, "stored plans always have a version"
-        return self.plan.version
-
-    @property
-    def created_at(self) -> datetime.datetime:
-        assert self.plan.metadata.created_at is not None, "stored plans have a created_at"
-        return self.plan.metadata.created_at
-
-
-class PlanSummary(BaseModel):
-    """One plan in :meth:`PlanRegistry.list_plans`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    id: str
-    #: The name of the latest version.
-    name: str
-    latest_version: int
-    #: How many versions the plan has.
-    versions: int
-    #: When the latest version was created.
-    updated_at: datetime.datetime
-
-
-def plan_digest(plan: ExecutionPlan, content: PlanContent) -> str:
-    """SHA-256 hex of what a version means: name, steps, transitions, description, content.
-
-    Id, version and the ``createdBy``/``createdAt`` bookkeeping are left out, so creating
-    the same plan again, by someone else, does not make a new version.
-    """
-    document = plan.to_document()
-    meaning = {
-        "name": document["name"],
-        "steps": document["steps"],
-        "transitions": document["transitions"],
-        "description": document["metadata"].get("description"),
-        "content": content.model_dump(mode="json"),
-    }
-    canonical = json.dumps(meaning, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def upgrade_database(url: str | None = None) -> None:
@@ -103,13 +52,6 @@ def upgrade_database(url: str | None = None) -> None:
         migrate(engine)
     finally:
         engine.dispose()
-
-
-def _utc(value: datetime.datetime) -> datetime.datetime:
-    # SQLite hands back naive datetimes; everything the registry stores is UTC.
-    if value.tzinfo is None:
-        return value.replace(tzinfo=datetime.UTC)
-    return value.astimezone(datetime.UTC)
 
 
 class PlanRegistry(Store):
@@ -259,7 +201,7 @@ class PlanRegistry(Store):
                 name=row.name,
                 latest_version=row.version,
                 versions=row.versions,
-                updated_at=_utc(row.created_at),
+                updated_at=as_utc(row.created_at),
             )
             for row in rows
         ]

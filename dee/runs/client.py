@@ -55,7 +55,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from dee.errors import DeeError
 from dee.plans.content import check_variables
 from dee.plans.model import ID_PATTERN
-from dee.plans.registry import PlanVersion
+from dee.plans.versions import PlanVersion
 from dee.runs.model import (
     CANCELLED,
     CONTACT_ID_ATTRIBUTE,

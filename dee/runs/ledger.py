@@ -33,7 +33,10 @@ created by the migrations, which run when a ledger opens.
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias
 
@@ -49,10 +52,20 @@ from sqlalchemy import (
 )
 
 from dee.errors import DeeError
-from dee.storage.database import insert_if_absent, metadata, write_transaction
+from dee.storage.database import as_utc, insert_if_absent, metadata, write_transaction
 from dee.storage.store import Store, database_errors
 
-__all__ = ["Channel", "ClaimOutcome", "LedgerError", "SendLedger", "SendRecord", "SendStatus"]
+__all__ = [
+    "Channel",
+    "ClaimOutcome",
+    "LedgerError",
+    "SendLedger",
+    "SendRecord",
+    "SendStatus",
+    "call_key",
+    "email_key",
+    "key_of_message_id",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +74,39 @@ SendStatus: TypeAlias = Literal["sending", "sent"]
 ClaimOutcome: TypeAlias = Literal["claimed", "already-sent", "in-doubt"]
 
 CHANNELS: Final = ("email", "voice")
+
+#: An email's key: 32 hex digits of a hash, then the step id made safe for a Message-ID.
+_EMAIL_KEY = re.compile(r"^[0-9a-f]{32}(?:\.[A-Za-z0-9_-]+)?$")
+
+
+def email_key(workflow_run_id: str | None, run_id: str, step_id: str, visit: int) -> str:
+    """The ledger key of one email send, and the left part of its ``Message-ID``
+    (``<{key}@{domain}>``): the same for every attempt, different for every execution,
+    step and visit.
+
+    The workflow execution is part of it because a run id (``<plan>:<contact>``) comes
+    back when the plan runs again for the contact, and that run must send anew.
+    """
+    seed = "\x1f".join([workflow_run_id or "", run_id, step_id, str(visit)])
+    digest = hashlib.sha256(seed.encode()).hexdigest()[:32]
+    # Step ids may hold dots in places a Message-ID may not ("a..b", "a.").
+    readable = re.sub(r"[^A-Za-z0-9_-]+", "-", step_id).strip("-")
+    return f"{digest}.{readable}" if readable else digest
+
+
+def key_of_message_id(message_id: str) -> str | None:
+    """The ledger key in a ``Message-ID`` DEE sent (without angle brackets), or ``None``
+    when the id is not shaped like one of :func:`email_key`'s."""
+    key = message_id.rpartition("@")[0]
+    return key if _EMAIL_KEY.match(key) else None
+
+
+def call_key(workflow_run_id: str | None, run_id: str, step_id: str, visit: int) -> str:
+    """The ledger key of the call for one visit of a step: the same for every attempt,
+    new for every execution (see :func:`email_key`)."""
+    key = json.dumps([workflow_run_id or "", run_id, step_id, visit], separators=(",", ":"))
+    return "call-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
 
 #: Mirrors migration 0002; change only together with a new migration.
 sends = Table(
@@ -100,15 +146,6 @@ class SendRecord:
     provider_id: str | None
     created_at: datetime.datetime
     sent_at: datetime.datetime | None
-
-
-def _utc(value: datetime.datetime | None) -> datetime.datetime | None:
-    # SQLite hands back naive datetimes; the ledger stores UTC only.
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=datetime.UTC)
-    return value.astimezone(datetime.UTC)
 
 
 class SendLedger(Store):
@@ -198,8 +235,6 @@ class SendLedger(Store):
 
 
 def _record(row: Any) -> SendRecord:
-    created_at = _utc(row["created_at"])
-    assert created_at is not None, "created_at is NOT NULL"
     return SendRecord(
         message_id=row["message_id"],
         run_id=row["run_id"],
@@ -207,6 +242,6 @@ def _record(row: Any) -> SendRecord:
         channel=row["channel"],
         status=row["status"],
         provider_id=row["provider_id"],
-        created_at=created_at,
-        sent_at=_utc(row["sent_at"]),
+        created_at=as_utc(row["created_at"]),
+        sent_at=None if row["sent_at"] is None else as_utc(row["sent_at"]),
     )

@@ -1,4 +1,5 @@
-"""Signed tokens for tracking pixels, tracked links and unsubscribe links.
+"""Signed tokens: tracking pixels, tracked links, unsubscribe links, reply addresses and call
+callbacks. Every kind of token DEE signs is defined here, once.
 
 A token is ``<payload>.<signature>``: the payload is compact JSON in base64url without
 padding, and the signature an HMAC-SHA256 of the encoded payload keyed by
@@ -11,6 +12,9 @@ kind     payload                                          URL
 open     ``{"k":"o","r":run,"s":step,"v":visit}``         ``{public_url}/t/o/{token}``
 click    the same plus ``"u"``, the original URL          ``{public_url}/t/c/{token}``
 unsub.   ``{"k":"u","r":run,"e":email}``                  ``{public_url}/u/{token}``
+reply    ``{"k":"r","r":run,"s":step,"v":visit}``         ``{local}+{token}@{domain}``
+call     ``{"k":"call","r":run,"s":step,"v":visit}``      ``.../webhooks/twilio/status?token=``
+amd      the same with ``"k":"amd"``, plus ``"m"`` TwiML   ``.../webhooks/twilio/amd?token=``
 =======  ==============================================  ===============================
 
 Tokens are signed, not encrypted: anyone holding one can read its payload (the run id and,
@@ -37,14 +41,19 @@ from typing import Any, Final
 from dee.errors import DeeError
 
 __all__ = [
+    "CALL_AMD",
+    "CALL_STATUS",
     "CLICK",
     "MAX_TOKEN_LENGTH",
     "OPEN",
+    "REPLY",
     "UNSUBSCRIBE",
     "TokenError",
     "add_open_pixel",
     "click_url",
     "open_pixel_url",
+    "reply_address",
+    "reply_token",
     "rewrite_links",
     "sign_token",
     "unsubscribe_url",
@@ -54,6 +63,11 @@ __all__ = [
 OPEN: Final = "o"
 CLICK: Final = "c"
 UNSUBSCRIBE: Final = "u"
+#: The plus-address of a reply (see :mod:`dee.server.inbound`).
+REPLY: Final = "r"
+#: Twilio's status and answering machine callbacks (see :mod:`activities.voice`).
+CALL_STATUS: Final = "call"
+CALL_AMD: Final = "amd"
 
 #: Longest token made or accepted. Tokens travel in URLs, and URLs much past 2,000
 #: characters are cut short by some mail clients and proxies.
@@ -68,6 +82,9 @@ _FIELDS: Final[dict[str, dict[str, type]]] = {
     OPEN: {"r": str, "s": str, "v": int},
     CLICK: {"r": str, "s": str, "v": int, "u": str},
     UNSUBSCRIBE: {"r": str, "e": str},
+    REPLY: {"r": str, "s": str, "v": int},
+    CALL_STATUS: {"r": str, "s": str, "v": int},
+    CALL_AMD: {"r": str, "s": str, "v": int},
 }
 
 
@@ -152,6 +169,19 @@ def unsubscribe_url(public_url: str, *, secret: str, run_id: str, email: str) ->
     RFC 8058 one-click unsubscribe)."""
     token = sign_token({"k": UNSUBSCRIBE, "r": run_id, "e": email}, secret=secret)
     return f"{public_url.rstrip('/')}/u/{token}"
+
+
+def reply_token(*, secret: str, run_id: str, step_id: str, visit: int) -> str:
+    """The signed token of a reply address for one send (kind :data:`REPLY`)."""
+    return sign_token({"k": REPLY, "r": run_id, "s": step_id, "v": visit}, secret=secret)
+
+
+def reply_address(base: str, *, secret: str, run_id: str, step_id: str, visit: int) -> str:
+    """``base`` (``replies@reply.example.com``) plus-addressed with a :func:`reply_token`:
+    what an email's ``Reply-To`` would be when a reply domain is configured."""
+    local, _, domain = base.rpartition("@")
+    token = reply_token(secret=secret, run_id=run_id, step_id=step_id, visit=visit)
+    return f"{local}+{token}@{domain}"
 
 
 # -- HTML -----------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from dee.plans.conditions import EVENT_TYPES
 from dee.plans.content import PlanContent
 from dee.plans.loader import plan_from_document
 from dee.plans.model import EMAIL_PATTERN, ID_PATTERN, ExecutionPlan
-from dee.plans.registry import PlanVersion
+from dee.plans.versions import PlanVersion
 from dee.runs.client import (
     RunAlreadyStartedError,
     RunStatus,

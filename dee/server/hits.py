@@ -23,28 +23,22 @@ sent an email since the key was taken (the send ledger's ``sends`` table, in the
 database, says when), so the later run hears of its opens too. A run that loops through
 the step may so get one more signal for an earlier visit, which it drops by its id.
 
-The suppression list (:class:`Suppressions`) holds the lower-cased addresses that asked to
-hear no more (or bounced, or reported spam); the email activity skips every send to them.
-It lives in the same database as the send ledger, so the worker reads it through the
-ledger's own connections (:meth:`Suppressions.sharing`).
+A :class:`HitStore` is also the suppression list (:class:`dee.runs.suppressions.Suppressions`),
+so an unsubscribe is kept as a hit and suppresses its address on the same connections.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
-import threading
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Self, TypeAlias
+from typing import Any, Final, Literal, TypeAlias
 
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
-    Connection,
     DateTime,
     Index,
     Integer,
@@ -58,10 +52,10 @@ from sqlalchemy import (
     update,
 )
 
-from dee.errors import DeeError
 from dee.runs.ledger import sends
-from dee.storage.database import insert_if_absent, metadata, write_transaction
-from dee.storage.store import Store, database_errors
+from dee.runs.suppressions import SuppressionError, Suppressions
+from dee.storage.database import as_utc, insert_if_absent, metadata
+from dee.storage.store import database_errors
 
 __all__ = [
     "Hit",
@@ -70,19 +64,13 @@ __all__ = [
     "HitStoreError",
     "SignalClaim",
     "SignalKind",
-    "Suppression",
-    "SuppressionReason",
-    "Suppressions",
     "event_id",
-    "normalize_address",
 ]
 
 HitKind: TypeAlias = Literal["open", "click", "unsubscribe"]
 SignalKind: TypeAlias = Literal["open", "click"]
-SuppressionReason: TypeAlias = Literal["unsubscribe", "bounce", "spamreport"]
 
 HIT_KINDS: Final = ("open", "click", "unsubscribe")
-SUPPRESSION_REASONS: Final = ("unsubscribe", "bounce", "spamreport")
 #: Longest user agent kept; the rest is cut.
 MAX_USER_AGENT: Final = 500
 #: Longest event id a run accepts (dee.runs.model.RunEvent).
@@ -116,20 +104,9 @@ tracking_signals = Table(
     Column("at", DateTime(timezone=True), nullable=False),
     CheckConstraint("kind IN ('open', 'click')", name="ck_tracking_signals_kind"),
 )
-suppressions = Table(
-    "suppressions",
-    metadata,
-    Column("address", String(320), primary_key=True),
-    Column("reason", String(20), nullable=False),
-    Column("run_id", String(400), nullable=True),
-    Column("at", DateTime(timezone=True), nullable=False),
-    CheckConstraint(
-        "reason IN ('unsubscribe', 'bounce', 'spamreport')", name="ck_suppressions_reason"
-    ),
-)
 
 
-class HitStoreError(DeeError):
+class HitStoreError(SuppressionError):
     """The tracking database (hits, signals, suppressions) failed."""
 
 
@@ -144,17 +121,6 @@ class Hit:
     kind: HitKind
     url: str | None
     user_agent: str | None
-    at: datetime.datetime
-
-
-@dataclass(frozen=True, slots=True)
-class Suppression:
-    """An address that gets no more email, and why."""
-
-    address: str
-    reason: SuppressionReason
-    #: The run whose link, bounce or report put it there, if known.
-    run_id: str | None
     at: datetime.datetime
 
 
@@ -185,104 +151,12 @@ def event_id(kind: str, run_id: str, step_id: str | None = None, visit: int | No
     return f"{kind}:{digest}"
 
 
-def normalize_address(address: str) -> str:
-    """How the suppression list spells an address: trimmed and lower-cased."""
-    return address.strip().lower()
-
-
-def _utc(value: datetime.datetime) -> datetime.datetime:
-    # SQLite hands back naive datetimes; everything here is stored as UTC.
-    if value.tzinfo is None:
-        return value.replace(tzinfo=datetime.UTC)
-    return value.astimezone(datetime.UTC)
-
-
-class Suppressions(Store):
-    """The suppression list; safe to share between threads and processes.
-
-    Open it from a URL like any store, or on another store's connections with
-    :meth:`sharing`. Calls block: from async code run them in a thread.
-    """
-
-    label = "suppression list"
-    error = HitStoreError
-    _borrowed = False
-
-    def __init__(self, url: str | None = None, *, echo: bool = False) -> None:
-        super().__init__(url, echo=echo)
-        self._writers = threading.Lock()
-
-    @classmethod
-    def sharing(cls, store: Store) -> Self:
-        """The list in ``store``'s database, through ``store``'s connections (which that
-        store has migrated and closes; closing this one does nothing)."""
-        shared = cls.__new__(cls)
-        shared.url = store.url
-        shared._engine = store._engine
-        shared._borrowed = True
-        shared._writers = threading.Lock()
-        return shared
-
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[Connection]:
-        """A write transaction. On SQLite, this process's writers queue on a lock first:
-        contending for the file lock itself would put them in SQLite's busy handler, which
-        sleeps in steps of up to 100 ms where a lock wakes the next writer at once."""
-        queue = self._writers if self._engine.dialect.name == "sqlite" else contextlib.nullcontext()
-        with queue, write_transaction(self._engine) as connection:
-            yield connection
-
-    @database_errors
-    def suppress(
-        self, address: str, *, reason: SuppressionReason, run_id: str | None = None
-    ) -> bool:
-        """Put ``address`` on the list; ``True`` if it was not there already (an address
-        keeps the reason and run it was first suppressed with)."""
-        if reason not in SUPPRESSION_REASONS:
-            raise ValueError(f"reason {reason!r} is unknown; expected one of {SUPPRESSION_REASONS}")
-        row = {
-            "address": normalize_address(address),
-            "reason": reason,
-            "run_id": run_id,
-            "at": datetime.datetime.now(datetime.UTC),
-        }
-        with self._writing() as connection:
-            return insert_if_absent(connection, suppressions, row, keys=[suppressions.c.address])
-
-    @database_errors
-    def is_suppressed(self, address: str) -> bool:
-        """Whether ``address`` (in any case) is on the list."""
-        with self._engine.connect() as connection:
-            found = connection.execute(
-                select(suppressions.c.address).where(
-                    suppressions.c.address == normalize_address(address)
-                )
-            ).first()
-        return found is not None
-
-    @database_errors
-    def suppression(self, address: str) -> Suppression | None:
-        """Why ``address`` is on the list, or ``None``."""
-        with self._engine.connect() as connection:
-            row = connection.execute(
-                select(suppressions).where(suppressions.c.address == normalize_address(address))
-            ).first()
-        if row is None:
-            return None
-        values = row._mapping
-        return Suppression(
-            address=values["address"],
-            reason=values["reason"],
-            run_id=values["run_id"],
-            at=_utc(values["at"]),
-        )
-
-
 class HitStore(Suppressions):
     """Raw tracking hits, the keys that collapse them into one signal each, and the
     suppression list. ``url`` as for :class:`dee.PlanRegistry`."""
 
     label = "tracking database"
+    error = HitStoreError
 
     @database_errors
     def record_hit(
@@ -350,7 +224,7 @@ class HitStore(Suppressions):
                     sends.c.run_id == run_id, sends.c.step_id == step_id
                 )
             ).scalar()
-            if latest_send is None or _utc(latest_send) <= _utc(held.at):
+            if latest_send is None or as_utc(latest_send) <= as_utc(held.at):
                 return None
             retaken = connection.execute(
                 update(tracking_signals)
@@ -397,7 +271,7 @@ class HitStore(Suppressions):
                 kind=values["kind"],
                 url=values["url"],
                 user_agent=values["user_agent"],
-                at=_utc(values["at"]),
+                at=as_utc(values["at"]),
             )
             for values in (row._mapping for row in rows)
         ]

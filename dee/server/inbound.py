@@ -9,19 +9,19 @@ Inbound Parse's form), then to :func:`match_message`, and keep it in the
 
 1. Every Message-ID in ``In-Reply-To`` and then ``References``, newest first (References
    lists the thread oldest first). DEE's own Message-IDs are ``<{ledger key}@{domain}>``
-   (:func:`activities.email.message_key`), so the left part of one names its row in the send
+   (:func:`dee.runs.ledger.email_key`), so the left part of one names its row in the send
    ledger, and with it the run and step. Ids that are not shaped like a ledger key are never
    looked up.
 2. A signed plus-address among the recipients (``To``, ``Cc``, ``Delivered-To``,
    ``X-Original-To`` and the provider's envelope): ``replies+<token>@reply.example.com``,
-   where the token is a :func:`reply_token` (kind ``r``, payload run, step and visit) signed
-   with ``DEE_SECRET_KEY``. It catches replies from clients that drop the threading headers,
-   where the provider delivers plus-addresses (SendGrid Inbound Parse, Mailgun, Postmark
-   do). The email activity would put :func:`reply_address` in ``Reply-To`` when a reply
-   domain is configured; it does not yet, but replies to such addresses are understood
-   already. Tokens are case-sensitive and longer than the 64 octets RFC 5321 allows a local
-   part, so an MTA that lower-cases or refuses long local parts leaves the message
-   unmatched (and kept).
+   where the token is a :func:`~dee.runs.tracking.reply_token` (kind ``r``, payload run,
+   step and visit) signed with ``DEE_SECRET_KEY``. It catches replies from clients that drop
+   the threading headers, where the provider delivers plus-addresses (SendGrid Inbound
+   Parse, Mailgun, Postmark do). The email activity would put
+   :func:`~dee.runs.tracking.reply_address` in ``Reply-To`` when a reply domain is
+   configured; it does not yet, but replies to such addresses are understood already. Tokens
+   are case-sensitive and longer than the 64 octets RFC 5321 allows a local part, so an MTA
+   that lower-cases or refuses long local parts leaves the message unmatched (and kept).
 
 **Automatic replies** (:func:`auto_reply_reason`) are recorded as ``auto-reply`` events,
 not ``reply``, so a vacation notice does not count as an answer: ``Auto-Submitted`` other
@@ -76,14 +76,13 @@ from sqlalchemy import (
 
 from dee.errors import DeeError
 from dee.plans.model import ID_PATTERN
-from dee.runs.ledger import SendRecord
-from dee.runs.tracking import TokenError, sign_token, verify_token
-from dee.storage.database import insert_if_absent, metadata, write_transaction
+from dee.runs.ledger import SendRecord, key_of_message_id
+from dee.runs.tracking import REPLY, TokenError, verify_token
+from dee.storage.database import as_utc, insert_if_absent, metadata, write_transaction
 from dee.storage.store import Store, database_errors
 
 __all__ = [
     "MAX_KEPT_BYTES",
-    "REPLY_TOKEN",
     "Delivery",
     "InboundError",
     "InboundKind",
@@ -92,13 +91,10 @@ __all__ = [
     "InboundStore",
     "Match",
     "auto_reply_reason",
-    "ledger_key",
     "match_message",
     "message_ids",
     "parse_message",
     "parse_sendgrid_form",
-    "reply_address",
-    "reply_token",
 ]
 
 InboundKind: TypeAlias = Literal["reply", "auto-reply", "unmatched"]
@@ -106,7 +102,6 @@ InboundKind: TypeAlias = Literal["reply", "auto-reply", "unmatched"]
 Delivery: TypeAlias = Literal["signalled", "run-closed", "run-not-found", "none"]
 
 #: Token kind of signed reply addresses (see :mod:`dee.runs.tracking`).
-REPLY_TOKEN: Final = "r"
 #: Raw bytes kept of an unmatched message; the rest is cut (``raw_truncated``).
 MAX_KEPT_BYTES: Final = 256 * 1024
 #: Parent Message-IDs looked up per message: DEE's own are the newest in a thread.
@@ -114,7 +109,6 @@ MAX_LOOKUPS: Final = 20
 #: Longest event id a run takes (:class:`dee.runs.model.RunEvent`).
 _MAX_EVENT_ID: Final = 200
 
-_LEDGER_KEY = re.compile(r"^[0-9a-f]{32}(?:\.[A-Za-z0-9_-]+)?$")
 _BRACKETED_ID = re.compile(r"<([^<>\s]+)>")
 _STEP_ID = re.compile(ID_PATTERN)
 
@@ -176,13 +170,6 @@ def message_ids(value: str) -> list[str]:
     if not found:
         found = [part.strip("<>") for part in value.split() if "@" in part]
     return found
-
-
-def ledger_key(message_id: str) -> str | None:
-    """The send-ledger key in a Message-ID DEE sent (its left part), or ``None`` when the
-    id is not shaped like one."""
-    key = message_id.rpartition("@")[0]
-    return key if _LEDGER_KEY.match(key) else None
 
 
 def _addresses(values: Iterable[str]) -> list[str]:
@@ -342,27 +329,13 @@ class Match:
     matched_by: str
 
 
-def reply_token(*, secret: str, run_id: str, step_id: str, visit: int) -> str:
-    """The signed token of a reply address for one send (kind :data:`REPLY_TOKEN`)."""
-    payload = {"k": REPLY_TOKEN, "r": run_id, "s": step_id, "v": visit}
-    return sign_token(payload, secret=secret)
-
-
-def reply_address(base: str, *, secret: str, run_id: str, step_id: str, visit: int) -> str:
-    """``base`` (``replies@reply.example.com``) plus-addressed with a :func:`reply_token`:
-    what an email's ``Reply-To`` would be when a reply domain is configured."""
-    local, _, domain = base.rpartition("@")
-    token = reply_token(secret=secret, run_id=run_id, step_id=step_id, visit=visit)
-    return f"{local}+{token}@{domain}"
-
-
 def _from_reply_address(address: str, secret: str) -> Match | None:
     local = address.rpartition("@")[0]
     _, plus, token = local.partition("+")
     if not plus or "." not in token:
         return None
     try:
-        payload = verify_token(token, secret=secret, kind=REPLY_TOKEN)
+        payload = verify_token(token, secret=secret, kind=REPLY)
     except TokenError:
         return None
     run_id, step_id, visit = payload.get("r"), payload.get("s"), payload.get("v")
@@ -383,7 +356,7 @@ def match_message(
     ``get``; ``secret`` (``DEE_SECRET_KEY``) verifies reply addresses. Blocks on the
     ledger: from async code run it in a thread."""
     for parent in mail.parents[:MAX_LOOKUPS]:
-        key = ledger_key(parent)
+        key = key_of_message_id(parent)
         if key is None:
             continue
         record = lookup(key)
@@ -467,18 +440,13 @@ class InboundRecord:
     raw_truncated: bool
 
 
-def _utc(value: datetime.datetime) -> datetime.datetime:
-    # SQLite hands back naive datetimes; the store writes UTC only.
-    return value.replace(tzinfo=datetime.UTC) if value.tzinfo is None else value
-
-
 def _record(row: Any) -> InboundRecord:
     return InboundRecord(
         id=row["id"],
         event_id=row["event_id"],
         message_id=row["message_id"],
         source=row["source"],
-        received_at=_utc(row["received_at"]),
+        received_at=as_utc(row["received_at"]),
         from_domain=row["from_domain"],
         subject=row["subject"],
         kind=row["kind"],

@@ -33,8 +33,8 @@ from pydantic import BaseModel, JsonValue
 
 from dee.runs.client import RunClosedError, RunNotFoundError, send_event
 from dee.runs.ledger import SendLedger
+from dee.runs.suppressions import SuppressionReason, Suppressions
 from dee.server._http import ApiError
-from dee.server.hits import SuppressionReason, Suppressions
 from dee.server.inbound import (
     Delivery,
     InboundError,

@@ -35,8 +35,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import JsonValue
 
 from dee.errors import DeeError
-from dee.server.hits import SuppressionReason
-from dee.server.inbound import ledger_key, message_ids
+from dee.runs.ledger import key_of_message_id
+from dee.runs.suppressions import SuppressionReason
+from dee.server.inbound import message_ids
 
 __all__ = [
     "EVENT_TYPES",
@@ -202,7 +203,7 @@ def parse_events(body: bytes) -> list[SendGridEvent]:
             raise SendGridError(f"event {index} lacks a string 'event' or 'sg_event_id'")
         smtp_id = item.get("smtp-id")
         found = message_ids(smtp_id) if isinstance(smtp_id, str) else []
-        keys = tuple(key for key in map(ledger_key, found) if key is not None)
+        keys = tuple(key for key in map(key_of_message_id, found) if key is not None)
         address = item.get("email")
         timestamp = item.get("timestamp")
         at = None

@@ -42,6 +42,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from dee.runs.client import RunClosedError, RunNotFoundError, send_event
 from dee.runs.model import CONTACT_ID_ATTRIBUTE, WORKFLOW_NAME
+from dee.runs.suppressions import normalize_address
 from dee.runs.tracking import CLICK, OPEN, UNSUBSCRIBE, TokenError, verify_token
 from dee.server._http import ApiError
 from dee.server.hits import (
@@ -50,7 +51,6 @@ from dee.server.hits import (
     HitStoreError,
     SignalClaim,
     event_id,
-    normalize_address,
 )
 from dee.server.state import ServerState, server_state
 

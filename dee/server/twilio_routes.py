@@ -63,20 +63,19 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Final
+from typing import Annotated, Final
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import JsonValue
 from temporalio.service import RPCError
 from twilio.base.exceptions import TwilioException
-from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
-from twilio.rest import Client as TwilioClient
 
+from dee.runs.calls import twilio_client
 from dee.runs.client import RunClosedError, RunNotFoundError, send_event
 from dee.runs.ledger import LedgerError, SendLedger
-from dee.runs.tracking import TokenError, verify_token
+from dee.runs.tracking import CALL_AMD, CALL_STATUS, TokenError, verify_token
 from dee.server._http import ApiError
 from dee.server.state import ServerState, server_state
 from dee.settings import Settings
@@ -87,9 +86,6 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/webhooks/twilio", tags=["webhooks"])
 
-#: Token kinds of the two callbacks; the same as :mod:`activities.voice`'s (a test pins it).
-STATUS_TOKEN_KIND: Final = "call"
-AMD_TOKEN_KIND: Final = "amd"
 STATUS_PATH: Final = "/webhooks/twilio/status"
 AMD_PATH: Final = "/webhooks/twilio/amd"
 SIGNATURE_HEADER: Final = "X-Twilio-Signature"
@@ -145,7 +141,7 @@ class _Call:
 async def call_status(request: Request, state: State) -> Response:
     """Twilio's call status callback: answered, no answer, busy, failed become events."""
     form = await _signed_form(request, state.settings, STATUS_PATH)
-    call = _call_token(request, state.settings, STATUS_TOKEN_KIND)
+    call = _call_token(request, state.settings, CALL_STATUS)
     sid = _call_sid(form)
     event_type = STATUS_EVENTS.get(form.get("CallStatus", ""))
     # Only synchronous AMD puts AnsweredBy here; for a machine the AMD callback reports.
@@ -160,7 +156,7 @@ async def call_status(request: Request, state: State) -> Response:
 async def answering_machine(request: Request, state: State) -> Response:
     """Twilio's asynchronous AMD callback: a person or a machine; leaves the voicemail."""
     form = await _signed_form(request, state.settings, AMD_PATH)
-    call = _call_token(request, state.settings, AMD_TOKEN_KIND)
+    call = _call_token(request, state.settings, CALL_AMD)
     sid = _call_sid(form)
     answered_by = form.get("AnsweredBy", "")
     event_type = AMD_EVENTS.get(answered_by)
@@ -314,28 +310,11 @@ async def _leave_voicemail(state: ServerState, call: _Call, sid: str) -> str:
     return "sent"
 
 
-class _QuietLogger(logging.LoggerAdapter[logging.Logger]):
-    """twilio's HTTP client logs each request at INFO, TwiML (the message) included."""
-
-    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
-        super().log(min(level, logging.DEBUG), msg, *args, **kwargs)
-
-
-_TWILIO_HTTP_LOGGER = _QuietLogger(logging.getLogger(f"{__name__}.twilio"))
-
-
 def _update_call(settings: Settings, sid: str, twiml: str) -> None:
     """Replace live call ``sid``'s TwiML (blocking: run it in a thread)."""
     if not settings.twilio_account_sid:
         raise TwilioException("TWILIO_ACCOUNT_SID is not set for the server")
-    http = TwilioHttpClient(timeout=HTTP_TIMEOUT_SECONDS, logger=_TWILIO_HTTP_LOGGER)
-    client = TwilioClient(settings.twilio_account_sid, settings.twilio_auth_token, http_client=http)
-    if settings.twilio_api_url.rstrip("/") != "https://api.twilio.com":
-        # As in activities.voice: every resource URL is the Api domain's base_url plus a
-        # path, and region or edge would rewrite the host as if it were *.twilio.com.
-        client.api.base_url = settings.twilio_api_url.rstrip("/")
-        client.region = None
-        client.edge = None
+    client, http = twilio_client(settings, timeout=HTTP_TIMEOUT_SECONDS)
     try:
         client.calls(sid).update(twiml=twiml)
     finally:

@@ -7,6 +7,7 @@ mirror it for queries and must change only together with a new migration.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import random
@@ -225,3 +226,11 @@ def insert_if_absent(
         .returning(keys[0])
     ).first()
     return inserted is not None
+
+
+def as_utc(value: datetime.datetime) -> datetime.datetime:
+    """A stored time as an aware UTC datetime: SQLite hands back naive ones, and everything
+    DEE stores is UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=datetime.UTC)
+    return value.astimezone(datetime.UTC)

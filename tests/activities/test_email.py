@@ -19,16 +19,11 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities._smtp import SmtpConfig, SmtpUrlError, parse_smtp_url
-from activities.email import (
-    EmailActivities,
-    SendEmailInput,
-    SendEmailResult,
-    html_to_text,
-    message_key,
-)
+from activities.email import EmailActivities, html_to_text
 from dee.plans.content import EmailTemplate
 from dee.plans.model import SendEmailStep, Tracking
-from dee.runs.ledger import SendLedger
+from dee.runs.channels import SendEmailInput, SendEmailResult
+from dee.runs.ledger import SendLedger, email_key
 from dee.runs.model import Contact
 from dee.runs.tracking import CLICK, OPEN, UNSUBSCRIBE, verify_token
 from dee.settings import Settings
@@ -319,14 +314,14 @@ async def test_a_new_execution_of_the_same_run_sends_again(
     assert len(smtp.handler.messages) == 2
 
 
-def test_message_key() -> None:
-    key = message_key("exec", "welcome:ana", "intro-email", 1)
+def test_email_key() -> None:
+    key = email_key("exec", "welcome:ana", "intro-email", 1)
     assert re.fullmatch(r"[0-9a-f]{32}\.intro-email", key)
-    assert key == message_key("exec", "welcome:ana", "intro-email", 1)
-    assert key != message_key("exec", "welcome:ana", "intro-email", 2)
-    assert key != message_key("exec2", "welcome:ana", "intro-email", 1)
+    assert key == email_key("exec", "welcome:ana", "intro-email", 1)
+    assert key != email_key("exec", "welcome:ana", "intro-email", 2)
+    assert key != email_key("exec2", "welcome:ana", "intro-email", 1)
     # Dots that a Message-ID cannot hold become dashes.
-    assert message_key("e", "r", "a..b.", 1).endswith(".a-b")
+    assert email_key("e", "r", "a..b.", 1).endswith(".a-b")
 
 
 async def test_after_a_temporary_failure_the_retry_sends_once(
@@ -639,7 +634,7 @@ async def test_a_retry_after_a_death_before_the_end_of_data_sends_once(
 ) -> None:
     # An attempt that claimed the send and died mid-DATA left nothing on the server.
     run = ActivityEnvironment().info.workflow_run_id
-    key = message_key(run, "welcome:ana", "intro-email", 1)
+    key = email_key(run, "welcome:ana", "intro-email", 1)
     assert ledger.claim(key, run_id="welcome:ana", step_id="intro-email", channel="email") == (
         "claimed"
     )

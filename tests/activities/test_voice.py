@@ -17,18 +17,12 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 from twilio.base.exceptions import TwilioRestException
 
-from activities.voice import (
-    AMD_TOKEN_KIND,
-    STATUS_TOKEN_KIND,
-    PlaceCallInput,
-    PlaceCallResult,
-    VoiceActivities,
-    call_message_id,
-)
+from activities.voice import VoiceActivities
 from dee.plans.model import SendVoiceStep
-from dee.runs.ledger import SendLedger
+from dee.runs.channels import PlaceCallInput, PlaceCallResult
+from dee.runs.ledger import SendLedger, call_key
 from dee.runs.model import Contact
-from dee.runs.tracking import verify_token
+from dee.runs.tracking import CALL_AMD, CALL_STATUS, verify_token
 from dee.settings import Settings
 from tests.helpers.twilio_api import TwilioApi, twilio_api
 
@@ -94,7 +88,7 @@ def call_input(
 def ledger_id(step_id: str = "call", visit: int = 1, *, run_id: str = "plan-1:ada") -> str:
     """The ledger id of a call placed through :class:`ActivityEnvironment`."""
     workflow_run_id = ActivityEnvironment.default_info().workflow_run_id
-    return call_message_id(workflow_run_id, run_id, step_id, visit)
+    return call_key(workflow_run_id, run_id, step_id, visit)
 
 
 def claim_by_hand(ledger: SendLedger) -> str:
@@ -142,8 +136,8 @@ async def test_places_the_call_with_the_rendered_script(
     prefix = f"{PUBLIC_URL}/webhooks/twilio/status?token="
     assert request["StatusCallback"].startswith(prefix)
     token = request["StatusCallback"].removeprefix(prefix)
-    assert verify_token(token, secret=SECRET, kind=STATUS_TOKEN_KIND) == {
-        "k": STATUS_TOKEN_KIND,
+    assert verify_token(token, secret=SECRET, kind=CALL_STATUS) == {
+        "k": CALL_STATUS,
         "r": "plan-1:ada",
         "s": "call",
         "v": 1,
@@ -176,8 +170,8 @@ async def test_voicemail_message_rides_in_the_amd_callback(
     prefix = f"{PUBLIC_URL}/webhooks/twilio/amd?token="
     assert request["AsyncAmdStatusCallback"].startswith(prefix)
     token = request["AsyncAmdStatusCallback"].removeprefix(prefix)
-    assert verify_token(token, secret=SECRET, kind=AMD_TOKEN_KIND) == {
-        "k": AMD_TOKEN_KIND,
+    assert verify_token(token, secret=SECRET, kind=CALL_AMD) == {
+        "k": CALL_AMD,
         "r": "plan-1:ada",
         "s": "call",
         "v": 1,
@@ -195,7 +189,7 @@ async def test_detection_without_a_message_only_reports(
     (request,) = twilio.creates
     assert request["MachineDetection"] == "Enable"
     token = request["AsyncAmdStatusCallback"].partition("?token=")[2]
-    assert "m" not in verify_token(token, secret=SECRET, kind=AMD_TOKEN_KIND)
+    assert "m" not in verify_token(token, secret=SECRET, kind=CALL_AMD)
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,8 @@ from temporalio.testing import WorkflowEnvironment
 
 import dee
 from dee.plans.content import PlanContent
-from dee.plans.registry import PlanRegistry, PlanVersion
+from dee.plans.registry import PlanRegistry
+from dee.plans.versions import PlanVersion
 from dee.runs.ledger import SendLedger
 from dee.runs.model import Contact, RunInput, RunResult, default_run_id
 from dee.settings import Settings

@@ -1,0 +1,100 @@
+"""What the workflow asks a channel to do, and what the channel answers.
+
+Each channel is one activity taking one ``...Input`` model and returning one ``...Result``.
+The activity's interface is declared here, as a :class:`typing.Protocol` whose method
+carries the activity's name (``@activity.defn``): the workflow calls the activity through
+that method (by reference, typed), and the implementation in ``activities/`` satisfies the
+protocol. So the workflow imports these models only, never an SMTP or Twilio client, and
+the worker's sandbox passes through DEE's models and pydantic, nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, JsonValue
+from temporalio import activity
+
+from dee.plans.content import EmailTemplate
+from dee.plans.model import SendEmailStep, SendVoiceStep
+from dee.runs.model import Contact
+
+__all__ = [
+    "EmailChannel",
+    "PlaceCallInput",
+    "PlaceCallResult",
+    "SendEmailInput",
+    "SendEmailResult",
+    "VoiceChannel",
+]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SendEmailInput(_Message):
+    """One send of one email step to one contact."""
+
+    #: DEE's run id (the workflow id); goes into tracking links and ``X-DEE-Run``.
+    run_id: str
+    plan_id: str
+    plan_version: int
+    step: SendEmailStep
+    #: 1 the first time the run enters the step; loops make 2, 3, ...
+    visit: int
+    template: EmailTemplate
+    contact: Contact
+    variables: dict[str, JsonValue] = {}
+    #: ``From``; ``DEE_FROM_ADDRESS`` when ``None``.
+    sender: str | None = None
+
+
+class SendEmailResult(_Message):
+    #: The ``Message-ID`` header, with its angle brackets.
+    message_id: str
+    #: ``suppressed``: the recipient is on the suppression list, nothing was sent.
+    status: Literal["sent", "already-sent", "suppressed"]
+    #: Only the domain: results land in workflow histories, addresses should not.
+    recipient_domain: str
+
+
+class PlaceCallInput(_Message):
+    """One call of one voice step to one contact."""
+
+    run_id: str
+    plan_id: str
+    plan_version: int
+    step: SendVoiceStep
+    #: Which time the run enters this step (1, 2, ...): one call per visit.
+    visit: int
+    #: The script's template source (``scripts/<step.script_id>.txt``).
+    script: str
+    #: The voicemail message's template source, when the step names one.
+    voicemail_message: str | None = None
+    contact: Contact
+    variables: dict[str, JsonValue] = {}
+
+
+class PlaceCallResult(_Message):
+    call_sid: str
+    #: ``already-placed`` when an earlier attempt had placed this call.
+    status: Literal["placed", "already-placed"]
+
+
+class EmailChannel(Protocol):
+    """The email activity (``activities.email.EmailActivities``)."""
+
+    @activity.defn(name="send_email")
+    async def send_email(self, input: SendEmailInput) -> SendEmailResult:
+        """Send ``input.step``'s email to ``input.contact`` unless an attempt already did."""
+        ...
+
+
+class VoiceChannel(Protocol):
+    """The voice activity (``activities.voice.VoiceActivities``)."""
+
+    @activity.defn(name="place_call")
+    async def place_call(self, input: PlaceCallInput) -> PlaceCallResult:
+        """Call ``input.contact`` for ``input.step`` unless an attempt already did."""
+        ...
