@@ -60,17 +60,19 @@ from dee.plans.validation import validate_plan
 from dee.plans.versions import PlanSummary, PlanVersion
 from dee.runs.channels import PlaceCallInput, PlaceCallResult, SendEmailInput, SendEmailResult
 from dee.runs.client import (
-    RunAlreadyStartedError,
-    RunClosedError,
-    RunError,
-    RunNotFoundError,
     RunSummary,
-    RunUnavailableError,
     cancel_run,
     list_runs,
     run_state,
     send_event,
     start_run,
+)
+from dee.runs.errors import (
+    RunAlreadyStartedError,
+    RunClosedError,
+    RunError,
+    RunNotFoundError,
+    RunUnavailableError,
 )
 from dee.runs.model import (
     WORKFLOW_NAME,
@@ -92,7 +94,8 @@ if TYPE_CHECKING:
     from dee.runs.suppressions import SuppressionError, Suppressions
     from dee.server.app import create_app
     from dee.server.hits import HitStore, HitStoreError
-    from dee.server.inbound import InboundError, InboundStore
+    from dee.server.inbound_mail import InboundError
+    from dee.server.inbound_store import InboundStore
     from dee.server.sendgrid import SendGridError, SignatureError
 
 __all__ = [
@@ -196,8 +199,8 @@ _LAZY: dict[str, str] = {
     "create_app": "dee.server.app",
     "HitStore": "dee.server.hits",
     "HitStoreError": "dee.server.hits",
-    "InboundError": "dee.server.inbound",
-    "InboundStore": "dee.server.inbound",
+    "InboundError": "dee.server.inbound_mail",
+    "InboundStore": "dee.server.inbound_store",
     "SendGridError": "dee.server.sendgrid",
     "SignatureError": "dee.server.sendgrid",
 }

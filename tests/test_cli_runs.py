@@ -27,14 +27,15 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 SPEC_PLAN = EXAMPLES / "spec-plan.yaml"
 ANA = '{"email": "ana@example.com", "firstName": "Ana"}'
 
-# The spec plan's shape, waiting two seconds instead of three and a half days.
+# The spec plan's shape, waiting ten seconds instead of three and a half days: long enough
+# for the event commands (each a new Python process) to land first on a loaded 2-core machine.
 QUICK_PLAN = """\
 id: PLAN_ID
 name: Quick intro
 metadata: {createdBy: tests}
 steps:
   - {type: sendEmail, id: intro-email, templateId: tmpl_intro, subject: "Introducing {{product}}"}
-  - {type: wait, id: wait-for-reply, duration: {seconds: 2}}
+  - {type: wait, id: wait-for-reply, duration: {seconds: 10}}
   - type: branch
     id: check-response
     conditions:

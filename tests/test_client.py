@@ -20,16 +20,18 @@ from dee.plans.model import ExecutionPlan
 from dee.plans.registry import PlanRegistry
 from dee.plans.versions import PlanVersion
 from dee.runs.client import (
-    RunAlreadyStartedError,
-    RunClosedError,
-    RunNotFoundError,
     RunSummary,
-    RunUnavailableError,
     cancel_run,
     list_runs,
     run_state,
     send_event,
     start_run,
+)
+from dee.runs.errors import (
+    RunAlreadyStartedError,
+    RunClosedError,
+    RunNotFoundError,
+    RunUnavailableError,
 )
 from dee.runs.ledger import SendLedger
 from dee.settings import Settings

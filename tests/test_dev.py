@@ -1,5 +1,6 @@
-"""``dee dev`` as a real process: it starts, runs a plan end to end, keeps its runs across a
-restart, and stops cleanly on SIGINT without leaving the Temporal dev server behind."""
+"""``dee dev`` as a real process: it starts, runs a plan end to end, serves the API with a
+development key, keeps its runs and keys across a restart, and stops cleanly on SIGINT without
+leaving the Temporal dev server behind."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from dee.cli.dev import DevOptions, banner, dev_server_command, ensure_secret_key
+from dee.cli.dev import DevOptions, banner, dev_server_command, ensure_api_key, ensure_secret_key
 from dee.settings import Settings
 from tests.helpers.smtp import free_port
 from tests.helpers.temporal import executable
@@ -177,20 +181,36 @@ async def test_dee_dev_runs_a_plan_and_stops_cleanly(
     outbox = tmp_path / ".dee" / "outbox"
     contact = '{"email": "ana@example.com", "firstName": "Ana"}'
 
+    api_key_file = tmp_path / ".dee" / "api_key"
+    api = f"http://127.0.0.1:{ports.api}"
+
     async with dee_dev(cwd=tmp_path, env=env, ports=ports) as dev:
+        api_key = api_key_file.read_text().strip()
+        assert len(api_key) >= 32
+        assert api_key_file.stat().st_mode & 0o777 == 0o600
         assert dev.banner == [
             "DEE dev environment is up:",
             f"  Temporal  127.0.0.1:{ports.temporal} (namespace default)",
             f"  Web UI    http://127.0.0.1:{ports.ui}",
             f"  SMTP      smtp://127.0.0.1:{ports.smtp} -> .dee/outbox/",
             "  Worker    task queue 'dee'",
-            f"  API       http://127.0.0.1:{ports.api} (docs at /docs)",
-            "  State     .dee/temporal.db, .dee/secret_key",
+            f"  API       {api} (docs at /docs)",
+            f"  API key   {api_key}",
+            "  State     .dee/temporal.db, .dee/secret_key, .dee/api_key",
+            f'Try the API: curl -H "Authorization: Bearer {api_key}" {api}/v1/plans',
             f"Point dee at it with: export TEMPORAL_ADDRESS=127.0.0.1:{ports.temporal}",
-            "The API refuses every request until DEE_API_KEYS is set.",
             "Press Ctrl-C to stop.",
         ]
         assert await run_dee("plans", "create", "tiny.yaml", cwd=tmp_path, env=env) == "tiny v1\n"
+        async with httpx.AsyncClient(base_url=api, timeout=10) as http:
+            accepted = await http.get("/v1/plans", headers={"Authorization": f"Bearer {api_key}"})
+            assert accepted.status_code == 200, accepted.text
+            assert [plan["id"] for plan in accepted.json()] == ["tiny"]
+            refused = await http.get("/v1/plans")
+            assert refused.status_code == 401
+            wrong = await http.get("/v1/plans", headers={"Authorization": "Bearer not-the-key"})
+            assert wrong.status_code == 401
+            assert (await http.get("/docs")).status_code == 200
         started = await run_dee(
             "runs", "start", "tiny", "--contact", contact, cwd=tmp_path, env=env
         )
@@ -217,11 +237,17 @@ async def test_dee_dev_runs_a_plan_and_stops_cleanly(
     key = (tmp_path / ".dee" / "secret_key").read_text().strip()
     assert len(key) >= 32
     assert (tmp_path / ".dee" / "secret_key").stat().st_mode & 0o777 == 0o600
+    # DEE's lines reach the log; the migrations' INFO lines (registry, ledger) do not.
+    log = (tmp_path / "dev-stderr.log").read_text()
+    assert "INFO dee.cli.dev: generated an API key in .dee/api_key" in log
+    assert "INFO dee.cli.dev: stopping" in log
+    assert "alembic" not in log and "Running upgrade" not in log
 
     # Started again, without a worker: the finished run is still there, and `dee worker`
     # run beside it does the work.
     async with dee_dev("--no-worker", cwd=tmp_path, env=env, ports=ports) as dev:
         assert "  Worker" not in "\n".join(dev.banner)
+        assert f"  API key   {api_key}" in dev.banner
         state = await show()
         assert (state["status"], state["outcome"]) == ("completed", "sent")
 
@@ -253,6 +279,7 @@ async def test_dee_dev_runs_a_plan_and_stops_cleanly(
         assert await dev.stop() == 0
     assert dev_servers(ports.temporal) == []
     assert (tmp_path / ".dee" / "secret_key").read_text().strip() == key
+    assert api_key_file.read_text().strip() == api_key
 
 
 def test_dev_server_command_keeps_state_and_registers_attributes(tmp_path: Path) -> None:
@@ -280,6 +307,57 @@ def test_secret_key_is_generated_once_unless_given(tmp_path: Path) -> None:
     key = ensure_secret_key(state)
     assert ensure_secret_key(state) == key
     assert (state / "secret_key").stat().st_mode & 0o777 == 0o600
+
+
+def test_api_key_is_generated_once_and_kept_private(tmp_path: Path) -> None:
+    state = tmp_path / ".dee"
+    key = ensure_api_key(state)
+    assert len(key) >= 32
+    path = state / "api_key"
+    assert path.read_text() == key + "\n"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert ensure_api_key(state) == key
+    assert ensure_secret_key(state) != key
+
+
+def test_banner_shows_the_dev_api_key_and_how_to_use_it() -> None:
+    lines = banner(DevOptions(), Settings(api_keys=("k3y",)), api_key="k3y")
+    assert "  API key   k3y" in lines
+    assert "  State     .dee/temporal.db, .dee/secret_key, .dee/api_key" in lines
+    assert 'Try the API: curl -H "Authorization: Bearer k3y" http://127.0.0.1:8000/v1/plans' in (
+        lines
+    )
+    assert not any("DEE_API_KEYS" in line for line in lines)
+    # Keys from DEE_API_KEYS are the environment's own: never printed.
+    from_env = banner(DevOptions(), Settings(api_keys=("env-only-key",)))
+    assert not any("env-only-key" in line or "Bearer" in line for line in from_env)
+
+
+def test_dev_log_leaves_out_migration_chatter(tmp_path: Path) -> None:
+    """The logging `dee dev` (and `dee worker`, `dee serve`) sets up, then a registry on a new
+    SQLite file, which runs every migration: DEE's lines show, Alembic's INFO lines do not."""
+    script = textwrap.dedent(
+        """
+        import logging, sys
+        from dee.cli.main import _log_to_stderr
+        from dee.plans.registry import PlanRegistry
+
+        _log_to_stderr()
+        logging.getLogger("dee.cli.dev").info("a line of DEE's")
+        with PlanRegistry(sys.argv[1]) as registry:
+            registry.list_plans()
+        """
+    )
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    done = subprocess.run(
+        [sys.executable, "-c", script, url], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "fresh.db").is_file()
+    assert "INFO dee.cli.dev: a line of DEE's" in done.stderr
+    assert "alembic" not in done.stderr
+    for chatter in ("Context impl", "Will assume", "Running upgrade"):
+        assert chatter not in done.stderr
 
 
 def test_banner_without_worker_says_how_to_run_one() -> None:

@@ -33,17 +33,15 @@ from dee.runs.client import cancel_run, run_state, start_run
 from dee.runs.ledger import SendLedger
 from dee.runs.model import RunState
 from dee.runs.tracking import reply_address, reply_token
-from dee.server.inbound import (
-    MAX_KEPT_BYTES,
+from dee.server.inbound_mail import (
     InboundError,
     InboundMail,
-    InboundStore,
-    Match,
     auto_reply_reason,
-    match_message,
     parse_message,
     parse_sendgrid_form,
 )
+from dee.server.inbound_match import Match, match_message
+from dee.server.inbound_store import MAX_KEPT_BYTES, InboundStore
 from dee.settings import Settings
 from dee.storage.database import alembic_config, make_engine, resolve_url
 from tests.helpers.server import RunningServer, running_server

@@ -32,7 +32,7 @@ from dee.runs.client import cancel_run, run_state, start_run
 from dee.runs.ledger import SendLedger
 from dee.runs.model import RunState
 from dee.runs.suppressions import Suppressions
-from dee.server.inbound import InboundStore
+from dee.server.inbound_store import InboundStore
 from dee.server.sendgrid import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,

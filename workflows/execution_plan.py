@@ -19,8 +19,9 @@ they (and Jinja2) are imported once per worker, not once per run.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, Final, NoReturn, assert_never
+from typing import Any, Final, NoReturn, TypeVar, assert_never
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -52,6 +53,9 @@ with workflow.unsafe.imports_passed_through():
     )
 
 __all__ = ["SEND_RETRY_POLICY", "ExecutionPlanWorkflow"]
+
+_I = TypeVar("_I")
+_R = TypeVar("_R")
 
 #: Sends retry with exponential backoff for about 20 minutes in all, then fail the run.
 SEND_RETRY_POLICY: Final = RetryPolicy(
@@ -194,59 +198,61 @@ class ExecutionPlanWorkflow:
                 assert_never(step)
 
     async def _send_email(self, step: SendEmailStep) -> str:
-        self._show_step(step.id)
         input = self._input
         assert input.plan.version is not None
-        try:
-            result = await workflow.execute_activity_method(
-                EmailChannel.send_email,
-                SendEmailInput(
-                    run_id=workflow.info().workflow_id,
-                    plan_id=input.plan.id,
-                    plan_version=input.plan.version,
-                    step=step,
-                    visit=self._visits[step.id],
-                    template=input.content.templates[step.template_id],
-                    contact=input.contact,
-                    variables=input.variables,
-                    sender=input.sender,
-                ),
-                start_to_close_timeout=SEND_TIMEOUT,
-                heartbeat_timeout=SEND_HEARTBEAT_TIMEOUT,
-                retry_policy=SEND_RETRY_POLICY,
-                summary=f"email {step.id}",
-            )
-        except ActivityError as error:
-            self._fail(step, error)
+        message = SendEmailInput(
+            run_id=workflow.info().workflow_id,
+            plan_id=input.plan.id,
+            plan_version=input.plan.version,
+            step=step,
+            visit=self._visits[step.id],
+            template=input.content.templates[step.template_id],
+            contact=input.contact,
+            variables=input.variables,
+            sender=input.sender,
+        )
+        result = await self._send(step, EmailChannel.send_email, message, f"email {step.id}")
         return f"{result.status} {result.message_id}"
 
     async def _place_call(self, step: SendVoiceStep) -> str:
-        self._show_step(step.id)
         input = self._input
         assert input.plan.version is not None
         message_id = step.voicemail.message_id
+        call = PlaceCallInput(
+            run_id=workflow.info().workflow_id,
+            plan_id=input.plan.id,
+            plan_version=input.plan.version,
+            step=step,
+            visit=self._visits[step.id],
+            script=input.content.scripts[step.script_id],
+            voicemail_message=input.content.scripts[message_id] if message_id else None,
+            contact=input.contact,
+            variables=input.variables,
+        )
+        result = await self._send(step, VoiceChannel.place_call, call, f"call {step.id}")
+        return f"{result.status} {result.call_sid}"
+
+    async def _send(
+        self,
+        step: Step,
+        channel: Callable[[Any, _I], Awaitable[_R]],
+        message: _I,
+        summary: str,
+    ) -> _R:
+        """Run one channel's activity for ``step`` with the send options every channel
+        shares; a failure that outlasts the retries ends the run."""
+        self._show_step(step.id)
         try:
-            result = await workflow.execute_activity_method(
-                VoiceChannel.place_call,
-                PlaceCallInput(
-                    run_id=workflow.info().workflow_id,
-                    plan_id=input.plan.id,
-                    plan_version=input.plan.version,
-                    step=step,
-                    visit=self._visits[step.id],
-                    script=input.content.scripts[step.script_id],
-                    voicemail_message=input.content.scripts[message_id] if message_id else None,
-                    contact=input.contact,
-                    variables=input.variables,
-                ),
+            return await workflow.execute_activity_method(
+                channel,
+                message,
                 start_to_close_timeout=SEND_TIMEOUT,
                 heartbeat_timeout=SEND_HEARTBEAT_TIMEOUT,
                 retry_policy=SEND_RETRY_POLICY,
-                summary=f"call {step.id}",
+                summary=summary,
             )
         except ActivityError as error:
             self._fail(step, error)
-        return f"{result.status} {result.call_sid}"
 
     async def _wait(self, step: WaitStep) -> str:
         self._show_step(step.id)

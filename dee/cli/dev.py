@@ -9,7 +9,9 @@ Started in this order, and stopped in the reverse order on Ctrl-C or SIGTERM:
 3. the DEE worker, in this process, sending through that SMTP server and signing links with
    ``DEE_SECRET_KEY`` (generated once into ``.dee/secret_key`` when the environment has none);
 4. the API and webhook server (:func:`dee.server.app.create_app` under uvicorn), in this process,
-   which the worker's links point at unless ``DEE_PUBLIC_URL`` says otherwise.
+   which the worker's links point at unless ``DEE_PUBLIC_URL`` says otherwise, and which takes
+   ``DEE_API_KEYS`` or else a development key (generated once into ``.dee/api_key``, and
+   printed with the banner) so the API and its ``/docs`` work at once.
 
 Everything listens on 127.0.0.1 only. Each part is an async context manager entered on one
 :class:`contextlib.AsyncExitStack` in :func:`run_dev`; a new part is one more context
@@ -51,6 +53,7 @@ __all__ = [
     "banner",
     "check_port_free",
     "dev_server_command",
+    "ensure_api_key",
     "ensure_secret_key",
     "run_dev",
     "stop_process",
@@ -75,7 +78,7 @@ class DevError(DeeError):
 
 @dataclass(frozen=True, slots=True)
 class DevOptions:
-    #: Where the dev server's database, the outbox, the secret key and the log go.
+    #: Where the dev server's database, the outbox, the secret and API keys and the log go.
     state_dir: Path = Path(".dee")
     port: int = 7233
     ui_port: int = 8233
@@ -114,6 +117,10 @@ class DevOptions:
     @property
     def secret_key_file(self) -> Path:
         return self.state_dir / "secret_key"
+
+    @property
+    def api_key_file(self) -> Path:
+        return self.state_dir / "api_key"
 
 
 def temporal_cli() -> Path:
@@ -161,17 +168,29 @@ def ensure_secret_key(state_dir: Path, *, given: str | None = None) -> str:
     """
     if given:
         return given
-    path = state_dir / "secret_key"
+    return _kept_key(state_dir / "secret_key", what="a secret key")
+
+
+def ensure_api_key(state_dir: Path) -> str:
+    """The development API key kept in ``state_dir``, else a new one written there (readable
+    by its owner only), for when the environment sets no ``DEE_API_KEYS``: the same key on
+    every start, so scripts and the browser's /docs keep working across restarts.
+    """
+    return _kept_key(state_dir / "api_key", what="an API key")
+
+
+def _kept_key(path: Path, *, what: str) -> str:
+    """The key in ``path``, else a new random one written there with mode 0600."""
     if path.is_file():
         key = path.read_text(encoding="utf-8").strip()
         if key:
             return key
-    state_dir.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_urlsafe(32)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w", encoding="utf-8") as file:
         file.write(key + "\n")
-    logger.info("generated a secret key in %s", path)
+    logger.info("generated %s in %s", what, path)
     return key
 
 
@@ -334,8 +353,10 @@ async def dev_api(client: Client, settings: Settings, *, port: int) -> AsyncIter
             await task
 
 
-def banner(options: DevOptions, settings: Settings) -> list[str]:
-    """What ``dee dev`` prints once everything is up."""
+def banner(options: DevOptions, settings: Settings, *, api_key: str | None = None) -> list[str]:
+    """What ``dee dev`` prints once everything is up; ``api_key`` is the development key
+    :func:`run_dev` generated (never a key from ``DEE_API_KEYS``), shown with how to use it."""
+    state = [options.db_file, options.secret_key_file]
     rows = [
         ("Temporal", f"{options.address} (namespace default)"),
         ("Web UI", options.ui_url),
@@ -344,9 +365,16 @@ def banner(options: DevOptions, settings: Settings) -> list[str]:
     if options.worker:
         rows.append(("Worker", f"task queue {settings.task_queue!r}"))
     rows.append(("API", f"{options.api_url} (docs at /docs)"))
-    rows.append(("State", f"{options.db_file}, {options.secret_key_file}"))
+    if api_key:
+        rows.append(("API key", api_key))
+        state.append(options.api_key_file)
+    rows.append(("State", ", ".join(map(str, state))))
     lines = ["DEE dev environment is up:"]
     lines += [f"  {name:<9} {value}" for name, value in rows]
+    if api_key:
+        lines.append(
+            f'Try the API: curl -H "Authorization: Bearer {api_key}" {options.api_url}/v1/plans'
+        )
     if options.port != 7233:
         lines.append(f"Point dee at it with: export TEMPORAL_ADDRESS={options.address}")
     if not settings.api_keys:
@@ -395,14 +423,17 @@ async def run_dev(
     """Run the dev environment until ``stop`` is set (default: until SIGINT or SIGTERM).
 
     ``settings`` defaults to the environment's, with the SMTP URL pointed at the local
-    catcher and the secret key from :func:`ensure_secret_key`. ``announce`` receives the
-    banner lines once everything is up.
+    catcher, the secret key from :func:`ensure_secret_key`, and, when it has no API keys,
+    the development key from :func:`ensure_api_key`. ``announce`` receives the banner lines
+    once everything is up.
     """
     base = settings or Settings.from_env()
+    api_key = None if base.api_keys else ensure_api_key(options.state_dir)
     settings = dataclasses.replace(
         base,
         smtp_url=options.smtp_url,
         secret_key=ensure_secret_key(options.state_dir, given=base.secret_key),
+        api_keys=(api_key,) if api_key else base.api_keys,
     )
     if not os.environ.get("DEE_PUBLIC_URL") and base.public_url == Settings().public_url:
         # Tracking, unsubscribe and callback links reach the API server dee dev runs.
@@ -420,7 +451,7 @@ async def run_dev(
             if options.worker:
                 await stack.enter_async_context(dev_worker(server.client, settings))
             await stack.enter_async_context(dev_api(server.client, settings, port=options.api_port))
-            announce(banner(options, settings))
+            announce(banner(options, settings, api_key=api_key))
             await _until_stopped(stop, server)
             logger.info("stopping")
     finally:

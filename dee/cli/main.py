@@ -273,11 +273,13 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 def _log_to_stderr() -> None:
+    """DEE's INFO lines on stderr; of Alembic's, only warnings (not each migration step)."""
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 @dee.command()
@@ -383,8 +385,8 @@ def dev(
     """Run Temporal, its Web UI, a local SMTP server, the worker and the API on this machine.
 
     State is kept under .dee/ in the working folder: Temporal's database (runs survive a
-    restart), the secret key, and every email sent, as .eml files in .dee/outbox/.
-    Ctrl-C stops everything.
+    restart), the secret key, the API key (unless DEE_API_KEYS is set), and every email
+    sent, as .eml files in .dee/outbox/. Ctrl-C stops everything.
     """
     from dee.cli.dev import DevOptions, run_dev
 

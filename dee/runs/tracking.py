@@ -63,7 +63,7 @@ __all__ = [
 OPEN: Final = "o"
 CLICK: Final = "c"
 UNSUBSCRIBE: Final = "u"
-#: The plus-address of a reply (see :mod:`dee.server.inbound`).
+#: The plus-address of a reply (see :mod:`dee.server.inbound_match`).
 REPLY: Final = "r"
 #: Twilio's status and answering machine callbacks (see :mod:`activities.voice`).
 CALL_STATUS: Final = "call"

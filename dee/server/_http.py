@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dee.errors import DeeError
-from dee.runs.client import RunClosedError, RunNotFoundError
+from dee.runs.errors import RunClosedError, RunNotFoundError
 
 __all__ = ["MAX_BODY_BYTES", "ApiError", "BodyLimit", "ErrorBody", "install_error_answers"]
 

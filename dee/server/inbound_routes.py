@@ -9,8 +9,9 @@
   signature.
 
 A reply becomes a ``reply`` event (``auto-reply`` for an out-of-office notice) on the step
-that sent the email it answers (:mod:`dee.server.inbound`); every inbound message is kept, and one
-that matches no run is logged as a warning and listed by :meth:`InboundStore.unmatched`.
+that sent the email it answers (:mod:`dee.server.inbound_match`); every inbound message is
+kept, and one that matches no run is logged as a warning and listed by
+:meth:`InboundStore.unmatched`.
 Event ids come from the provider's own ids (the inbound Message-ID, SendGrid's
 ``sg_event_id``), and what was processed is recorded, so a retried or replayed delivery is
 answered 200 again without signalling twice. A run that has ended is no reason for the
@@ -31,20 +32,19 @@ from typing import Annotated, Final, TypeVar
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, JsonValue
 
-from dee.runs.client import RunClosedError, RunNotFoundError, send_event
+from dee.runs.client import send_event
+from dee.runs.errors import RunClosedError, RunNotFoundError
 from dee.runs.ledger import SendLedger
 from dee.runs.suppressions import SuppressionReason, Suppressions
 from dee.server._http import ApiError
-from dee.server.inbound import (
-    Delivery,
+from dee.server.inbound_mail import (
     InboundError,
-    InboundKind,
     InboundMail,
-    InboundStore,
-    match_message,
     parse_message,
     parse_sendgrid_form,
 )
+from dee.server.inbound_match import match_message
+from dee.server.inbound_store import Delivery, InboundKind, InboundStore
 from dee.server.sendgrid import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,

@@ -10,8 +10,8 @@ The verification key is shown in SendGrid's Mail Settings as base64 DER
 within that window are caught by the events' ``sg_event_id``, recorded once processed.
 
 Events reach a run through their ``smtp-id``: the ``Message-ID`` DEE sent, whose left part
-is the send-ledger key (see :mod:`dee.server.inbound`). An event without one (SendGrid leaves it
-off some types, opens and clicks among them) reaches no run; DEE's own tracking links
+is the send-ledger key (see :mod:`dee.server.inbound_match`). An event without one (SendGrid
+leaves it off some types, opens and clicks among them) reaches no run; DEE's own tracking links
 report those. Types map as :data:`EVENT_TYPES` says; others (``processed``, ``deferred``,
 ``group_resubscribe``) are acknowledged and ignored.
 Bounces (except ``blocked`` ones, which are about the sender's reputation rather than the
@@ -37,7 +37,7 @@ from pydantic import JsonValue
 from dee.errors import DeeError
 from dee.runs.ledger import key_of_message_id
 from dee.runs.suppressions import SuppressionReason
-from dee.server.inbound import message_ids
+from dee.server.inbound_mail import message_ids
 
 __all__ = [
     "EVENT_TYPES",

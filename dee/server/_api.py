@@ -1,0 +1,153 @@
+"""What the REST API's route modules share: API keys, base models and error answers.
+
+Every request to the API (:mod:`dee.server.plans_api`, :mod:`dee.server.runs_api`) needs
+``Authorization: Bearer <key>`` with a key from ``DEE_API_KEYS``; without keys configured
+the API refuses everything (:func:`require_api_key`, on every router :func:`v1_router`
+makes). Bodies and answers use the camelCase names of plan documents (:class:`ApiRequest`,
+:class:`ApiAnswer`); errors are :class:`~dee.server._http.ErrorBody` JSON with a stable code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+from collections.abc import Iterator
+from typing import Annotated, Any, Final
+
+from fastapi import APIRouter, Depends
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+from dee.errors import PlanInvalidError, PlanNotFoundError, RegistryError
+from dee.server._http import ApiError, ErrorBody
+from dee.server.state import ServerState, server_state
+
+__all__ = [
+    "AUTH_ERRORS",
+    "MAX_VERSION",
+    "NOT_JSON",
+    "PLAN_NOT_FOUND",
+    "ApiAnswer",
+    "ApiRequest",
+    "ProblemBody",
+    "Responses",
+    "State",
+    "error_response",
+    "invalid_plan",
+    "registry_errors",
+    "require_api_key",
+    "v1_router",
+]
+
+#: Version numbers are stored as 32-bit integers (PostgreSQL ``integer``).
+MAX_VERSION: Final = 2**31 - 1
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="An API key from `DEE_API_KEYS`, as `Authorization: Bearer <key>`.",
+)
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def require_api_key(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    state: Annotated[ServerState, Depends(server_state)],
+) -> None:
+    """Let the request through only with one of ``settings.api_keys`` as its bearer token."""
+    keys = state.settings.api_keys
+    if not keys:
+        raise _unauthorized(
+            "the API has no keys configured: set DEE_API_KEYS (comma-separated) on the server"
+        )
+    if credentials is None:
+        raise _unauthorized("send an API key as `Authorization: Bearer <key>`")
+    given = credentials.credentials.encode()
+    # Every key is compared, in constant time, so timing tells nothing about which is near.
+    matches = [hmac.compare_digest(given, key.encode()) for key in keys]
+    if not any(matches):
+        raise _unauthorized("the API key is not one of DEE_API_KEYS")
+
+
+Responses = dict[int | str, dict[str, Any]]
+
+AUTH_ERRORS: Responses = {
+    401: {"model": ErrorBody, "description": "No API key, or not a known one"},
+    422: {"model": ErrorBody, "description": "The request does not have the expected shape"},
+}
+
+
+def v1_router() -> APIRouter:
+    """A router under ``/v1`` whose every route needs an API key."""
+    return APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], responses=AUTH_ERRORS)
+
+
+State = Annotated[ServerState, Depends(server_state)]
+
+
+# Models ---------------------------------------------------------------------------------
+
+
+class ApiRequest(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, extra="forbid", frozen=True)
+
+
+class ApiAnswer(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, validate_by_name=True, serialize_by_alias=True, frozen=True
+    )
+
+
+class ProblemBody(ApiAnswer):
+    """One thing wrong with a plan; ``stepId`` is null for plan-wide problems."""
+
+    step_id: str | None
+    code: str
+    message: str
+    location: str | None
+
+
+def error_response(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+PLAN_NOT_FOUND: Responses = {404: error_response("No such plan or version (`plan-not-found`)")}
+NOT_JSON: Responses = {400: error_response("The body is not JSON text (UTF-8)")}
+
+
+# Errors ---------------------------------------------------------------------------------
+
+
+def invalid_plan(error: PlanInvalidError) -> ApiError:
+    problems = [
+        ProblemBody(
+            step_id=problem.step_id,
+            code=problem.code,
+            message=problem.message,
+            location=problem.location,
+        ).model_dump()
+        for problem in error.problems
+    ]
+    count = len(problems)
+    return ApiError(
+        422,
+        "invalid-plan",
+        f"the plan has {count} problem{'s' if count != 1 else ''}",
+        problems=problems,
+    )
+
+
+@contextlib.contextmanager
+def registry_errors() -> Iterator[None]:
+    try:
+        yield
+    except PlanNotFoundError as exc:
+        raise ApiError(404, "plan-not-found", str(exc)) from exc
+    except PlanInvalidError as exc:
+        raise invalid_plan(exc) from exc
+    except RegistryError as exc:
+        raise ApiError(500, "registry-error", str(exc)) from exc

@@ -1,0 +1,92 @@
+"""Inbound mail, matched: the run and step that sent the email a message answers.
+
+The inbound webhooks (:mod:`dee.server.inbound_routes`) hand every message they have read
+(:mod:`dee.server.inbound_mail`) to :func:`match_message`.
+
+**Matching**, first hit wins:
+
+1. Every Message-ID in ``In-Reply-To`` and then ``References``, newest first (References
+   lists the thread oldest first). DEE's own Message-IDs are ``<{ledger key}@{domain}>``
+   (:func:`dee.runs.ledger.email_key`), so the left part of one names its row in the send
+   ledger, and with it the run and step. Ids that are not shaped like a ledger key are never
+   looked up.
+2. A signed plus-address among the recipients (``To``, ``Cc``, ``Delivered-To``,
+   ``X-Original-To`` and the provider's envelope): ``replies+<token>@reply.example.com``,
+   where the token is a :func:`~dee.runs.tracking.reply_token` (kind ``r``, payload run,
+   step and visit) signed with ``DEE_SECRET_KEY``. It catches replies from clients that drop
+   the threading headers, where the provider delivers plus-addresses (SendGrid Inbound
+   Parse, Mailgun, Postmark do). The email activity would put
+   :func:`~dee.runs.tracking.reply_address` in ``Reply-To`` when a reply domain is
+   configured; it does not yet, but replies to such addresses are understood already. Tokens
+   are case-sensitive and longer than the 64 octets RFC 5321 allows a local part, so an MTA
+   that lower-cases or refuses long local parts leaves the message unmatched (and kept).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from dee.plans.model import ID_PATTERN
+from dee.runs.ledger import SendRecord, key_of_message_id
+from dee.runs.tracking import REPLY, TokenError, verify_token
+from dee.server.inbound_mail import InboundMail
+
+__all__ = ["Match", "match_message"]
+
+#: Parent Message-IDs looked up per message: DEE's own are the newest in a thread.
+MAX_LOOKUPS: Final = 20
+
+_STEP_ID = re.compile(ID_PATTERN)
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    run_id: str
+    step_id: str
+    #: ``in-reply-to``/``references`` (a Message-ID DEE sent) or ``reply-address``.
+    matched_by: str
+
+
+def _from_reply_address(address: str, secret: str) -> Match | None:
+    local = address.rpartition("@")[0]
+    _, plus, token = local.partition("+")
+    if not plus or "." not in token:
+        return None
+    try:
+        payload = verify_token(token, secret=secret, kind=REPLY)
+    except TokenError:
+        return None
+    run_id, step_id, visit = payload.get("r"), payload.get("s"), payload.get("v")
+    if not isinstance(run_id, str) or not isinstance(step_id, str) or not isinstance(visit, int):
+        return None
+    if not _STEP_ID.match(step_id):
+        return None
+    return Match(run_id=run_id, step_id=step_id, matched_by="reply-address")
+
+
+def match_message(
+    mail: InboundMail,
+    *,
+    lookup: Callable[[str], SendRecord | None],
+    secret: str | None,
+) -> Match | None:
+    """The run and step ``mail`` answers, or ``None``. ``lookup`` is the send ledger's
+    ``get``; ``secret`` (``DEE_SECRET_KEY``) verifies reply addresses. Blocks on the
+    ledger: from async code run it in a thread."""
+    for parent in mail.parents[:MAX_LOOKUPS]:
+        key = key_of_message_id(parent)
+        if key is None:
+            continue
+        record = lookup(key)
+        if record is not None and record.channel == "email":
+            via = "in-reply-to" if parent in mail.in_reply_to else "references"
+            return Match(run_id=record.run_id, step_id=record.step_id, matched_by=via)
+    if secret:
+        for address in mail.recipients:
+            found = _from_reply_address(address, secret)
+            if found is not None:
+                return found
+    return None
