@@ -329,3 +329,13 @@ def test_the_console_script_exit_codes(tmp_path: Path) -> None:
     )
     assert (bad.returncode, bad.stdout) == (2, "")
     assert bad.stderr.startswith(f"{unparsable}:2:1: invalid YAML: ")
+
+
+def test_step_details_keep_control_characters_off_the_terminal() -> None:
+    from dee.cli._format import step_details
+    from dee.plans.model import BranchStep, SendEmailStep
+
+    email = SendEmailStep(id="m", template_id="t", subject="Hi\t\x9b there", reply_to="a\x1b@b.c")
+    assert step_details(email) == 'template t, subject "Hi\\t? there", reply-to a?@b.c'
+    branch = BranchStep(id="b", conditions=[("a  and\nb", "x"), ("default", "y")])
+    assert step_details(branch) == "a and b -> x; default -> y"

@@ -75,6 +75,28 @@ def test_guarded_names_are_optional() -> None:
     assert required_variables(one_email("Hi"), content) == {"items", "contact.last-name", "promo"}
 
 
+def test_a_template_and_a_script_of_one_id_are_both_checked() -> None:
+    plan = dee.execution_plan(
+        id="p",
+        name="P",
+        created_by="tests",
+        steps=[
+            steps.send_email(id="mail", template_id="x", subject="Hi"),
+            steps.send_voice(id="call", script_id="x", caller_id="+15551234567"),
+            steps.end(id="done", outcome="sent"),
+        ],
+    )
+    content = PlanContent(
+        templates={"x": EmailTemplate(html="{{ product }}")}, scripts={"x": "{{ plan_tier }}"}
+    )
+    assert required_variables(plan, content) == {"product", "plan_tier"}
+    assert [(p.step_id, p.code) for p in dee.validate_plan(plan, content)] == []
+    broken = content.model_copy(update={"scripts": {"x": "{% if %}"}})
+    assert [(p.step_id, p.code) for p in dee.validate_plan(plan, broken)] == [
+        ("call", "template-syntax")
+    ]
+
+
 def test_render_email_escapes_html_only() -> None:
     content = PlanContent(
         templates={"t": EmailTemplate(html="<p>{{ product }}</p>", text="{{ product }}")}

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime
 import json
+import typing
 
 import pytest
 
 import dee
 from dee import steps, transitions
 from dee.errors import PlanDataError, Problem
+from dee.plans.model import STEP_MODELS, STEP_TYPES
 from tests.helpers.spec import SPEC_CONTENT, SPEC_JSON, SPEC_YAML, spec_plan
 
 
@@ -80,7 +82,53 @@ def test_duration_accepts_timedelta_and_mapping() -> None:
     by_delta = steps.wait(id="w", duration=datetime.timedelta(days=1, minutes=90))
     by_mapping = steps.wait(id="w", duration={"days": 1, "hours": 1, "minutes": 30})
     assert by_delta == by_mapping
+    assert isinstance(by_delta, dee.WaitStep)
     assert by_delta.duration.total_seconds == 86_400 + 5_400
+
+
+def test_builder_has_a_function_per_step_type() -> None:
+    names = ["send_email", "send_voice", "wait", "branch", "end"]
+    assert set(names) <= set(dir(steps))
+    assert [getattr(steps, name).__name__ for name in names] == names
+    # StepType is written out for type checkers; it must list the Step union's tags.
+    assert typing.get_args(dee.StepType) == STEP_TYPES
+    assert tuple(m.model_fields["type"].default for m in STEP_MODELS) == STEP_TYPES
+    assert isinstance(steps.send_email(id="m", template_id="t", subject="s"), dee.SendEmailStep)
+    with pytest.raises(AttributeError, match="'send_fax'; the step types are send_email, "):
+        steps.send_fax  # noqa: B018
+
+
+def test_builder_drops_none_and_accepts_condition_pairs() -> None:
+    assert steps.send_email(
+        id="m", template_id="t", subject="s", reply_to=None, tracking=None
+    ) == dee.SendEmailStep(id="m", template_id="t", subject="s")
+    by_pair = steps.branch(id="b", conditions=[("events.hasReply()", "x"), ("default", "y")])
+    by_mapping = steps.branch(
+        id="b",
+        conditions=[
+            dee.Condition(when="events.hasReply()", goto="x"),
+            {"when": "default", "goto": "y"},
+        ],
+    )
+    assert by_pair == by_mapping
+    # Documents have mappings only: a list is not a pair.
+    with pytest.raises(PlanDataError):
+        dee.plan_from_document(
+            {
+                "id": "p",
+                "name": "P",
+                "metadata": {"createdBy": "me"},
+                "steps": [{"type": "branch", "id": "b", "conditions": [["default", "b"]]}],
+            }
+        )
+
+
+def test_builder_reports_a_missing_field_with_the_step() -> None:
+    with pytest.raises(PlanDataError) as caught:
+        steps.wait(id="w")
+    assert caught.value.problems == (
+        Problem("w", "missing-field", "duration is required", "duration"),
+    )
 
 
 def test_linear_is_the_default_transition() -> None:

@@ -8,21 +8,11 @@ characters, so a plan cannot break the layout or send escape sequences to a term
 from __future__ import annotations
 
 import datetime
-import json
 import re
 from collections.abc import Sequence
-from typing import assert_never
 
 from dee.errors import Problem
-from dee.plans.model import (
-    BranchStep,
-    EndStep,
-    ExecutionPlan,
-    SendEmailStep,
-    SendVoiceStep,
-    Step,
-    WaitStep,
-)
+from dee.plans.model import ExecutionPlan, Step
 from dee.plans.versions import PlanSummary, PlanVersion
 from dee.runs.client import RunSummary
 from dee.runs.model import RunFailure, RunState
@@ -82,39 +72,9 @@ def plan_table(summaries: Sequence[PlanSummary]) -> list[str]:
 
 
 def step_details(step: Step) -> str:
-    """What one step does, in a line."""
-    match step:
-        case SendEmailStep():
-            parts = [f"template {step.template_id}", f"subject {_quoted(step.subject)}"]
-            if step.reply_to is not None:
-                parts.append(f"reply-to {step.reply_to}")
-            tracked = [name for name in ("opens", "clicks") if getattr(step.tracking, name)]
-            if tracked:
-                parts.append(f"tracking {'+'.join(tracked)}")
-            return ", ".join(parts)
-        case SendVoiceStep():
-            parts = [f"script {step.script_id}", f"caller {step.caller_id}"]
-            if step.max_duration is not None:
-                parts.append(f"max {step.max_duration}")
-            if step.voicemail.detect:
-                parts.append("voicemail detection")
-            if step.voicemail.message_id is not None:
-                parts.append(f"voicemail message {step.voicemail.message_id}")
-            return ", ".join(parts)
-        case WaitStep():
-            return str(step.duration)
-        case BranchStep():
-            return "; ".join(
-                f"{one_line(condition.when)} -> {condition.goto}" for condition in step.conditions
-            )
-        case EndStep():
-            return f"outcome {step.outcome}"
-        case _:
-            assert_never(step)
-
-
-def _quoted(text: str) -> str:
-    return one_line(json.dumps(text, ensure_ascii=False))
+    """What one step does, in a line: the step's own description, terminal-safe."""
+    # describe() keeps to one line; control characters are the terminal's business.
+    return _CONTROL.sub("?", step.describe())
 
 
 def _transition_lines(plan: ExecutionPlan) -> list[str]:

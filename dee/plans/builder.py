@@ -35,33 +35,26 @@ naming the step; whole-plan rules are checked by :func:`dee.validate_plan`.
 
 from __future__ import annotations
 
-import datetime
-from collections.abc import Iterable, Mapping
+import inspect
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic.alias_generators import to_snake
 
 from dee.errors import PlanDataError, Problem
 from dee.plans.loader import data_problems
 from dee.plans.model import (
-    BranchStep,
-    Condition,
-    Duration,
-    EndStep,
+    STEP_MODELS,
+    STEP_TYPES,
     ExecutionPlan,
-    SendEmailStep,
-    SendVoiceStep,
     Step,
-    Tracking,
     Transition,
     Transitions,
-    Voicemail,
-    WaitStep,
 )
 
 __all__ = ["execution_plan", "steps", "transitions"]
 
-DurationLike = Duration | datetime.timedelta | Mapping[str, int]
 _M = TypeVar("_M", bound=BaseModel)
 
 
@@ -83,70 +76,60 @@ def _step(model: type[_M], **fields: Any) -> _M:
     return _build(model, {key: value for key, value in fields.items() if value is not None})
 
 
+def _step_function(tag: str, model: type[Step]) -> Callable[..., Step]:
+    """``steps.<tag in snake_case>``: ``model`` built from keyword arguments."""
+
+    def build(**fields: Any) -> Step:
+        return _step(model, type=tag, **fields)
+
+    build.__name__ = build.__qualname__ = to_snake(tag)
+    build.__doc__ = model.__doc__
+    # What help(steps.send_email) shows: the model's fields, by their Python names.
+    build.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=inspect.Parameter.empty if field.is_required() else None,
+                annotation=field.annotation,
+            )
+            for name, field in model.model_fields.items()
+            if name != "type"
+        ],
+        return_annotation=model,
+    )
+    return build
+
+
+#: ``send_email`` -> the function that builds a SendEmailStep, for every step type.
+_STEP_FUNCTIONS: Final = {
+    to_snake(tag): _step_function(tag, model)
+    for tag, model in zip(STEP_TYPES, STEP_MODELS, strict=True)
+}
+
+
 class StepBuilder:
-    """``steps.send_email(...)``, ``steps.send_voice(...)``, ``steps.wait(...)``, ..."""
+    """``steps.send_email(...)``, ``steps.send_voice(...)``, ``steps.wait(...)``, ...
 
-    def send_email(
-        self,
-        *,
-        id: str,
-        template_id: str,
-        subject: str,
-        reply_to: str | None = None,
-        tracking: Tracking | Mapping[str, bool] | None = None,
-    ) -> SendEmailStep:
-        """Send the contact the email made from ``templates/<template_id>.html``."""
-        return _step(
-            SendEmailStep,
-            type="sendEmail",
-            id=id,
-            template_id=template_id,
-            subject=subject,
-            reply_to=reply_to,
-            tracking=tracking,
-        )
+    One function per step type, made from its model: ``steps.<type in snake_case>`` takes
+    the model's fields as keyword arguments (``None`` meaning "the default") and returns
+    that model (a :class:`~dee.SendEmailStep` from ``send_email``, although the type
+    checker only knows it is a ``Step``). Values are what the model accepts: a duration as
+    a :class:`datetime.timedelta`, a mapping of days, hours, minutes and seconds, or a
+    :class:`~dee.Duration`; a branch condition as a :class:`~dee.Condition`, a
+    ``{"when": ..., "goto": ...}`` mapping or a ``(when, goto)`` pair.
+    """
 
-    def send_voice(
-        self,
-        *,
-        id: str,
-        script_id: str,
-        caller_id: str,
-        max_duration: DurationLike | None = None,
-        voicemail: Voicemail | Mapping[str, Any] | None = None,
-    ) -> SendVoiceStep:
-        """Call the contact from ``caller_id`` and read ``scripts/<script_id>.txt``."""
-        return _step(
-            SendVoiceStep,
-            type="sendVoice",
-            id=id,
-            script_id=script_id,
-            caller_id=caller_id,
-            max_duration=max_duration,
-            voicemail=voicemail,
-        )
+    def __getattr__(self, name: str) -> Callable[..., Step]:
+        function = _STEP_FUNCTIONS.get(name)
+        if function is None:
+            raise AttributeError(
+                f"steps has no {name!r}; the step types are {', '.join(_STEP_FUNCTIONS)}"
+            )
+        return function
 
-    def wait(self, *, id: str, duration: DurationLike) -> WaitStep:
-        """Pause the run for ``duration``: a mapping of days, hours, minutes and seconds,
-        a :class:`datetime.timedelta` or a :class:`Duration`."""
-        return _step(WaitStep, type="wait", id=id, duration=duration)
-
-    def branch(
-        self,
-        *,
-        id: str,
-        conditions: Iterable[Condition | Mapping[str, str] | tuple[str, str]],
-    ) -> BranchStep:
-        """Go to the ``goto`` of the first condition whose ``when`` holds."""
-        rules = [
-            {"when": rule[0], "goto": rule[1]} if isinstance(rule, tuple) else rule
-            for rule in conditions
-        ]
-        return _step(BranchStep, type="branch", id=id, conditions=rules)
-
-    def end(self, *, id: str, outcome: str) -> EndStep:
-        """Complete the run with ``outcome``."""
-        return _step(EndStep, type="end", id=id, outcome=outcome)
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *_STEP_FUNCTIONS})
 
 
 class TransitionBuilder:

@@ -29,7 +29,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict
 
 from dee.errors import ContentError, MissingVariablesError, Problem
-from dee.plans.model import ExecutionPlan, SendEmailStep, SendVoiceStep
+from dee.plans.model import ContentRef, ExecutionPlan, SendEmailStep
 
 __all__ = [
     "EmailTemplate",
@@ -66,6 +66,10 @@ class PlanContent(BaseModel):
     templates: dict[str, EmailTemplate] = {}
     scripts: dict[str, str] = {}
 
+    def has(self, ref: ContentRef) -> bool:
+        """Whether the template or script ``ref`` names is here."""
+        return ref.id in (self.templates if ref.kind == "template" else self.scripts)
+
     def digest(self) -> str:
         """A SHA-256 of the content in canonical form."""
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
@@ -97,13 +101,14 @@ def referenced_content(plan: ExecutionPlan) -> tuple[set[str], set[str]]:
     templates: set[str] = set()
     scripts: set[str] = set()
     for step in plan.steps:
-        if isinstance(step, SendEmailStep):
-            templates.add(step.template_id)
-        elif isinstance(step, SendVoiceStep):
-            scripts.add(step.script_id)
-            if step.voicemail.message_id is not None:
-                scripts.add(step.voicemail.message_id)
+        for ref in step.content_refs():
+            (templates if ref.kind == "template" else scripts).add(ref.id)
     return templates, scripts
+
+
+def content_path(ref: ContentRef) -> str:
+    """Where ``ref`` is in a content folder: ``templates/<id>.html`` or ``scripts/<id>.txt``."""
+    return f"templates/{ref.id}.html" if ref.kind == "template" else f"scripts/{ref.id}.txt"
 
 
 def _read(path: Path) -> str | None:
@@ -156,22 +161,20 @@ def _sources(
     """(step id, what, source, environment) for every template source a plan uses."""
     seen: set[str] = set()
     for step in plan.steps:
-        if isinstance(step, SendEmailStep):
-            yield step.id, "subject", step.subject, _TEXT_ENV
-            template = content.templates.get(step.template_id)
-            if template is not None and step.template_id not in seen:
-                seen.add(step.template_id)
-                yield step.id, f"templates/{step.template_id}.html", template.html, _HTML_ENV
+        for what, source in step.inline_templates():
+            yield step.id, what, source, _TEXT_ENV
+        for ref in step.content_refs():
+            path = content_path(ref)
+            if path in seen or not content.has(ref):
+                continue
+            seen.add(path)
+            if ref.kind == "template":
+                template = content.templates[ref.id]
+                yield step.id, path, template.html, _HTML_ENV
                 if template.text is not None:
-                    yield step.id, f"templates/{step.template_id}.txt", template.text, _TEXT_ENV
-        elif isinstance(step, SendVoiceStep):
-            for script_id in (step.script_id, step.voicemail.message_id):
-                if script_id is None or script_id in seen:
-                    continue
-                script = content.scripts.get(script_id)
-                if script is not None:
-                    seen.add(script_id)
-                    yield step.id, f"scripts/{script_id}.txt", script, _TEXT_ENV
+                    yield step.id, f"templates/{ref.id}.txt", template.text, _TEXT_ENV
+            else:
+                yield step.id, path, content.scripts[ref.id], _TEXT_ENV
 
 
 def _optional_uses(tree: nodes.Node) -> set[int]:

@@ -1,8 +1,9 @@
 """Plans drawn as Mermaid flowcharts (``dee plans graph``).
 
-Each step is one node, shaped by its type: sends are rectangles, waits are rounded, branches
-are rhombuses and ends are stadiums. Edges follow :func:`dee.plans.validation.successors`; an edge
-out of a branch is labelled with its condition. For the spec's example::
+Each step is one node, shaped and labelled as its model says (``node_shape`` and
+``node_label()``): sends are rectangles, waits are rounded, branches are rhombuses and ends
+are stadiums. Edges follow :func:`dee.plans.validation.successors`; an edge out of a branch
+is labelled with its condition. For the spec's example::
 
     flowchart TD
         start((start)) --> s0
@@ -18,17 +19,9 @@ something to Mermaid. The output depends only on the plan, so it diffs cleanly.
 
 from __future__ import annotations
 
-from typing import Final, assert_never
+from typing import Final
 
-from dee.plans.model import (
-    BranchStep,
-    EndStep,
-    ExecutionPlan,
-    SendEmailStep,
-    SendVoiceStep,
-    Step,
-    WaitStep,
-)
+from dee.plans.model import ExecutionPlan, Step
 from dee.plans.validation import successors
 
 __all__ = ["escape_label", "to_mermaid"]
@@ -89,17 +82,8 @@ def to_mermaid(plan: ExecutionPlan) -> str:
 
 def _node(step: Step) -> str:
     """The shape and label of ``step``'s node, without its id."""
-    name = escape_label(step.id)
-    match step:
-        case SendEmailStep():
-            return f'["{name}<br/>email {escape_label(step.template_id)}"]'
-        case SendVoiceStep():
-            return f'["{name}<br/>voice {escape_label(step.script_id)}"]'
-        case WaitStep():
-            return f'("{name}<br/>wait {escape_label(str(step.duration))}")'
-        case BranchStep():
-            return f'{{"{name}"}}'
-        case EndStep():
-            return f'(["{name}<br/>outcome {escape_label(step.outcome)}"])'
-        case _:
-            assert_never(step)
+    opening, closing = step.node_shape
+    label = escape_label(step.id)
+    if (words := step.node_label()) is not None:
+        label += f"<br/>{escape_label(words)}"
+    return f'{opening}"{label}"{closing}'

@@ -31,23 +31,28 @@ import yaml
 from pydantic import ValidationError
 
 from dee.errors import PlanDataError, PlanLoadError, Problem
-from dee.plans.model import ExecutionPlan
+from dee.plans.model import (
+    EMAIL_PATTERN,
+    ID_PATTERN,
+    OUTCOME_PATTERN,
+    PHONE_PATTERN,
+    SINGLE_LINE_PATTERN,
+    STEP_TYPES,
+    ExecutionPlan,
+)
 
 __all__ = ["MAX_DOCUMENT_BYTES", "load_plan", "parse_plan", "plan_from_document"]
 
 MAX_DOCUMENT_BYTES: Final = 4 * 1024 * 1024
-STEP_TYPES: Final = ("sendEmail", "sendVoice", "wait", "branch", "end")
 
-# What a field's pattern means, said the way a person would fix it.
+# What each of the model's patterns means, said the way a person would fix it.
 _PATTERN_HINTS: Final = {
-    "id": "letters, digits, '.', '_' or '-', starting with a letter or digit, at most 100",
-    "callerId": "an E.164 phone number such as '+15551234567'",
-    "replyTo": "one plain email address such as 'sales@example.com'",
-    "outcome": "a lowercase slug such as 'replied' (a-z, 0-9, '_', '-')",
-    "subject": "a single line (no line breaks)",
+    ID_PATTERN: "letters, digits, '.', '_' or '-', starting with a letter or digit, at most 100",
+    PHONE_PATTERN: "an E.164 phone number such as '+15551234567'",
+    EMAIL_PATTERN: "one plain email address such as 'sales@example.com'",
+    OUTCOME_PATTERN: "a lowercase slug such as 'replied' (a-z, 0-9, '_', '-')",
+    SINGLE_LINE_PATTERN: "a single line (no line breaks)",
 }
-for _name in ("templateId", "scriptId", "messageId", "goto", "from", "to"):
-    _PATTERN_HINTS[_name] = _PATTERN_HINTS["id"]
 
 
 def load_plan(path: str | Path) -> ExecutionPlan:
@@ -166,7 +171,6 @@ def _format_location(loc: Sequence[Any]) -> str:
 def _explain(item: Any, loc: Sequence[Any]) -> tuple[str, str]:
     kind: str = item["type"]
     where = _format_location(loc) or "the document"
-    field = next((str(p) for p in reversed(loc) if isinstance(p, str)), "")
     if kind == "union_tag_invalid":
         tag = item.get("ctx", {}).get("tag")
         return (
@@ -183,7 +187,8 @@ def _explain(item: Any, loc: Sequence[Any]) -> tuple[str, str]:
     if kind == "extra_forbidden":
         return "unknown-field", f"{where} is not a field here; check its spelling (camelCase)"
     if kind == "string_pattern_mismatch":
-        hint = _PATTERN_HINTS.get(field, "a value matching " + str(item["ctx"]["pattern"]))
+        pattern = str(item["ctx"]["pattern"])
+        hint = _PATTERN_HINTS.get(pattern, "a value matching " + pattern)
         return "invalid-value", f"{where} is {item['input']!r}; expected {hint}"
     if loc == ("transitions",):
         return (

@@ -7,19 +7,33 @@ reachable, every branch with a ``default``, every template present, ...) is deci
 
 Python names are snake_case; the document form (JSON and YAML) uses the spec's camelCase
 names, and a model dumps itself in that form with :meth:`ExecutionPlan.to_document`.
+
+A step type is declared once, here: its model joins the :data:`Step` union (and its tag
+:data:`StepType`), and its methods say what the rest of DEE needs to know about it (how
+it reads in a line and in a graph, the content it uses, the durations to check, where a run
+goes after it). The loader, the builder, validation, the graph and the CLI derive from
+:data:`STEP_MODELS`; the workflow has one method per step type.
 """
 
 from __future__ import annotations
 
+import abc
 import datetime
-from typing import Annotated, Any, Literal, TypeAlias
+import json
+from typing import Annotated, Any, ClassVar, Final, Literal, NamedTuple, TypeAlias, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 __all__ = [
+    "MAX_CALL_SECONDS",
+    "MAX_WAIT_SECONDS",
+    "STEP_MODELS",
+    "STEP_TYPES",
+    "BoundedDuration",
     "BranchStep",
     "Condition",
+    "ContentRef",
     "Duration",
     "EndStep",
     "ExecutionPlan",
@@ -50,7 +64,10 @@ SINGLE_LINE_PATTERN = r"^[^\r\n]*$"
 StepId = Annotated[str, Field(pattern=ID_PATTERN)]
 ContentId = Annotated[str, Field(pattern=ID_PATTERN)]
 
-StepType: TypeAlias = Literal["sendEmail", "sendVoice", "wait", "branch", "end"]
+#: The longest wait: a year.
+MAX_WAIT_SECONDS: Final = 365 * 86_400
+#: Twilio's longest call (``time_limit``) is four hours.
+MAX_CALL_SECONDS: Final = 4 * 3_600
 
 
 class _Model(BaseModel):
@@ -118,7 +135,65 @@ class Voicemail(_Model):
     message_id: ContentId | None = None
 
 
-class SendEmailStep(_Model):
+class ContentRef(NamedTuple):
+    """Content a step uses: a ``template`` (``templates/<id>.html``, and optionally
+    ``.txt``) or a ``script`` (``scripts/<id>.txt``), and what the step uses it as
+    (``voicemail message``), which names its problems (``missing-voicemail-message``)."""
+
+    kind: Literal["template", "script"]
+    id: str
+    role: str
+
+
+class BoundedDuration(NamedTuple):
+    """A duration field of a step, by its document name, and the longest it may be."""
+
+    name: str
+    duration: Duration
+    limit_seconds: int
+
+
+def _single_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+class _StepModel(_Model, abc.ABC):
+    """What every step type says about itself. Subclasses add the fields, ``type`` first."""
+
+    #: The brackets around the step's node in a Mermaid flowchart (a rectangle here).
+    node_shape: ClassVar[tuple[str, str]] = ("[", "]")
+    #: Whether the run goes on from the step to one next step: the next in the list in a
+    #: linear plan, the step's one transition otherwise. ``False`` for steps that choose
+    #: their own way (:meth:`routes`) or stop the run.
+    follows_transitions: ClassVar[bool] = True
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """What the step does, in one line (``dee plans show``)."""
+
+    def node_label(self) -> str | None:
+        """A few words under the step's id in a graph (``email tmpl_intro``), if any."""
+        return None
+
+    def routes(self) -> tuple[tuple[str, str], ...]:
+        """Where a step that does not follow transitions goes: ``(step id, condition)``
+        pairs, tried in order. Empty for the others, and for a step that stops the run."""
+        return ()
+
+    def content_refs(self) -> tuple[ContentRef, ...]:
+        """The templates and scripts the step uses."""
+        return ()
+
+    def inline_templates(self) -> tuple[tuple[str, str], ...]:
+        """Templates written in the step itself, as ``(what, source)`` (an email subject)."""
+        return ()
+
+    def durations(self) -> tuple[BoundedDuration, ...]:
+        """The step's durations, to be checked positive and within their limit."""
+        return ()
+
+
+class SendEmailStep(_StepModel):
     """Send the contact an email rendered from template ``template_id``."""
 
     type: Literal["sendEmail"] = "sendEmail"
@@ -128,8 +203,27 @@ class SendEmailStep(_Model):
     reply_to: Annotated[str, Field(pattern=EMAIL_PATTERN, max_length=254)] | None = None
     tracking: Tracking = Tracking()
 
+    def describe(self) -> str:
+        subject = _single_line(json.dumps(self.subject, ensure_ascii=False))
+        parts = [f"template {self.template_id}", f"subject {subject}"]
+        if self.reply_to is not None:
+            parts.append(f"reply-to {self.reply_to}")
+        tracked = [name for name in ("opens", "clicks") if getattr(self.tracking, name)]
+        if tracked:
+            parts.append(f"tracking {'+'.join(tracked)}")
+        return ", ".join(parts)
 
-class SendVoiceStep(_Model):
+    def node_label(self) -> str:
+        return f"email {self.template_id}"
+
+    def content_refs(self) -> tuple[ContentRef, ...]:
+        return (ContentRef("template", self.template_id, "template"),)
+
+    def inline_templates(self) -> tuple[tuple[str, str], ...]:
+        return (("subject", self.subject),)
+
+
+class SendVoiceStep(_StepModel):
     """Call the contact and play script ``script_id``."""
 
     type: Literal["sendVoice"] = "sendVoice"
@@ -139,13 +233,48 @@ class SendVoiceStep(_Model):
     max_duration: Duration | None = None
     voicemail: Voicemail = Voicemail()
 
+    def describe(self) -> str:
+        parts = [f"script {self.script_id}", f"caller {self.caller_id}"]
+        if self.max_duration is not None:
+            parts.append(f"max {self.max_duration}")
+        if self.voicemail.detect:
+            parts.append("voicemail detection")
+        if self.voicemail.message_id is not None:
+            parts.append(f"voicemail message {self.voicemail.message_id}")
+        return ", ".join(parts)
 
-class WaitStep(_Model):
+    def node_label(self) -> str:
+        return f"voice {self.script_id}"
+
+    def content_refs(self) -> tuple[ContentRef, ...]:
+        refs = [ContentRef("script", self.script_id, "script")]
+        if self.voicemail.message_id is not None:
+            refs.append(ContentRef("script", self.voicemail.message_id, "voicemail message"))
+        return tuple(refs)
+
+    def durations(self) -> tuple[BoundedDuration, ...]:
+        if self.max_duration is None:
+            return ()
+        return (BoundedDuration("maxDuration", self.max_duration, MAX_CALL_SECONDS),)
+
+
+class WaitStep(_StepModel):
     """Pause the run for ``duration`` (a durable timer)."""
+
+    node_shape: ClassVar[tuple[str, str]] = ("(", ")")
 
     type: Literal["wait"] = "wait"
     id: StepId
     duration: Duration
+
+    def describe(self) -> str:
+        return str(self.duration)
+
+    def node_label(self) -> str:
+        return f"wait {self.duration}"
+
+    def durations(self) -> tuple[BoundedDuration, ...]:
+        return (BoundedDuration("duration", self.duration, MAX_WAIT_SECONDS),)
 
 
 class Condition(_Model):
@@ -157,31 +286,70 @@ class Condition(_Model):
     when: Annotated[str, Field(min_length=1)]
     goto: StepId
 
+    @model_validator(mode="before")
+    @classmethod
+    def _from_pair(cls, value: Any) -> Any:
+        # ("default", "done") in Python; documents only have mappings (YAML and JSON
+        # lists are not tuples).
+        if isinstance(value, tuple) and len(value) == 2:
+            return {"when": value[0], "goto": value[1]}
+        return value
+
     @property
     def is_default(self) -> bool:
         return self.when.strip() == "default"
 
 
-class BranchStep(_Model):
+class BranchStep(_StepModel):
     """Route to the first condition that holds; ``default`` must come last."""
+
+    node_shape: ClassVar[tuple[str, str]] = ("{", "}")
+    follows_transitions: ClassVar[bool] = False
 
     type: Literal["branch"] = "branch"
     id: StepId
     conditions: Annotated[tuple[Condition, ...], Field(min_length=1)]
 
+    def describe(self) -> str:
+        return "; ".join(f"{_single_line(c.when)} -> {c.goto}" for c in self.conditions)
 
-class EndStep(_Model):
+    def routes(self) -> tuple[tuple[str, str], ...]:
+        return tuple((c.goto, c.when) for c in self.conditions)
+
+
+class EndStep(_StepModel):
     """Complete the run with ``outcome``."""
+
+    node_shape: ClassVar[tuple[str, str]] = ("([", "])")
+    follows_transitions: ClassVar[bool] = False
 
     type: Literal["end"] = "end"
     id: StepId
     outcome: Annotated[str, Field(pattern=OUTCOME_PATTERN)]
 
+    def describe(self) -> str:
+        return f"outcome {self.outcome}"
 
+    def node_label(self) -> str:
+        return f"outcome {self.outcome}"
+
+
+#: A step of a plan: one of the step models, told apart by ``type``. A new step type's model
+#: is added here; everything that lists step types at run time reads :data:`STEP_MODELS`.
 Step: TypeAlias = Annotated[
     SendEmailStep | SendVoiceStep | WaitStep | BranchStep | EndStep,
     Field(discriminator="type"),
 ]
+#: The ``type`` tags of :data:`Step`'s models, for type hints. A type checker cannot derive
+#: a Literal, so this one is written out; tests/test_plan.py checks it against STEP_TYPES.
+StepType: TypeAlias = Literal["sendEmail", "sendVoice", "wait", "branch", "end"]
+
+#: The step models, in the order of :data:`Step`.
+STEP_MODELS: Final[tuple[type[Step], ...]] = get_args(get_args(Step)[0])
+#: Their ``type`` tags, in the same order: ``("sendEmail", "sendVoice", ...)``.
+STEP_TYPES: Final[tuple[str, ...]] = tuple(
+    get_args(model.model_fields["type"].annotation)[0] for model in STEP_MODELS
+)
 
 
 class Transition(_Model):

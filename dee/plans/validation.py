@@ -44,18 +44,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Final, assert_never
+from typing import Final
 
 from dee.errors import PlanValidationError, Problem
 from dee.plans.conditions import check_condition
-from dee.plans.content import PlanContent, check_content
+from dee.plans.content import PlanContent, check_content, content_path
 from dee.plans.model import (
     BranchStep,
     Duration,
     EndStep,
     ExecutionPlan,
-    SendEmailStep,
-    SendVoiceStep,
     Step,
     WaitStep,
 )
@@ -63,9 +61,6 @@ from dee.plans.model import (
 __all__ = ["DEFAULT_MAX_STEPS", "ensure_valid", "successors", "validate_plan"]
 
 DEFAULT_MAX_STEPS: Final = 1_000
-MAX_WAIT_SECONDS: Final = 365 * 86_400
-#: Twilio's longest call (``time_limit``) is four hours.
-MAX_CALL_SECONDS: Final = 4 * 3_600
 
 
 def validate_plan(
@@ -97,7 +92,9 @@ def ensure_valid(
 def successors(plan: ExecutionPlan) -> dict[str, list[tuple[str, str | None]]]:
     """Each step's next steps as ``(step id, label)``, label being a branch's ``when``.
 
-    Meant for valid plans: a non-branch step gets its first transition only.
+    Steps that choose their own way (branches) or stop (ends) say where they go
+    (:meth:`~dee.plans.model.BranchStep.routes`). Meant for valid plans: any other step gets
+    its first transition only.
     """
     explicit: dict[str, list[tuple[str, str | None]]] = defaultdict(list)
     if plan.transitions != "linear":
@@ -105,10 +102,8 @@ def successors(plan: ExecutionPlan) -> dict[str, list[tuple[str, str | None]]]:
             explicit[transition.from_].append((transition.to, None))
     graph: dict[str, list[tuple[str, str | None]]] = {}
     for index, step in enumerate(plan.steps):
-        if isinstance(step, BranchStep):
-            graph[step.id] = [(c.goto, c.when) for c in step.conditions]
-        elif isinstance(step, EndStep):
-            graph[step.id] = []
+        if not step.follows_transitions:
+            graph[step.id] = list(step.routes())
         elif plan.transitions == "linear":
             following = plan.steps[index + 1 : index + 2]
             graph[step.id] = [(following[0].id, None)] if following else []
@@ -172,42 +167,19 @@ class _Validator:
     # -- steps ---------------------------------------------------------------------------
 
     def check_step(self, step: Step) -> None:
-        match step:
-            case SendEmailStep():
-                if self.content is not None and step.template_id not in self.content.templates:
+        if self.content is not None:
+            for ref in step.content_refs():
+                if not self.content.has(ref):
                     self.add(
                         step.id,
-                        "missing-template",
-                        f"template {step.template_id!r} not found: expected "
-                        f"templates/{step.template_id}.html in the content folder",
+                        f"missing-{ref.role.replace(' ', '-')}",
+                        f"{ref.role} {ref.id!r} not found: expected {content_path(ref)} "
+                        "in the content folder",
                     )
-            case SendVoiceStep():
-                if self.content is not None:
-                    if step.script_id not in self.content.scripts:
-                        self.add(
-                            step.id,
-                            "missing-script",
-                            f"script {step.script_id!r} not found: expected "
-                            f"scripts/{step.script_id}.txt in the content folder",
-                        )
-                    message_id = step.voicemail.message_id
-                    if message_id is not None and message_id not in self.content.scripts:
-                        self.add(
-                            step.id,
-                            "missing-voicemail-message",
-                            f"voicemail message {message_id!r} not found: expected "
-                            f"scripts/{message_id}.txt in the content folder",
-                        )
-                if step.max_duration is not None:
-                    self.check_duration(step.id, "maxDuration", step.max_duration, MAX_CALL_SECONDS)
-            case WaitStep():
-                self.check_duration(step.id, "duration", step.duration, MAX_WAIT_SECONDS)
-            case BranchStep():
-                self.check_branch(step)
-            case EndStep():
-                pass
-            case _:
-                assert_never(step)
+        for name, duration, limit in step.durations():
+            self.check_duration(step.id, name, duration, limit)
+        if isinstance(step, BranchStep):
+            self.check_branch(step)
 
     def check_duration(self, step_id: str, name: str, duration: Duration, limit: int) -> None:
         total = duration.total_seconds
@@ -265,7 +237,7 @@ class _Validator:
         every_id = self.id_set
         if self.plan.transitions == "linear":
             for index, step in enumerate(steps):
-                if isinstance(step, BranchStep | EndStep):
+                if not step.follows_transitions:
                     continue
                 if index + 1 < len(steps):
                     self.edges[step.id].append(steps[index + 1].id)
@@ -314,7 +286,7 @@ class _Validator:
             elif target not in outgoing[source]:
                 outgoing[source].append(target)
         for step in steps:
-            if isinstance(step, BranchStep | EndStep):
+            if not step.follows_transitions:
                 continue
             targets = outgoing[step.id]
             if not targets:
