@@ -341,7 +341,7 @@ Step: TypeAlias = Annotated[
     Field(discriminator="type"),
 ]
 #: The ``type`` tags of :data:`Step`'s models, for type hints. A type checker cannot derive
-#: a Literal, so this one is written out; tests/test_plan.py checks it against STEP_TYPES.
+#: a Literal, so this one is written out; tests/plans/test_model.py checks it against STEP_TYPES.
 StepType: TypeAlias = Literal["sendEmail", "sendVoice", "wait", "branch", "end"]
 
 #: The step models, in the order of :data:`Step`.

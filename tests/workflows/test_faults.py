@@ -34,7 +34,7 @@ from tests.helpers.temporal import executable, running_worker
 from tests.helpers.twilio_api import TwilioApi, twilio_api
 from workflows.execution_plan import ExecutionPlanWorkflow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

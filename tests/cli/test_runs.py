@@ -23,7 +23,7 @@ from dee.settings import Settings
 from tests.helpers.smtp import SmtpServer
 from tests.helpers.temporal import executable, run_result, running_worker
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SPEC_PLAN = EXAMPLES / "spec-plan.yaml"
 ANA = '{"email": "ana@example.com", "firstName": "Ana"}'
 

@@ -15,7 +15,7 @@ from dee.cli.main import dee
 from dee.plans.graph import to_mermaid
 from dee.plans.loader import load_plan
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SPEC_PLAN = EXAMPLES / "spec-plan.yaml"
 
 # A plan with three problems: the branch has no default, "orphan" cannot be reached and

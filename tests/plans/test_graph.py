@@ -11,7 +11,7 @@ from dee.plans.graph import escape_label, to_mermaid
 from dee.plans.loader import load_plan
 from dee.plans.model import ExecutionPlan
 
-SPEC_PLAN = Path(__file__).resolve().parent.parent / "examples" / "spec-plan.yaml"
+SPEC_PLAN = Path(__file__).resolve().parents[2] / "examples" / "spec-plan.yaml"
 
 
 def make_plan(steps: list[dict[str, Any]], transitions: Any = "linear") -> ExecutionPlan:
