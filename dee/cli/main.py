@@ -29,11 +29,11 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -338,39 +338,26 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
     run_async(serve_app())
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _port_option(name: str, *, default: int, help: str) -> Callable[[_F], _F]:
+    """A ``--...-port`` option: a TCP port, its default shown in ``--help``."""
+    return click.option(
+        name,
+        metavar="PORT",
+        type=click.IntRange(1, 65535),
+        default=default,
+        show_default=True,
+        help=help,
+    )
+
+
 @dee.command()
-@click.option(
-    "--port",
-    metavar="PORT",
-    type=click.IntRange(1, 65535),
-    default=7233,
-    show_default=True,
-    help="Temporal's gRPC port.",
-)
-@click.option(
-    "--ui-port",
-    metavar="PORT",
-    type=click.IntRange(1, 65535),
-    default=8233,
-    show_default=True,
-    help="The Temporal Web UI's port.",
-)
-@click.option(
-    "--smtp-port",
-    metavar="PORT",
-    type=click.IntRange(1, 65535),
-    default=1025,
-    show_default=True,
-    help="The local SMTP server's port.",
-)
-@click.option(
-    "--api-port",
-    metavar="PORT",
-    type=click.IntRange(1, 65535),
-    default=8000,
-    show_default=True,
-    help="The API server's port.",
-)
+@_port_option("--port", default=7233, help="Temporal's gRPC port.")
+@_port_option("--ui-port", default=8233, help="The Temporal Web UI's port.")
+@_port_option("--smtp-port", default=1025, help="The local SMTP server's port.")
+@_port_option("--api-port", default=8000, help="The API server's port.")
 @click.option(
     "--worker/--no-worker",
     "with_worker",
