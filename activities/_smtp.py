@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import email.message
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -108,18 +108,21 @@ def parse_smtp_url(url: str) -> SmtpConfig:
 
 
 class _CommittingSMTP(aiosmtplib.SMTP):
-    """An SMTP client that calls ``commit`` just before it ends ``DATA``.
+    """An SMTP client that awaits ``commit`` just before it ends ``DATA``.
 
     A message exists on the server only once the server reads the final ``.`` of DATA: a
     client that dies before sending it leaves nothing behind, and one that dies after it
     has handed the whole message to the kernel, which still delivers it. So the ledger
-    records the send between the body and the final dot. ``commit`` is called on the event
-    loop's thread, with no ``await`` between its return and the write of the dot: the one
-    window left is those few microseconds. (It blocks the loop for one small database
-    write; handing it to a thread would open a window as long as the loop is busy.)
+    records the send between the body and the final dot. When ``commit`` raises (the
+    ledger says another attempt took the send over), the connection is closed without the
+    dot, and the server discards the message.
+
+    ``commit`` is awaited, so the database write runs off the event loop and heartbeats go
+    on meanwhile; the window in which a crash loses the message is from the commit's end to
+    the write of the dot, as long as the loop takes to come back to this task.
     """
 
-    def __init__(self, *, commit: Callable[[], None], **kwargs: Any) -> None:
+    def __init__(self, *, commit: Callable[[], Awaitable[None]], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._commit = commit
         self.committed = False
@@ -144,7 +147,12 @@ class _CommittingSMTP(aiosmtplib.SMTP):
             raise SMTPServerDisconnected("Connection lost")
         try:
             protocol.write(body)
-            self._commit()
+            try:
+                await self._commit()
+            except BaseException:
+                # No dot: the server drops the message when the connection goes.
+                self.close()
+                raise
             self.committed = True
             protocol.write(b".\r\n")
             response = await protocol.read_response(timeout=timeout)
@@ -162,11 +170,11 @@ async def send_message(
     *,
     sender: str,
     recipient: str,
-    commit: Callable[[], None] | None = None,
+    commit: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Send ``message`` to ``recipient`` with envelope sender ``sender``.
 
-    ``commit``, when given, is called once the whole body is with the server and before
+    ``commit``, when given, is awaited once the whole body is with the server and before
     the final dot of DATA (see :class:`_CommittingSMTP`). aiosmtplib's exceptions pass
     through for the caller to sort.
     """
@@ -190,5 +198,5 @@ async def send_message(
         await client.send_message(message, sender=sender, recipients=[recipient])
 
 
-def _nothing() -> None:
+async def _nothing() -> None:
     return None

@@ -27,7 +27,8 @@ import datetime
 import email.policy
 import email.utils
 import re
-from collections.abc import Callable
+import uuid
+from collections.abc import Awaitable, Callable
 from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 from email.policy import Policy
@@ -45,7 +46,7 @@ from dee.errors import ContentError
 from dee.plans.content import PlanContent, RenderedEmail, render_email
 from dee.plans.model import EMAIL_PATTERN
 from dee.runs.channels import SendEmailInput, SendEmailResult
-from dee.runs.ledger import SendLedger, email_key
+from dee.runs.ledger import SendLedger, SupersededError, email_key
 from dee.runs.suppressions import Suppressions
 from dee.runs.tracking import (
     TokenError,
@@ -141,8 +142,14 @@ class EmailActivities:
             message_id=message_id,
         )
 
+        attempt = uuid.uuid4().hex
         claim = await asyncio.to_thread(
-            self._ledger.claim, key, run_id=input.run_id, step_id=step.id, channel="email"
+            self._ledger.claim,
+            key,
+            run_id=input.run_id,
+            step_id=step.id,
+            channel="email",
+            attempt=attempt,
         )
         if claim == "already-sent":
             activity.logger.info("email %s was sent by an earlier attempt; not sending again", key)
@@ -150,24 +157,32 @@ class EmailActivities:
                 message_id=message_id, status="already-sent", recipient_domain=domain
             )
         if claim == "in-doubt":
-            # An earlier attempt died before it handed the server the end of DATA, so
-            # the server discarded what it had (see dee.runs.ledger): sending again is safe.
+            # An earlier attempt never recorded the send: it died before the end of DATA
+            # (the server discarded what it had), or it stalled. This attempt now holds the
+            # send; a stalled one that wakes cannot commit it and ends DATA without the dot.
             activity.logger.warning(
-                "email %s: an earlier attempt died before the message was complete; sending again",
-                key,
+                "email %s: an earlier attempt did not finish; this attempt takes it over", key
             )
         committed = False
 
-        def commit() -> None:
-            # On the loop's thread, on purpose: see activities._smtp._CommittingSMTP.
+        async def commit() -> None:
             nonlocal committed
-            self._ledger.mark_sent(key)
+            await asyncio.to_thread(self._ledger.mark_sent, key, attempt=attempt)
             committed = True
 
         try:
             await _send(
                 smtp, message, sender=sender.addr_spec, recipient=recipient.addr_spec, commit=commit
             )
+        except SupersededError:
+            activity.logger.warning(
+                "email %s: another attempt took this send over; this one ended DATA without "
+                "the final dot",
+                key,
+            )
+            raise permanent(
+                "another attempt took this send over (this one stalled)", "Superseded"
+            ) from None
         except (aiosmtplib.SMTPResponseException, ApplicationError):
             if committed:
                 # The server had the whole message and said no: it does not exist, so a
@@ -313,7 +328,7 @@ async def _send(
     *,
     sender: str,
     recipient: str,
-    commit: Callable[[], None],
+    commit: Callable[[], Awaitable[None]],
 ) -> None:
     """Send, turning permanent SMTP failures into non-retryable errors; transient ones
     (4xx, lost connections, timeouts) propagate for the retry policy."""

@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import uuid
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
@@ -218,8 +219,13 @@ class VoiceActivities:
         message_id = call_key(
             activity.info().workflow_run_id, input.run_id, input.step.id, input.visit
         )
+        attempt = uuid.uuid4().hex
         claim = self._ledger.claim(
-            message_id, run_id=input.run_id, step_id=input.step.id, channel="voice"
+            message_id,
+            run_id=input.run_id,
+            step_id=input.step.id,
+            channel="voice",
+            attempt=attempt,
         )
         if claim == "already-sent":
             record = self._ledger.get(message_id)
@@ -235,12 +241,20 @@ class VoiceActivities:
             if claim == "in-doubt":
                 sid = self._earlier_call(client, message_id, create)
                 if sid is not None:
-                    self._ledger.mark_sent(message_id, provider_id=sid)
+                    self._ledger.mark_sent(message_id, provider_id=sid, attempt=attempt)
                     log.info("call %s adopted from an earlier attempt: %s", message_id, sid)
                     return PlaceCallResult(call_sid=sid, status="already-placed")
+            # Last look before dialling: a cancelled attempt, or one a retry took over while
+            # it stalled, must not call.
+            if activity.is_cancelled():
+                raise asyncio.CancelledError("the activity was cancelled before it dialled")
+            if not self._ledger.holds(message_id, attempt=attempt):
+                raise permanent(
+                    f"call {message_id}: another attempt took this call over", "Superseded"
+                )
             call = _twilio("place the call", lambda: client.calls.create(**create))
             sid = str(call.sid)
-            self._ledger.mark_sent(message_id, provider_id=sid)
+            self._ledger.mark_sent(message_id, provider_id=sid, attempt=attempt)
             log.info(
                 "placed call %s for run %r step %r visit %d: %s",
                 message_id,
@@ -269,10 +283,15 @@ class VoiceActivities:
                 to=create["to"], from_=create["from_"], limit=ADOPT_SCAN_LIMIT
             ),
         )
-        for call in calls:
-            if call.date_created is not None and call.date_created >= since:
-                return str(call.sid)
-        return None
+        recent = [
+            str(call.sid)
+            for call in calls
+            if call.date_created is not None and call.date_created >= since
+        ]
+        # A call the ledger has for another send (another step, visit or run to the same
+        # number) is that send's, never this one's.
+        taken = self._ledger.recorded_provider_ids(recent)
+        return next((sid for sid in recent if sid not in taken), None)
 
 
 def _twilio(what: str, request: Callable[[], _T]) -> _T:

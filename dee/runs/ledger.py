@@ -10,21 +10,27 @@ run, the step and the visit (so every attempt of one send has the same id):
    ``"in-doubt"``: an earlier attempt claimed the message but never recorded success.
 2. :meth:`SendLedger.mark_sent` right after the provider accepted the message.
 
-What ``"in-doubt"`` means depends on the channel. For email the record is made *inside*
-the SMTP transaction (:mod:`activities._smtp`): after the whole body has gone to the server and
-before the final ``.`` of DATA. An SMTP message exists only once the server reads that dot,
-so an attempt that died while the ledger still says ``"sending"`` never completed a message
-and the retry sends it; one that died after the record had already handed the dot to the
-kernel, which delivers it even after the process is gone, and the retry finds
-``"already-sent"``. What is left is the few microseconds between the record and the write
-of the dot, in which a crash would lose the message instead of sending it twice; and a
-server that refuses the message after the dot gets the record released
-(:meth:`SendLedger.release`) so that a retry sends again. A voice call can instead ask the
-provider whether the call exists (it has a list of calls).
+**The fence.** Each attempt claims with a token of its own (``attempt``). An
+``"in-doubt"`` claim replaces the earlier attempt's token: the send is now this attempt's.
+:meth:`SendLedger.mark_sent` with a token succeeds only while that token holds the send,
+and raises :class:`SupersededError` otherwise. So an earlier attempt that did not die but
+stalled (a frozen process, a long pause, a database lock) and wakes after its retry took
+over can no longer complete the send.
 
-The ledger prevents duplicates across *retries of one attempt sequence*; it cannot stop two
-attempts running at once (an attempt that outlived its start-to-close timeout while its
-retry started): keep the activity's timeout above the provider's own.
+For email the record is made *inside* the SMTP transaction (:mod:`activities._smtp`):
+after the whole body has gone to the server and before the final ``.`` of DATA. An SMTP
+message exists only once the server reads that dot, so an attempt that died while the
+ledger still says ``"sending"`` never completed a message and the retry sends it; one that
+died after the record had already handed the dot to the kernel, which delivers it even
+after the process is gone, and the retry finds ``"already-sent"``; one that stalled and
+finds itself superseded at the record closes the connection without the dot. What is left
+is the moment between the record and the write of the dot (the record runs in a thread,
+so heartbeats go on; the dot follows when the event loop comes back to the send), in which
+a crash loses the message rather than sending it twice; and a server that refuses the
+message after the dot gets the record released (:meth:`SendLedger.release`) so that a retry
+sends again. A voice call checks it still holds the send right before dialling, and an
+``"in-doubt"`` call asks Twilio whether an earlier attempt placed it, never adopting a call
+the ledger has for another send.
 
 The table lives in the same database as the plan registry (``DEE_DATABASE_URL``) and is
 created by the migrations, which run when a ledger opens.
@@ -62,6 +68,7 @@ __all__ = [
     "SendLedger",
     "SendRecord",
     "SendStatus",
+    "SupersededError",
     "call_key",
     "email_key",
     "key_of_message_id",
@@ -108,7 +115,7 @@ def call_key(workflow_run_id: str | None, run_id: str, step_id: str, visit: int)
     return "call-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-#: Mirrors migration 0002; change only together with a new migration.
+#: Mirrors migrations 0002 and 0005; change only together with a new migration.
 sends = Table(
     "sends",
     metadata,
@@ -120,6 +127,7 @@ sends = Table(
     Column("provider_id", String(200), nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("sent_at", DateTime(timezone=True), nullable=True),
+    Column("attempt", String(32), nullable=True),
     CheckConstraint("channel IN ('email', 'voice')", name="ck_sends_channel"),
     CheckConstraint("status IN ('sending', 'sent')", name="ck_sends_status"),
     Index("ix_sends_run_id", "run_id"),
@@ -132,6 +140,11 @@ class LedgerError(DeeError):
     def __init__(self, message: str, *, message_id: str | None = None) -> None:
         self.message_id = message_id
         super().__init__(message)
+
+
+class SupersededError(LedgerError):
+    """Another attempt took this send over: the caller must not complete it (for email:
+    must not send the final dot of DATA)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +174,13 @@ class SendLedger(Store):
 
     @database_errors
     def claim(
-        self, message_id: str, *, run_id: str, step_id: str, channel: Channel
+        self,
+        message_id: str,
+        *,
+        run_id: str,
+        step_id: str,
+        channel: Channel,
+        attempt: str | None = None,
     ) -> ClaimOutcome:
         """Record that ``message_id`` is about to be sent, unless an attempt already did.
 
@@ -169,6 +188,10 @@ class SendLedger(Store):
         called for it; ``"in-doubt"`` when an earlier claim never got as far as
         :meth:`mark_sent` (what to do then is the channel's call: see the module's doc).
         Concurrent claims of one message id: exactly one of them gets ``"claimed"``.
+
+        ``attempt`` fences the send: a token of the calling attempt's own. An
+        ``"in-doubt"`` claim with a token takes the send over from the earlier attempt,
+        which, if it only stalled, can then no longer :meth:`mark_sent` it.
         """
         if channel not in CHANNELS:
             raise ValueError(f"channel {channel!r} is unknown; expected one of {CHANNELS}")
@@ -179,10 +202,19 @@ class SendLedger(Store):
             "channel": channel,
             "status": "sending",
             "created_at": datetime.datetime.now(datetime.UTC),
+            "attempt": attempt,
         }
         with write_transaction(self._engine) as connection:
             if insert_if_absent(connection, sends, row, keys=[sends.c.message_id]):
                 return "claimed"
+            if attempt is not None:
+                taken = connection.execute(
+                    update(sends)
+                    .where(sends.c.message_id == message_id, sends.c.status == "sending")
+                    .values(attempt=attempt)
+                )
+                if taken.rowcount == 1:
+                    return "in-doubt"
             status = connection.execute(
                 select(sends.c.status).where(sends.c.message_id == message_id)
             ).scalar_one()
@@ -200,13 +232,20 @@ class SendLedger(Store):
             )
 
     @database_errors
-    def mark_sent(self, message_id: str, *, provider_id: str | None = None) -> None:
+    def mark_sent(
+        self, message_id: str, *, provider_id: str | None = None, attempt: str | None = None
+    ) -> None:
         """Record that the provider accepted ``message_id``; calling it again changes
-        nothing. :class:`LedgerError` if the message was never claimed."""
+        nothing. :class:`LedgerError` if the message was never claimed;
+        :class:`SupersededError` if ``attempt`` no longer holds the send (a later attempt
+        took it over, or recorded it)."""
+        holds = [sends.c.message_id == message_id, sends.c.status == "sending"]
+        if attempt is not None:
+            holds.append(sends.c.attempt == attempt)
         with write_transaction(self._engine) as connection:
             updated = connection.execute(
                 update(sends)
-                .where(sends.c.message_id == message_id, sends.c.status == "sending")
+                .where(*holds)
                 .values(
                     status="sent",
                     provider_id=provider_id,
@@ -215,14 +254,43 @@ class SendLedger(Store):
             )
             if updated.rowcount == 1:
                 return
-            exists = connection.execute(
-                select(sends.c.message_id).where(sends.c.message_id == message_id)
+            found = connection.execute(
+                select(sends.c.status, sends.c.attempt).where(sends.c.message_id == message_id)
             ).first()
-        if exists is None:
+        if found is None:
             raise LedgerError(
                 f"message {message_id!r} was never claimed: claim() it before sending",
                 message_id=message_id,
             )
+        if attempt is not None and found.attempt != attempt:
+            raise SupersededError(
+                f"message {message_id!r} was taken over by another attempt",
+                message_id=message_id,
+            )
+
+    @database_errors
+    def holds(self, message_id: str, *, attempt: str) -> bool:
+        """Whether ``attempt`` still holds ``message_id`` (claimed, not sent, not taken over)."""
+        with self._engine.connect() as connection:
+            found = connection.execute(
+                select(sends.c.message_id).where(
+                    sends.c.message_id == message_id,
+                    sends.c.status == "sending",
+                    sends.c.attempt == attempt,
+                )
+            ).first()
+        return found is not None
+
+    @database_errors
+    def recorded_provider_ids(self, provider_ids: list[str]) -> set[str]:
+        """Which of ``provider_ids`` (call SIDs) the ledger already has for some send."""
+        if not provider_ids:
+            return set()
+        with self._engine.connect() as connection:
+            rows = connection.execute(
+                select(sends.c.provider_id).where(sends.c.provider_id.in_(provider_ids))
+            )
+            return {str(row.provider_id) for row in rows}
 
     @database_errors
     def get(self, message_id: str) -> SendRecord | None:

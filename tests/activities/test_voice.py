@@ -416,3 +416,46 @@ async def test_no_phone_numbers_at_info(
     assert shown, "the activity logs what it did"
     for record in shown:
         assert PHONE not in record.getMessage() and CALLER_ID not in record.getMessage()
+
+
+async def test_a_call_recorded_for_another_send_is_never_adopted(
+    twilio: TwilioApi, ledger: SendLedger
+) -> None:
+    key = claim_by_hand(ledger)
+    # Another send (the next visit of the step) to the same number placed and recorded a
+    # call just now: it is that send's call, however well it fits the time window.
+    theirs = twilio.add_call(to=PHONE, from_=CALLER_ID)
+    other = ledger_id(visit=2)
+    ledger.claim(other, run_id="plan-1:ada", step_id="call", channel="voice")
+    ledger.mark_sent(other, provider_id=theirs)
+
+    result = await place(twilio, ledger, call_input())
+
+    # Positive control: the list was looked at, and the call found was passed over.
+    assert len(twilio.lists) == 1
+    assert result.status == "placed" and result.call_sid != theirs
+    assert len(twilio.creates) == 1
+    record = ledger.get(key)
+    assert record is not None and record.provider_id == result.call_sid
+
+
+async def test_an_attempt_taken_over_does_not_dial(twilio: TwilioApi, ledger: SendLedger) -> None:
+    activities = VoiceActivities(settings_for(twilio), ledger)
+    original_claim = ledger.claim
+
+    def claim_then_lose_it(message_id: str, **fields: Any) -> str:
+        outcome = original_claim(message_id, **fields)
+        # A retry takes the call over while this attempt stalls before dialling.
+        original_claim(message_id, **{**fields, "attempt": "a-retry"})
+        return outcome
+
+    ledger.claim = claim_then_lose_it  # type: ignore[method-assign,assignment]
+    with pytest.raises(ApplicationError) as raised:
+        await ActivityEnvironment().run(activities.place_call, call_input())
+    assert raised.value.type == "Superseded"
+    assert twilio.creates == []
+    # Control: without the takeover the same attempt dials.
+    ledger.claim = original_claim  # type: ignore[method-assign]
+    ledger.release(ledger_id())
+    result = await ActivityEnvironment().run(activities.place_call, call_input())
+    assert result.status == "placed" and len(twilio.creates) == 1

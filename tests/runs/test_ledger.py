@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from dee.errors import DeeError
 from dee.plans.registry import PlanRegistry
-from dee.runs.ledger import LedgerError, SendLedger
+from dee.runs.ledger import LedgerError, SendLedger, SupersededError
 from dee.storage.database import alembic_config, make_engine, resolve_url
 
 
@@ -103,6 +103,44 @@ def test_concurrent_claims_give_one_claimed(ledger: SendLedger) -> None:
     with ThreadPoolExecutor(max_workers=8) as pool:
         outcomes = list(pool.map(claim, range(16)))
     assert sorted(outcomes) == ["claimed"] + ["in-doubt"] * 15
+
+
+def test_a_takeover_fences_the_earlier_attempt(ledger: SendLedger) -> None:
+    assert ledger.claim("m1", run_id="r", step_id="s", channel="email", attempt="a") == "claimed"
+    assert ledger.claim("m1", run_id="r", step_id="s", channel="email", attempt="b") == "in-doubt"
+    # The stalled first attempt wakes and tries to record the send: refused.
+    with pytest.raises(SupersededError, match="taken over by another attempt"):
+        ledger.mark_sent("m1", attempt="a")
+    assert ledger.get("m1").status == "sending"  # type: ignore[union-attr]
+    ledger.mark_sent("m1", attempt="b")
+    ledger.mark_sent("m1", attempt="b")  # again: changes nothing
+    assert ledger.get("m1").status == "sent"  # type: ignore[union-attr]
+    with pytest.raises(SupersededError):
+        ledger.mark_sent("m1", attempt="a")
+    assert ledger.claim("m1", run_id="r", step_id="s", channel="email", attempt="c") == (
+        "already-sent"
+    )
+
+
+def test_concurrent_takeovers_leave_one_attempt_able_to_commit(ledger: SendLedger) -> None:
+    def claim(index: int) -> tuple[str, str]:
+        attempt = f"attempt-{index}"
+        return attempt, ledger.claim(
+            "race", run_id="r", step_id="s", channel="email", attempt=attempt
+        )
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(claim, range(16)))
+    assert sorted(outcome for _, outcome in outcomes) == ["claimed"] + ["in-doubt"] * 15
+    committed = []
+    for attempt, _ in outcomes:
+        try:
+            ledger.mark_sent("race", attempt=attempt)
+        except SupersededError:
+            continue
+        committed.append(attempt)
+    assert len(committed) == 1
+    assert ledger.get("race").status == "sent"  # type: ignore[union-attr]
 
 
 def test_state_survives_reopening(database_url: str) -> None:

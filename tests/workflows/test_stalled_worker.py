@@ -1,0 +1,141 @@
+"""A worker frozen mid-send while another takes the retry sends nothing once it thaws.
+
+Two real workers share one task queue: worker A, a ``worker.py`` process, and worker B, in
+the test's process. The test's SMTP server freezes A with SIGSTOP at a chosen point of the
+send (the point is the server's own: no timing guess). Past the 10-second heartbeat
+timeout Temporal retries the send on B, which takes the send over in the ledger and sends
+it. Then A is thawed: it either notices it was cancelled or reaches the commit before the
+final dot, finds the send taken over, and ends DATA without the dot. Either way the
+contact gets exactly one email.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+import dee
+from dee.plans.content import EmailTemplate, PlanContent
+from dee.plans.registry import PlanRegistry
+from dee.runs.ledger import SendLedger
+from dee.runs.model import RunResult
+from tests.helpers.smtp import RecordingHandler, smtp_server
+from tests.helpers.temporal import running_worker
+from tests.helpers.twilio_api import twilio_api
+from tests.workflows.test_faults import ROOT, settings_env, settings_for
+
+
+class FreezingHandler(RecordingHandler):
+    """Freezes process ``pid`` with SIGSTOP the first time a client reaches ``point``."""
+
+    def __init__(self, point: str) -> None:
+        super().__init__()
+        self.point = point
+        self.pid: int | None = None
+        self.frozen = threading.Event()
+
+    def _freeze(self, point: str) -> None:
+        if point == self.point and self.pid is not None and not self.frozen.is_set():
+            os.kill(self.pid, signal.SIGSTOP)
+            self.frozen.set()
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        # The first thing a send does after its ledger claim is to connect and say EHLO.
+        session.host_name = hostname
+        self._freeze("after-claim")
+        return responses
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        reply = await super().handle_RCPT(server, session, envelope, address, rcpt_options)
+        self._freeze("after-rcpt")
+        return reply
+
+
+@pytest.mark.parametrize("point", ["after-claim", "after-rcpt"])
+async def test_a_thawed_worker_does_not_send_a_second_copy(
+    point: str,
+    dev_env: WorkflowEnvironment,
+    task_queue: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="temporalio.activity")
+    database = f"sqlite:///{tmp_path / 'dee.db'}"
+    plan = dee.execution_plan(
+        id="one-email",
+        name="One email",
+        created_by="tests",
+        steps=[
+            dee.steps.send_email(id="hello", template_id="t", subject="Hello {{ product }}"),
+            dee.steps.end(id="done", outcome="finished"),
+        ],
+    )
+    content = PlanContent(templates={"t": EmailTemplate(html="<p>Hi {{ contact.firstName }}</p>")})
+    with PlanRegistry(database) as registry:
+        version = registry.create(plan, content)
+    handler = FreezingHandler(point)
+    log = tmp_path / "worker-a.log"
+    with twilio_api() as twilio:
+        async with smtp_server(handler) as smtp:
+            settings = settings_for(smtp.url, database, task_queue, twilio)
+            address = dev_env.client.service_client.config.target_host
+            with log.open("wb") as output:
+                worker_a = subprocess.Popen(
+                    [sys.executable, str(ROOT / "worker.py")],
+                    cwd=ROOT,
+                    env=settings_env(settings, address),
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                )
+            handler.pid = worker_a.pid
+            try:
+                run_id = await dee.start_run(
+                    dev_env.client,
+                    version,
+                    contact={"email": "ana@example.com", "firstName": "Ana"},
+                    variables={"product": "DEE"},
+                    task_queue=task_queue,
+                )
+                assert await asyncio.to_thread(handler.frozen.wait, 60), "A never got there"
+                with SendLedger(database) as ledger:
+                    async with running_worker(
+                        dev_env.client, task_queue=task_queue, settings=settings, ledger=ledger
+                    ):
+                        handle = dev_env.client.get_workflow_handle(run_id, result_type=RunResult)
+                        async with asyncio.timeout(90):
+                            result = await handle.result()
+                        # Positive control: B took the send over from A, and sent it.
+                        assert result.outcome == "finished"
+                        assert len(handler.messages) == 1
+                        assert "this attempt takes it over" in caplog.text
+                        os.kill(worker_a.pid, signal.SIGCONT)
+                        # A wakes up and finishes its attempt one way or the other.
+                        async with asyncio.timeout(30):
+                            while not _attempt_ended(log.read_text(errors="replace")):
+                                await asyncio.sleep(0.1)
+                        await asyncio.sleep(1)
+            finally:
+                os.kill(worker_a.pid, signal.SIGCONT)
+                worker_a.terminate()
+                worker_a.wait(timeout=30)
+    assert [received.rcpt_tos for received in handler.messages] == [("ana@example.com",)]
+
+
+def _attempt_ended(log: str) -> bool:
+    """Whether worker A's log shows its stale attempt ended: fenced off by the ledger, or
+    cancelled by the SDK when its heartbeat heard the attempt had timed out."""
+    return "took this send over" in log or "cancel" in log.lower()
