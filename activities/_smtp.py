@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import email.message
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -108,7 +108,7 @@ def parse_smtp_url(url: str) -> SmtpConfig:
 
 
 class _CommittingSMTP(aiosmtplib.SMTP):
-    """An SMTP client that awaits ``commit`` just before it ends ``DATA``.
+    """An SMTP client that calls ``commit`` just before it ends ``DATA``.
 
     A message exists on the server only once the server reads the final ``.`` of DATA: a
     client that dies before sending it leaves nothing behind, and one that dies after it
@@ -117,12 +117,15 @@ class _CommittingSMTP(aiosmtplib.SMTP):
     ledger says another attempt took the send over), the connection is closed without the
     dot, and the server discards the message.
 
-    ``commit`` is awaited, so the database write runs off the event loop and heartbeats go
-    on meanwhile; the window in which a crash loses the message is from the commit's end to
-    the write of the dot, as long as the loop takes to come back to this task.
+    ``commit`` is called on the event loop's thread, with no ``await`` between its return
+    and the write of the dot: the window in which a crash loses the message is those few
+    microseconds. It blocks the loop for one small database write. Handing it to a thread
+    would keep heartbeats going during the write, but the dot would then wait for the loop
+    to come back to this task, and a worker killed meanwhile (a busy loop: milliseconds)
+    loses the message; the fault tests caught exactly that.
     """
 
-    def __init__(self, *, commit: Callable[[], Awaitable[None]], **kwargs: Any) -> None:
+    def __init__(self, *, commit: Callable[[], None], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._commit = commit
         self.committed = False
@@ -148,7 +151,7 @@ class _CommittingSMTP(aiosmtplib.SMTP):
         try:
             protocol.write(body)
             try:
-                await self._commit()
+                self._commit()
             except BaseException:
                 # No dot: the server drops the message when the connection goes.
                 self.close()
@@ -170,11 +173,11 @@ async def send_message(
     *,
     sender: str,
     recipient: str,
-    commit: Callable[[], Awaitable[None]] | None = None,
+    commit: Callable[[], None] | None = None,
 ) -> None:
     """Send ``message`` to ``recipient`` with envelope sender ``sender``.
 
-    ``commit``, when given, is awaited once the whole body is with the server and before
+    ``commit``, when given, is called once the whole body is with the server and before
     the final dot of DATA (see :class:`_CommittingSMTP`). aiosmtplib's exceptions pass
     through for the caller to sort.
     """
@@ -198,5 +201,5 @@ async def send_message(
         await client.send_message(message, sender=sender, recipients=[recipient])
 
 
-async def _nothing() -> None:
+def _nothing() -> None:
     return None

@@ -28,7 +28,7 @@ import email.policy
 import email.utils
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 from email.policy import Policy
@@ -165,9 +165,10 @@ class EmailActivities:
             )
         committed = False
 
-        async def commit() -> None:
+        def commit() -> None:
+            # On the loop's thread, on purpose: see activities._smtp._CommittingSMTP.
             nonlocal committed
-            await asyncio.to_thread(self._ledger.mark_sent, key, attempt=attempt)
+            self._ledger.mark_sent(key, attempt=attempt)
             committed = True
 
         try:
@@ -328,7 +329,7 @@ async def _send(
     *,
     sender: str,
     recipient: str,
-    commit: Callable[[], Awaitable[None]],
+    commit: Callable[[], None],
 ) -> None:
     """Send, turning permanent SMTP failures into non-retryable errors; transient ones
     (4xx, lost connections, timeouts) propagate for the retry policy."""

@@ -56,6 +56,7 @@ from dee.runs.errors import (
 from dee.runs.model import (
     CONTACT_ID_ATTRIBUTE,
     CURRENT_STEP_ATTRIBUTE,
+    DEFAULT_MAX_VISITS_PER_STEP,
     DEFAULT_TASK_QUEUE,
     EVENT_SIGNAL,
     OUTCOME_ATTRIBUTE,
@@ -157,6 +158,7 @@ async def start_run(
     run_id: str | None = None,
     sender: str | None = None,
     task_queue: str = DEFAULT_TASK_QUEUE,
+    max_visits_per_step: int = DEFAULT_MAX_VISITS_PER_STEP,
 ) -> str:
     """Start ``contact`` on plan ``version``; returns the run id.
 
@@ -179,6 +181,7 @@ async def start_run(
         contact=person,
         variables=given,
         sender=sender,
+        max_visits_per_step=max_visits_per_step,
     )
     try:
         await client.start_workflow(

@@ -24,9 +24,9 @@ ledger still says ``"sending"`` never completed a message and the retry sends it
 died after the record had already handed the dot to the kernel, which delivers it even
 after the process is gone, and the retry finds ``"already-sent"``; one that stalled and
 finds itself superseded at the record closes the connection without the dot. What is left
-is the moment between the record and the write of the dot (the record runs in a thread,
-so heartbeats go on; the dot follows when the event loop comes back to the send), in which
-a crash loses the message rather than sending it twice; and a server that refuses the
+is the few microseconds between the record and the write of the dot (the record is made
+on the event loop's thread, with nothing in between), in which a crash loses the message
+rather than sending it twice; and a server that refuses the
 message after the dot gets the record released (:meth:`SendLedger.release`) so that a retry
 sends again. A voice call checks it still holds the send right before dialling, and an
 ``"in-doubt"`` call asks Twilio whether an earlier attempt placed it, never adopting a call

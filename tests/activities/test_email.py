@@ -23,7 +23,7 @@ from activities.email import EmailActivities, html_to_text
 from dee.plans.content import EmailTemplate
 from dee.plans.model import SendEmailStep, Tracking
 from dee.runs.channels import SendEmailInput, SendEmailResult
-from dee.runs.ledger import SendLedger, email_key
+from dee.runs.ledger import LedgerError, SendLedger, email_key
 from dee.runs.model import Contact
 from dee.runs.tracking import CLICK, OPEN, UNSUBSCRIBE, verify_token
 from dee.settings import Settings
@@ -551,21 +551,38 @@ async def test_a_silent_server_times_out_and_is_retried(ledger: SendLedger) -> N
         await server.wait_closed()
 
 
-async def test_a_ledger_failure_after_the_server_accepted_still_succeeds(
+async def test_a_ledger_failure_at_the_commit_sends_nothing_and_the_retry_sends_once(
     smtp: SmtpServer, ledger: SendLedger, tmp_path: Path
 ) -> None:
-    # The database goes away between the server's 250 and mark_sent: failing the attempt
-    # would make the retry send a second copy.
-    def drop_ledger(_received: Received) -> None:
-        engine = make_engine(resolve_url(f"sqlite:///{tmp_path / 'dee.db'}"))
-        try:
-            with engine.begin() as connection:
-                connection.execute(text("DROP TABLE sends"))
-        finally:
-            engine.dispose()
+    # The database fails at the record before the final dot (its table is gone after the
+    # server took the recipient): the attempt must end DATA without the dot and fail to be
+    # retried; the retry, with the database back, sends exactly one message.
+    engine = make_engine(resolve_url(f"sqlite:///{tmp_path / 'dee.db'}"))
 
-    smtp.handler.after_accept = drop_ledger
-    result = await send(settings_for(smtp.url), ledger, make_input())
+    def rename(old: str, new: str) -> None:
+        with engine.begin() as connection:
+            connection.execute(text(f"ALTER TABLE {old} RENAME TO {new}"))
+
+    original_rcpt = smtp.handler.handle_RCPT
+
+    async def rcpt_then_break_the_ledger(*args: Any) -> str:
+        reply = await original_rcpt(*args)
+        if not smtp.handler.rcpt_attempts[1:]:
+            rename("sends", "sends_away")
+        return reply
+
+    smtp.handler.handle_RCPT = rcpt_then_break_the_ledger  # type: ignore[method-assign,assignment]
+    try:
+        with pytest.raises(LedgerError):
+            await send(settings_for(smtp.url), ledger, make_input())
+        await asyncio.sleep(0.5)
+        # Positive control: the attempt got as far as the recipient; no message came of it.
+        assert smtp.handler.rcpt_attempts == ["ana@recipient.example"]
+        assert smtp.handler.messages == []
+        rename("sends_away", "sends")
+        result = await send(settings_for(smtp.url), ledger, make_input())
+    finally:
+        engine.dispose()
     assert result.status == "sent"
     assert len(smtp.handler.messages) == 1
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from dee.plans.content import PlanContent
 from dee.plans.registry import PlanRegistry
 from dee.plans.versions import PlanVersion
 from dee.runs.ledger import SendLedger
-from dee.runs.model import Contact, RunInput, RunResult, default_run_id
+from dee.runs.model import RunResult
 from dee.settings import Settings
 from tests.helpers.smtp import SmtpServer
 from tests.helpers.spec import SPEC_CONTENT, SPEC_YAML
@@ -34,8 +34,34 @@ CONTACT = {"email": "ana@example.com", "firstName": "Ana", "phone": "+1555765432
 VARIABLES = {"product": "DEE"}
 
 
+class _RunHandle(WorkflowHandle[ExecutionPlanWorkflow, RunResult]):
+    """A handle on a run :func:`dee.start_run` started; on the time-skipping server its
+    ``result`` skips time as a handle from ``start_workflow`` would."""
+
+    def __init__(self, env: WorkflowEnvironment, workflow_id: str, execution: str) -> None:
+        # Pinned to the first execution, as start_workflow's handle is: its history is
+        # that execution's, and its result follows the run across continue-as-new.
+        super().__init__(
+            env.client,
+            workflow_id,
+            run_id=execution,
+            result_run_id=execution,
+            first_execution_run_id=execution,
+            result_type=RunResult,
+        )
+        self._env = env
+
+    async def result(self, *args: Any, **kwargs: Any) -> RunResult:
+        unlocked: Callable[[], AbstractAsyncContextManager[None]] | None = getattr(
+            self._env, "time_skipping_unlocked", None
+        )
+        async with unlocked() if unlocked is not None else nullcontext():
+            return await super().result(*args, **kwargs)
+
+
 @dataclass
 class Engine:
+    env: WorkflowEnvironment
     client: Client
     task_queue: str
     registry: PlanRegistry
@@ -52,22 +78,18 @@ class Engine:
     async def start(
         self, version: PlanVersion, *, max_visits_per_step: int = 100
     ) -> WorkflowHandle[ExecutionPlanWorkflow, RunResult]:
-        """Start a run through a plain Temporal client (the time-skipping environment skips
-        timers only while a handle it started awaits its result)."""
-        contact = Contact.model_validate({**CONTACT, "id": f"c-{uuid.uuid4().hex[:8]}"})
-        return await self.client.start_workflow(
-            ExecutionPlanWorkflow.run,
-            RunInput(
-                plan=version.plan,
-                content=version.content,
-                digest=version.digest,
-                contact=contact,
-                variables=VARIABLES,
-                max_visits_per_step=max_visits_per_step,
-            ),
-            id=default_run_id(version.plan.id, contact.id),
+        """Start a run for a new contact through :func:`dee.start_run`, with its checks."""
+        contact = {**CONTACT, "id": f"c-{uuid.uuid4().hex[:8]}"}
+        run_id = await dee.start_run(
+            self.client,
+            version,
+            contact=contact,
+            variables=VARIABLES,
             task_queue=self.task_queue,
+            max_visits_per_step=max_visits_per_step,
         )
+        described = await self.client.get_workflow_handle(run_id).describe()
+        return _RunHandle(self.env, run_id, described.run_id)
 
     @property
     def subjects(self) -> list[str]:
@@ -100,7 +122,7 @@ async def engine(
         async with running_worker(
             env.client, task_queue=task_queue, settings=settings, ledger=ledger
         ):
-            yield Engine(env.client, task_queue, registry, smtp, twilio)
+            yield Engine(env, env.client, task_queue, registry, smtp, twilio)
 
 
 async def wait_for_messages(engine: Engine, count: int) -> None:

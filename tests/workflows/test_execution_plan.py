@@ -120,7 +120,9 @@ async def test_the_ui_reads_like_the_plan(
         for event in history.events
         if event.HasField("user_metadata") and event.user_metadata.HasField("summary")
     ]
-    assert summaries == [
+    # The run's own summary first (start_run's), then one a command.
+    assert summaries[0].startswith("plan outbound-intro v1 · contact ")
+    assert summaries[1:] == [
         "email intro-email",
         "wait wait-for-reply 3d 12h",
         "email cold-follow-up",

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -29,7 +30,7 @@ from dee.plans.versions import PlanVersion
 from dee.runs.ledger import SendLedger
 from dee.runs.model import SEARCH_ATTRIBUTES, Contact, RunInput, RunResult
 from dee.settings import Settings
-from tests.helpers.smtp import RecordingHandler, SmtpServer, free_port, smtp_server
+from tests.helpers.smtp import Received, RecordingHandler, SmtpServer, free_port, smtp_server
 from tests.helpers.temporal import executable, running_worker
 from tests.helpers.twilio_api import TwilioApi, twilio_api
 from workflows.execution_plan import ExecutionPlanWorkflow
@@ -154,13 +155,20 @@ async def test_worker_killed_mid_run_resumes_and_sends_each_email_once(
     count = 12
     ids = await start_runs(dev_env.client, version, task_queue, count)
     worker = worker_process(settings, address)
+    killed = threading.Event()
+
+    def kill_at_the_third(_received: Received) -> None:
+        # In the server, as it takes the third message: at that exact point, with other
+        # sends of the same worker in flight (the worker's dot is in, its 250 not yet).
+        if len(smtp.handler.messages) == 3 and not killed.is_set():
+            worker.send_signal(signal.SIGKILL)
+            killed.set()
+
+    smtp.handler.after_accept = kill_at_the_third
     try:
-        # Kill it as soon as some first emails are out and others are still in flight.
-        async with asyncio.timeout(60):
-            while len(smtp.handler.messages) < 3:
-                await asyncio.sleep(0.02)
-        worker.send_signal(signal.SIGKILL)
-        worker.wait(timeout=10)
+        assert await asyncio.to_thread(killed.wait, 60), "the third email never came"
+        assert await asyncio.to_thread(worker.wait, 10) == -signal.SIGKILL
+        smtp.handler.after_accept = None
         killed_after = len(smtp.handler.messages)
         worker = worker_process(settings, address)
         finished = await results(dev_env.client, ids, timeout=120)

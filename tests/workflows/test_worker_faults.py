@@ -1,4 +1,6 @@
-"""A worker frozen mid-send while another takes the retry sends nothing once it thaws.
+"""Workers frozen or killed at exact points of a send: the contact gets exactly one email.
+
+A worker frozen mid-send while another takes the retry sends nothing once it thaws.
 
 Two real workers share one task queue: worker A, a ``worker.py`` process, and worker B, in
 the test's process. The test's SMTP server freezes A with SIGSTOP at a chosen point of the
@@ -6,7 +8,9 @@ send (the point is the server's own: no timing guess). Past the 10-second heartb
 timeout Temporal retries the send on B, which takes the send over in the ledger and sends
 it. Then A is thawed: it either notices it was cancelled or reaches the commit before the
 final dot, finds the send taken over, and ends DATA without the dot. Either way the
-contact gets exactly one email.
+contact gets exactly one email. The same with SIGKILL at each point: after the claim and
+after RCPT nothing reached the server and B sends; after the final dot the server has the
+message, the ledger recorded it before the dot, and B finds it sent.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ from temporalio.testing import WorkflowEnvironment
 import dee
 from dee.plans.content import EmailTemplate, PlanContent
 from dee.plans.registry import PlanRegistry
+from dee.plans.versions import PlanVersion
 from dee.runs.ledger import SendLedger
 from dee.runs.model import RunResult
+from dee.settings import Settings
 from tests.helpers.smtp import RecordingHandler, smtp_server
 from tests.helpers.temporal import running_worker
 from tests.helpers.twilio_api import twilio_api
@@ -36,18 +42,25 @@ from tests.workflows.test_faults import ROOT, settings_env, settings_for
 
 
 class FreezingHandler(RecordingHandler):
-    """Freezes process ``pid`` with SIGSTOP the first time a client reaches ``point``."""
+    """Sends process ``pid`` ``signum`` (SIGSTOP: freeze) the first time a client reaches
+    ``point``: after its claim (EHLO), after RCPT, or after the final dot (before the
+    server answers it)."""
 
-    def __init__(self, point: str) -> None:
+    def __init__(self, point: str, signum: int = signal.SIGSTOP) -> None:
         super().__init__()
         self.point = point
+        self.signum = signum
         self.pid: int | None = None
         self.frozen = threading.Event()
 
     def _freeze(self, point: str) -> None:
         if point == self.point and self.pid is not None and not self.frozen.is_set():
-            os.kill(self.pid, signal.SIGSTOP)
+            os.kill(self.pid, self.signum)
             self.frozen.set()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self._freeze("after-dot")
+        return await super().handle_DATA(server, session, envelope)
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
@@ -75,41 +88,17 @@ async def test_a_thawed_worker_does_not_send_a_second_copy(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="temporalio.activity")
     database = f"sqlite:///{tmp_path / 'dee.db'}"
-    plan = dee.execution_plan(
-        id="one-email",
-        name="One email",
-        created_by="tests",
-        steps=[
-            dee.steps.send_email(id="hello", template_id="t", subject="Hello {{ product }}"),
-            dee.steps.end(id="done", outcome="finished"),
-        ],
-    )
-    content = PlanContent(templates={"t": EmailTemplate(html="<p>Hi {{ contact.firstName }}</p>")})
-    with PlanRegistry(database) as registry:
-        version = registry.create(plan, content)
+    version = _one_email(database)
     handler = FreezingHandler(point)
     log = tmp_path / "worker-a.log"
     with twilio_api() as twilio:
         async with smtp_server(handler) as smtp:
             settings = settings_for(smtp.url, database, task_queue, twilio)
             address = dev_env.client.service_client.config.target_host
-            with log.open("wb") as output:
-                worker_a = subprocess.Popen(
-                    [sys.executable, str(ROOT / "worker.py")],
-                    cwd=ROOT,
-                    env=settings_env(settings, address),
-                    stdout=output,
-                    stderr=subprocess.STDOUT,
-                )
+            worker_a = _worker_process(settings, address, log)
             handler.pid = worker_a.pid
             try:
-                run_id = await dee.start_run(
-                    dev_env.client,
-                    version,
-                    contact={"email": "ana@example.com", "firstName": "Ana"},
-                    variables={"product": "DEE"},
-                    task_queue=task_queue,
-                )
+                run_id = await _start(dev_env, version, task_queue)
                 assert await asyncio.to_thread(handler.frozen.wait, 60), "A never got there"
                 with SendLedger(database) as ledger:
                     async with running_worker(
@@ -133,6 +122,75 @@ async def test_a_thawed_worker_does_not_send_a_second_copy(
                 worker_a.terminate()
                 worker_a.wait(timeout=30)
     assert [received.rcpt_tos for received in handler.messages] == [("ana@example.com",)]
+
+
+@pytest.mark.parametrize("point", ["after-claim", "after-rcpt", "after-dot"])
+async def test_a_worker_killed_mid_send_leaves_exactly_one_email(
+    point: str, dev_env: WorkflowEnvironment, task_queue: str, tmp_path: Path
+) -> None:
+    database = f"sqlite:///{tmp_path / 'dee.db'}"
+    version = _one_email(database)
+    handler = FreezingHandler(point, signal.SIGKILL)
+    with twilio_api() as twilio:
+        async with smtp_server(handler) as smtp:
+            settings = settings_for(smtp.url, database, task_queue, twilio)
+            address = dev_env.client.service_client.config.target_host
+            worker_a = _worker_process(settings, address, tmp_path / "worker-a.log")
+            handler.pid = worker_a.pid
+            try:
+                run_id = await _start(dev_env, version, task_queue)
+                assert await asyncio.to_thread(handler.frozen.wait, 60), "A never got there"
+                # Positive control: the kill landed.
+                assert await asyncio.to_thread(worker_a.wait, 10) == -signal.SIGKILL
+                with SendLedger(database) as ledger:
+                    async with running_worker(
+                        dev_env.client, task_queue=task_queue, settings=settings, ledger=ledger
+                    ):
+                        handle = dev_env.client.get_workflow_handle(run_id, result_type=RunResult)
+                        async with asyncio.timeout(90):
+                            result = await handle.result()
+            finally:
+                if worker_a.poll() is None:
+                    worker_a.kill()
+                    worker_a.wait(timeout=30)
+    assert result.outcome == "finished"
+    assert [received.rcpt_tos for received in handler.messages] == [("ana@example.com",)]
+
+
+def _one_email(database: str) -> PlanVersion:
+    plan = dee.execution_plan(
+        id="one-email",
+        name="One email",
+        created_by="tests",
+        steps=[
+            dee.steps.send_email(id="hello", template_id="t", subject="Hello {{ product }}"),
+            dee.steps.end(id="done", outcome="finished"),
+        ],
+    )
+    content = PlanContent(templates={"t": EmailTemplate(html="<p>Hi {{ contact.firstName }}</p>")})
+    with PlanRegistry(database) as registry:
+        return registry.create(plan, content)
+
+
+def _worker_process(settings: Settings, address: str, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as output:
+        return subprocess.Popen(
+            [sys.executable, str(ROOT / "worker.py")],
+            cwd=ROOT,
+            env=settings_env(settings, address),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def _start(dev_env: WorkflowEnvironment, version: PlanVersion, task_queue: str) -> str:
+    return await dee.start_run(
+        dev_env.client,
+        version,
+        contact={"email": "ana@example.com", "firstName": "Ana"},
+        variables={"product": "DEE"},
+        task_queue=task_queue,
+    )
 
 
 def _attempt_ended(log: str) -> bool:
