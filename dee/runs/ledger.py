@@ -17,20 +17,19 @@ and raises :class:`SupersededError` otherwise. So an earlier attempt that did no
 stalled (a frozen process, a long pause, a database lock) and wakes after its retry took
 over can no longer complete the send.
 
-For email the record is made *inside* the SMTP transaction (:mod:`activities._smtp`):
-after the whole body has gone to the server and before the final ``.`` of DATA. An SMTP
-message exists only once the server reads that dot, so an attempt that died while the
-ledger still says ``"sending"`` never completed a message and the retry sends it; one that
-died after the record had already handed the dot to the kernel, which delivers it even
-after the process is gone, and the retry finds ``"already-sent"``; one that stalled and
-finds itself superseded at the record closes the connection without the dot. What is left
-is the few microseconds between the record and the write of the dot (the record is made
-on the event loop's thread, with nothing in between), in which a crash loses the message
-rather than sending it twice; and a server that refuses the
-message after the dot gets the record released (:meth:`SendLedger.release`) so that a retry
-sends again. A voice call checks it still holds the send right before dialling, and an
-``"in-doubt"`` call asks Twilio whether an earlier attempt placed it, never adopting a call
-the ledger has for another send.
+For email the record is made *inside* the SMTP transaction (:mod:`activities._smtp`): after
+the whole body has gone to the server and before the final ``.`` of DATA. An SMTP message
+exists only once the server reads that dot, so an attempt that died while the ledger still
+says ``"sending"`` never completed a message and the retry sends it; one that died after the
+record had already handed the dot to the kernel, which delivers it even after the process is
+gone, and the retry finds ``"already-sent"``; one that stalled and finds itself superseded
+at the record closes the connection without the dot. What is left is the few microseconds
+between the record and the write of the dot (the record is made on the event loop's thread,
+with nothing in between), in which a crash loses the message rather than sending it twice;
+and a server that refuses the message after the dot gets the record released
+(:meth:`SendLedger.release`) so that a retry sends again. A voice call checks it still holds
+the send right before dialling, and an ``"in-doubt"`` call asks Twilio whether an earlier
+attempt placed it, never adopting a call the ledger has for another send.
 
 The table lives in the same database as the plan registry (``DEE_DATABASE_URL``) and is
 created by the migrations, which run when a ledger opens.

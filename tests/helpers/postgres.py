@@ -40,6 +40,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.helpers.smtp import free_port
+
 __all__ = ["PostgresStartError", "throwaway_postgres"]
 
 SUPERUSER = "postgres"
@@ -117,13 +119,6 @@ def _unprivileged_identity(tmp: Path) -> _Identity:
     return _Identity(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "LC_"))}
     env["LC_ALL"] = "C"
@@ -182,12 +177,12 @@ def _start(
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Start postgres on a free 127.0.0.1 port and wait until it is ready.
 
-    Another process may take the port between _free_port() and postgres' bind():
+    Another process may take the port between free_port() and postgres' bind():
     then postgres exits with "could not bind" and another port is tried.
     """
     log = data.parent / "postgres.log"
     for attempt in range(1, _PORT_ATTEMPTS + 1):
-        port = _free_port()
+        port = free_port()
         args = [
             *(str(bindir / "postgres"), "-D", str(data)),
             *("-c", "listen_addresses=127.0.0.1", "-c", f"port={port}"),

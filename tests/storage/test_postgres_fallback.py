@@ -16,13 +16,7 @@ from sqlalchemy.engine import make_url
 from dee.plans.registry import PlanRegistry
 from tests.helpers import db
 from tests.helpers.plans import simple_plan
-
-
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
+from tests.helpers.smtp import free_port
 
 
 def _answers(port: int) -> bool:
@@ -33,7 +27,7 @@ def _answers(port: int) -> bool:
 
 def test_a_throwaway_server_stands_in_when_none_answers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(db.POSTGRES_URL_ENV, raising=False)
-    nowhere = f"postgresql://root@127.0.0.1:{_closed_port()}/test"
+    nowhere = f"postgresql://root@127.0.0.1:{free_port()}/test"
     assert not db.postgres_answers(nowhere)
     with db.postgres_server(default=nowhere) as server_url:
         url = make_url(server_url)

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -131,14 +132,19 @@ def settings_for(smtp_url: str, database: str, task_queue: str, twilio: TwilioAp
     )
 
 
-def worker_process(settings: Settings, address: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "worker.py")],
-        cwd=ROOT,
-        env=settings_env(settings, address),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def worker_process(
+    settings: Settings, address: str, *, log: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """``worker.py`` in a process of its own; its output goes to ``log`` when given."""
+    with contextlib.ExitStack() as files:
+        output = files.enter_context(log.open("wb")) if log is not None else subprocess.DEVNULL
+        return subprocess.Popen(
+            [sys.executable, str(ROOT / "worker.py")],
+            cwd=ROOT,
+            env=settings_env(settings, address),
+            stdout=output,
+            stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL,
+        )
 
 
 async def test_worker_killed_mid_run_resumes_and_sends_each_email_once(

@@ -19,8 +19,6 @@ import asyncio
 import logging
 import os
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -34,11 +32,10 @@ from dee.plans.registry import PlanRegistry
 from dee.plans.versions import PlanVersion
 from dee.runs.ledger import SendLedger
 from dee.runs.model import RunResult
-from dee.settings import Settings
 from tests.helpers.smtp import RecordingHandler, smtp_server
 from tests.helpers.temporal import running_worker
 from tests.helpers.twilio_api import twilio_api
-from tests.workflows.test_faults import ROOT, settings_env, settings_for
+from tests.workflows.test_faults import settings_for, worker_process
 
 
 class FreezingHandler(RecordingHandler):
@@ -95,7 +92,7 @@ async def test_a_thawed_worker_does_not_send_a_second_copy(
         async with smtp_server(handler) as smtp:
             settings = settings_for(smtp.url, database, task_queue, twilio)
             address = dev_env.client.service_client.config.target_host
-            worker_a = _worker_process(settings, address, log)
+            worker_a = worker_process(settings, address, log=log)
             handler.pid = worker_a.pid
             try:
                 run_id = await _start(dev_env, version, task_queue)
@@ -135,7 +132,7 @@ async def test_a_worker_killed_mid_send_leaves_exactly_one_email(
         async with smtp_server(handler) as smtp:
             settings = settings_for(smtp.url, database, task_queue, twilio)
             address = dev_env.client.service_client.config.target_host
-            worker_a = _worker_process(settings, address, tmp_path / "worker-a.log")
+            worker_a = worker_process(settings, address, log=tmp_path / "worker-a.log")
             handler.pid = worker_a.pid
             try:
                 run_id = await _start(dev_env, version, task_queue)
@@ -170,17 +167,6 @@ def _one_email(database: str) -> PlanVersion:
     content = PlanContent(templates={"t": EmailTemplate(html="<p>Hi {{ contact.firstName }}</p>")})
     with PlanRegistry(database) as registry:
         return registry.create(plan, content)
-
-
-def _worker_process(settings: Settings, address: str, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as output:
-        return subprocess.Popen(
-            [sys.executable, str(ROOT / "worker.py")],
-            cwd=ROOT,
-            env=settings_env(settings, address),
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
 
 
 async def _start(dev_env: WorkflowEnvironment, version: PlanVersion, task_queue: str) -> str:
