@@ -150,6 +150,7 @@ class EmailActivities:
             step_id=step.id,
             channel="email",
             attempt=attempt,
+            execution=input.execution,
         )
         if claim == "already-sent":
             activity.logger.info("email %s was sent by an earlier attempt; not sending again", key)
@@ -276,6 +277,7 @@ def _build_message(
                     step_id=step.id,
                     visit=input.visit,
                     url=url,
+                    execution=input.execution,
                 )
             except TokenError:
                 # Too long to fit in a token: a working untracked link beats a broken one.
@@ -285,7 +287,12 @@ def _build_message(
         html = rewrite_links(html, track, keep=lambda url: url.startswith(f"{public_url}/"))
     if step.tracking.opens:
         pixel = open_pixel_url(
-            public_url, secret=secret, run_id=input.run_id, step_id=step.id, visit=input.visit
+            public_url,
+            secret=secret,
+            run_id=input.run_id,
+            step_id=step.id,
+            visit=input.visit,
+            execution=input.execution,
         )
         html = add_open_pixel(html, pixel)
     unsubscribe = unsubscribe_url(

@@ -59,7 +59,7 @@ from dee.plans.content import PlanContent, render_script
 from dee.runs.calls import twilio_client
 from dee.runs.channels import PlaceCallInput, PlaceCallResult
 from dee.runs.ledger import SendLedger, call_key
-from dee.runs.tracking import CALL_AMD, CALL_STATUS, TokenError, sign_token
+from dee.runs.tracking import CALL_AMD, CALL_STATUS, EXECUTION, TokenError, sign_token
 from dee.settings import Settings
 
 __all__ = [
@@ -196,6 +196,8 @@ class VoiceActivities:
             "s": input.step.id,
             "v": input.visit,
         }
+        if input.execution is not None:
+            payload[EXECUTION] = input.execution
         if voicemail_twiml is not None:
             payload["m"] = voicemail_twiml
         try:
@@ -226,6 +228,7 @@ class VoiceActivities:
             step_id=input.step.id,
             channel="voice",
             attempt=attempt,
+            execution=input.execution,
         )
         if claim == "already-sent":
             record = self._ledger.get(message_id)

@@ -4,12 +4,17 @@ The run walks the plan from its first step: a ``wait`` is a durable timer, ``sen
 ``sendVoice`` are activities with a bounded exponential retry policy, a ``branch`` evaluates
 its conditions over the events received so far, and an ``end`` completes the run with its
 outcome. Events arrive through the ``event`` signal at any time (before their step ran too)
-and are de-duplicated by id; the ``state`` query shows where the run is.
+and are de-duplicated by id; the ``state`` query shows where the run is. Every run execution
+has an identity of its own (its first Temporal run id, kept across continue-as-new): the
+sends carry it into their tokens and ledger rows, and an event that names another execution
+(an open of the email a previous run with the same run id sent) is kept but never counted.
 
 A send that fails for good ends the run with outcome ``failed`` (never a hung run); an
 ``unsubscribe`` event ends it with outcome ``unsubscribed``, interrupting a wait; a step
-entered more than ``max_visits_per_step`` times ends it with outcome ``visit-limit``. Plans
-with loops continue as new when Temporal suggests it, carrying events and visit counts.
+entered more than ``max_visits_per_step`` times ends it with outcome ``visit-limit``. The run
+continues as new when Temporal suggests it, between steps or in the middle of a wait,
+carrying its counts, the ids it de-duplicates by and any unsubscribe exactly (see
+:class:`~dee.runs.model.RunProgress` for what is carried and within what budget).
 
 Only deterministic code lives here: time comes from ``workflow.now()``, and DEE's models,
 condition evaluator and the channels' input models are passed through the sandbox so
@@ -19,8 +24,9 @@ they (and Jinja2) are imported once per worker, not once per run.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime, timedelta
 from typing import Any, Final, NoReturn, TypeVar, assert_never
 
 from temporalio import workflow
@@ -38,11 +44,16 @@ with workflow.unsafe.imports_passed_through():
         CURRENT_STEP_ATTRIBUTE,
         EVENT_SIGNAL,
         FAILED,
+        MAX_CARRIED_EVENT_BYTES,
+        MAX_CARRIED_HISTORY,
+        MAX_RUN_EVENTS,
+        MAX_SHOWN_EVENTS,
         OUTCOME_ATTRIBUTE,
         STATE_QUERY,
         UNSUBSCRIBED,
         VISIT_LIMIT,
         WORKFLOW_NAME,
+        EventCount,
         RunEvent,
         RunFailure,
         RunInput,
@@ -50,6 +61,9 @@ with workflow.unsafe.imports_passed_through():
         RunResult,
         RunState,
         StepVisit,
+        event_digest,
+        pack_digests,
+        unpack_digests,
     )
 
 __all__ = ["SEND_RETRY_POLICY", "ExecutionPlanWorkflow"]
@@ -57,6 +71,12 @@ __all__ = ["SEND_RETRY_POLICY", "ExecutionPlanWorkflow"]
 _I = TypeVar("_I")
 _R = TypeVar("_R")
 
+#: A run continues as new once one execution has received this many signals, well before
+#: Temporal's 10,000: every workflow task after a worker restart replays the execution's
+#: history, and replaying thousands of signals takes seconds (see BENCHMARKS.md).
+CONTINUE_AFTER_SIGNALS: Final = 2_000
+#: Largest input a run continues as new with: Temporal refuses payloads over 2 MiB.
+MAX_CARRIED_INPUT_BYTES: Final = 1_900_000
 #: Sends retry with exponential backoff for about 20 minutes in all, then fail the run.
 SEND_RETRY_POLICY: Final = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -67,10 +87,17 @@ SEND_RETRY_POLICY: Final = RetryPolicy(
 SEND_TIMEOUT: Final = timedelta(minutes=2)
 #: Sends heartbeat every 2 s (activities._attempt): a lost attempt is retried this soon.
 SEND_HEARTBEAT_TIMEOUT: Final = timedelta(seconds=10)
-#: Temporal allows 10,000 signals a run; events past this many are counted, not kept.
-MAX_EVENTS: Final = 5_000
-#: Visits kept in the history carried across continue-as-new (counts are always kept).
-MAX_CARRIED_HISTORY: Final = 200
+
+
+def _latest_within(events: Iterable[RunEvent], budget: int) -> tuple[RunEvent, ...]:
+    """The latest of ``events`` whose JSON fits in ``budget`` bytes, oldest first."""
+    kept: list[RunEvent] = []
+    for event in reversed(list(events)):
+        budget -= len(event.model_dump_json())
+        if budget < 0:
+            break
+        kept.append(event)
+    return tuple(reversed(kept))
 
 
 class _RunEnded(Exception):
@@ -87,31 +114,65 @@ class ExecutionPlanWorkflow:
         progress = input.progress
         self._input = input
         self._steps: dict[str, Step] = {step.id: step for step in input.plan.steps}
-        self._events: list[RunEvent] = list(progress.events) if progress else []
-        self._seen = {event.event_id for event in self._events}
-        self._tally = EventTally((event.type, event.step_id) for event in self._events)
-        self._dropped = 0
+        self._execution = (
+            progress.execution
+            if progress and progress.execution
+            else workflow.info().first_execution_run_id
+        )
+        carried = progress.events if progress else ()
+        self._events: deque[RunEvent] = deque(carried, maxlen=MAX_SHOWN_EVENTS)
+        self._seen = (
+            unpack_digests(progress.seen)
+            if progress and progress.seen is not None
+            else {event_digest(event.event_id) for event in carried}
+        )
+        if progress and progress.counts is not None:
+            self._tally = EventTally()
+            for counted in progress.counts:
+                self._tally.add(counted.type, counted.step_id, counted.count)
+        else:
+            self._tally = EventTally(
+                (event.type, event.step_id) for event in carried if self._own(event)
+            )
+        self._dropped = progress.dropped if progress else 0
+        self._foreign = progress.foreign if progress else 0
+        self._unsubscribed = (progress is not None and progress.unsubscribed) or any(
+            event.type == "unsubscribe" for event in carried
+        )
         self._visits: dict[str, int] = dict(progress.visits) if progress else {}
         self._history: list[StepVisit] = list(progress.history) if progress else []
         self._current: str | None = progress.next_step if progress else input.plan.steps[0].id
+        #: Set when this execution resumes a wait its predecessor was in.
+        self._wait_until: datetime | None = progress.wait_until if progress else None
         self._result: RunResult | None = None
-        self._unsubscribed = any(event.type == "unsubscribe" for event in self._events)
+        #: Signals this execution received, repeats included.
+        self._signals = 0
 
     # -- the outside world ---------------------------------------------------------------
 
+    def _own(self, event: RunEvent) -> bool:
+        return event.execution is None or event.execution == self._execution
+
     @workflow.signal(name=EVENT_SIGNAL)
     def event(self, event: RunEvent) -> None:
-        """Record an event once; duplicates (same ``event_id``) are dropped."""
-        if event.event_id in self._seen:
-            return
-        self._seen.add(event.event_id)
-        self._tally.add(event.type, event.step_id)
-        if len(self._events) < MAX_EVENTS:
-            self._events.append(event)
-        else:
-            self._dropped += 1
+        """Record an event once; duplicates (same ``event_id``) are dropped, and so is any
+        event past the run's :data:`MAX_RUN_EVENTS` (an unsubscribe still ends the run)."""
+        self._signals += 1
         if event.type == "unsubscribe":
+            # The contact's wish, whichever of the contact's emails it came from.
             self._unsubscribed = True
+        digest = event_digest(event.event_id)
+        if digest in self._seen:
+            return
+        if len(self._seen) >= MAX_RUN_EVENTS:
+            self._dropped += 1
+            return
+        self._seen.add(digest)
+        self._events.append(event)
+        if self._own(event):
+            self._tally.add(event.type, event.step_id)
+        else:
+            self._foreign += 1
 
     @workflow.query(name=STATE_QUERY)
     def state(self) -> RunState:
@@ -128,6 +189,24 @@ class ExecutionPlanWorkflow:
             events=tuple(self._events),
             outcome=result.outcome if result else None,
             failure=result.failure if result else None,
+            execution=self._execution,
+            event_count=len(self._seen),
+            counts=self._counts(),
+            dropped=self._dropped,
+            foreign=self._foreign,
+            continued=self._input.progress.continued if self._input.progress else 0,
+        )
+
+    def _should_continue_as_new(self) -> bool:
+        return (
+            self._signals >= CONTINUE_AFTER_SIGNALS
+            or workflow.info().is_continue_as_new_suggested()
+        )
+
+    def _counts(self) -> tuple[EventCount, ...]:
+        return tuple(
+            EventCount(type=event_type, step_id=step_id, count=count)
+            for event_type, step_id, count in self._tally.counts()
         )
 
     # -- the run -------------------------------------------------------------------------
@@ -139,7 +218,9 @@ class ExecutionPlanWorkflow:
             while True:
                 assert self._current is not None
                 step = self._steps[self._current]
-                self._enter(step)
+                if self._wait_until is None:
+                    self._enter(step)
+                # else: the wait this run continued as new in, entered before.
                 done = await self._execute(step)
                 self._leave(done)
                 if isinstance(step, BranchStep):
@@ -147,7 +228,7 @@ class ExecutionPlanWorkflow:
                 else:
                     # Validation guarantees exactly one next step for sends and waits.
                     self._current = routes[step.id][0][0]
-                if workflow.info().is_continue_as_new_suggested():
+                if self._should_continue_as_new():
                     self._continue_as_new()
         except _RunEnded as ended:
             return self._finish(ended.result)
@@ -202,6 +283,7 @@ class ExecutionPlanWorkflow:
         assert input.plan.version is not None
         message = SendEmailInput(
             run_id=workflow.info().workflow_id,
+            execution=self._execution,
             plan_id=input.plan.id,
             plan_version=input.plan.version,
             step=step,
@@ -220,6 +302,7 @@ class ExecutionPlanWorkflow:
         message_id = step.voicemail.message_id
         call = PlaceCallInput(
             run_id=workflow.info().workflow_id,
+            execution=self._execution,
             plan_id=input.plan.id,
             plan_version=input.plan.version,
             step=step,
@@ -256,16 +339,23 @@ class ExecutionPlanWorkflow:
 
     async def _wait(self, step: WaitStep) -> str:
         self._show_step(step.id)
+        until = self._wait_until or workflow.now() + step.duration.to_timedelta()
+        self._wait_until = None
+        if until <= workflow.now():
+            return f"waited {step.duration}"
         try:
-            # An unsubscribe ends the run at once rather than after the wait.
+            # An unsubscribe ends the run at once rather than after the wait; a long wait
+            # that gathers many events continues as new in the middle, keeping its end.
             await workflow.wait_condition(
-                lambda: self._unsubscribed,
-                timeout=step.duration.to_timedelta(),
+                lambda: self._unsubscribed or self._should_continue_as_new(),
+                timeout=until - workflow.now(),
                 timeout_summary=f"wait {step.id} {step.duration}",
             )
         except TimeoutError:
             return f"waited {step.duration}"
-        self._end(UNSUBSCRIBED, step.id)
+        if self._unsubscribed:
+            self._end(UNSUBSCRIBED, step.id)
+        self._continue_as_new(wait_until=until)
 
     def _branch(self, step: BranchStep) -> str:
         context = ConditionContext(
@@ -317,7 +407,7 @@ class ExecutionPlanWorkflow:
             step_id=step_id,
             failure=failure,
             steps=sum(self._visits.values()),
-            events=len(self._seen),
+            events=len(self._seen) + self._dropped,
         )
 
     def _finish(self, result: RunResult) -> RunResult:
@@ -332,18 +422,40 @@ class ExecutionPlanWorkflow:
         )
         return result
 
-    def _continue_as_new(self) -> NoReturn:
+    def _continue_as_new(self, *, wait_until: datetime | None = None) -> NoReturn:
         assert self._current is not None
+        previous = self._input.progress
         progress = RunProgress(
             next_step=self._current,
             visits=self._visits,
             history=tuple(self._history[-MAX_CARRIED_HISTORY:]),
-            events=tuple(self._events),
-            started_at=(
-                self._input.progress.started_at
-                if self._input.progress
-                else workflow.info().start_time
-            ),
-            continued=(self._input.progress.continued + 1) if self._input.progress else 1,
+            events=_latest_within(self._events, MAX_CARRIED_EVENT_BYTES),
+            started_at=previous.started_at if previous else workflow.info().start_time,
+            continued=(previous.continued + 1) if previous else 1,
+            execution=self._execution,
+            counts=self._counts(),
+            seen=pack_digests(self._seen),
+            dropped=self._dropped,
+            foreign=self._foreign,
+            unsubscribed=self._unsubscribed,
+            wait_until=wait_until,
         )
-        workflow.continue_as_new(self._input.model_copy(update={"progress": progress}))
+        carried = self._input.model_copy(update={"progress": progress})
+        if len(carried.model_dump_json()) > MAX_CARRIED_INPUT_BYTES:
+            # Only a run started by hand with a huge plan or contact gets here (DEE's own
+            # limits keep a run under it): shed what is only shown, else end the run.
+            shown = {"events": (), "history": progress.history[-1:]}
+            carried = carried.model_copy(update={"progress": progress.model_copy(update=shown)})
+            if len(carried.model_dump_json()) > MAX_CARRIED_INPUT_BYTES:
+                self._end(
+                    FAILED,
+                    self._current,
+                    RunFailure(
+                        step_id=self._current,
+                        reason="the run's input and what it carries no longer fit in one "
+                        f"Temporal payload ({MAX_CARRIED_INPUT_BYTES:,} bytes); start runs "
+                        "with smaller plans, contacts and variables",
+                        kind="RunTooLarge",
+                    ),
+                )
+        workflow.continue_as_new(carried)

@@ -367,9 +367,14 @@ class EventTally:
         for event_type, step_id in events:
             self.add(event_type, step_id)
 
-    def add(self, event_type: str, step_id: str | None) -> None:
-        self._by_step[(event_type, step_id)] += 1
-        self._by_type[event_type] += 1
+    def add(self, event_type: str, step_id: str | None, times: int = 1) -> None:
+        self._by_step[(event_type, step_id)] += times
+        self._by_type[event_type] += times
+
+    def counts(self) -> list[tuple[str, str | None, int]]:
+        """Every ``(event type, step id, count)``, in a stable order."""
+        counted = [(kind, step_id, n) for (kind, step_id), n in self._by_step.items()]
+        return sorted(counted, key=lambda item: (item[0], item[1] or ""))
 
     def count(self, event_type: str, step_id: str | None = None) -> int:
         if step_id is None:

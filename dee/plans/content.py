@@ -43,6 +43,11 @@ __all__ = [
 
 #: Largest template or script DEE accepts, in characters.
 MAX_CONTENT_CHARS = 512 * 1024
+#: Largest plan version, as the JSON of its plan and content together. Every run carries
+#: its version (so it runs on it whatever is created later), and Temporal refuses a run
+#: input over 2 MiB: 1 MiB for the version leaves room for the contact, the variables and
+#: what a run carries across continue-as-new (see dee.runs.model.RunProgress).
+MAX_PLAN_DOCUMENT_BYTES = 1024 * 1024
 
 
 class EmailTemplate(BaseModel):
@@ -220,8 +225,27 @@ def _variables_of(tree: nodes.Template) -> set[str]:
 
 
 def check_content(plan: ExecutionPlan, content: PlanContent) -> list[Problem]:
-    """Syntax and safety problems in the subjects, templates and scripts a plan uses."""
+    """Syntax and safety problems in the subjects, templates and scripts a plan uses, and a
+    version too large to carry in a run."""
     problems: list[Problem] = []
+    size = len(plan.model_dump_json().encode()) + len(content.model_dump_json().encode())
+    if size > MAX_PLAN_DOCUMENT_BYTES:
+        sizes = [
+            (len(template.html) + len(template.text or ""), f"templates/{name}.html")
+            for name, template in content.templates.items()
+        ]
+        sizes += [(len(text), f"scripts/{name}.txt") for name, text in content.scripts.items()]
+        largest = sorted(sizes, reverse=True)[:3]
+        problems.append(
+            Problem(
+                None,
+                "plan-too-large",
+                f"the plan and its content take {size:,} bytes as JSON; the most a run can "
+                f"carry is {MAX_PLAN_DOCUMENT_BYTES:,}: shorten the largest content ("
+                + ", ".join(f"{name}: {chars:,} characters" for chars, name in largest)
+                + ")",
+            )
+        )
     for step_id, what, source, env in _sources(plan, content):
         if len(source) > MAX_CONTENT_CHARS:
             problems.append(

@@ -20,17 +20,21 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowExecutionDescription, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
+from dee.plans.conditions import EventTally
 from dee.runs.errors import RunNotFoundError
 from dee.runs.model import (
     CANCELLED,
     CURRENT_STEP_ATTRIBUTE,
     EVENT_SIGNAL,
     FAILED,
+    EventCount,
     RunEvent,
     RunFailure,
     RunInput,
     RunResult,
     RunState,
+    event_digest,
+    unpack_digests,
 )
 
 __all__ = ["POLLER_RECENT", "describe", "not_found", "state_from_history", "worker_seen"]
@@ -82,8 +86,10 @@ async def state_from_history(
     """A closed run's state from its history: input, signals and how it closed."""
     converter = client.data_converter
     run_input: RunInput | None = None
+    execution: str | None = None
     events: list[RunEvent] = []
-    seen: set[str] = set()
+    seen: set[bytes] = set()
+    tally = EventTally()
     outcome: str | None = None
     # Where the run was, as it last told visibility; the result says where it ended.
     step_id = description.typed_search_attributes.get(CURRENT_STEP_ATTRIBUTE) or None
@@ -91,16 +97,33 @@ async def state_from_history(
     async for event in handle.fetch_history_events():
         match event.event_type:
             case EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
-                payloads = event.workflow_execution_started_event_attributes.input.payloads
-                (run_input,) = await converter.decode(payloads, [RunInput])
+                started = event.workflow_execution_started_event_attributes
+                execution = started.first_execution_run_id or None
+                (run_input,) = await converter.decode(started.input.payloads, [RunInput])
                 if run_input.progress is not None:
                     events = list(run_input.progress.events)
-                    seen = {carried.event_id for carried in events}
+                    counts = run_input.progress.counts
+                    if counts is None:
+                        counts = tuple(
+                            EventCount(type=old.type, step_id=old.step_id, count=1)
+                            for old in events
+                        )
+                    for counted in counts:
+                        tally.add(counted.type, counted.step_id, counted.count)
+                    carried = run_input.progress.seen
+                    seen = (
+                        unpack_digests(carried)
+                        if carried is not None
+                        else {event_digest(event.event_id) for event in events}
+                    )
             case EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
                 received = await _signalled_event(converter, event)
-                if received is not None and received.event_id not in seen:
-                    seen.add(received.event_id)
+                digest = event_digest(received.event_id) if received is not None else b""
+                if received is not None and digest not in seen:
+                    seen.add(digest)
                     events.append(received)
+                    if received.execution in (None, execution):
+                        tally.add(received.type, received.step_id)
             case EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
                 payloads = event.workflow_execution_completed_event_attributes.result.payloads
                 (result,) = await converter.decode(payloads, [RunResult])
@@ -129,6 +152,15 @@ async def state_from_history(
         events=tuple(events),
         outcome=outcome,
         failure=failure,
+        execution=(progress.execution if progress else None) or execution,
+        event_count=len(seen),
+        counts=tuple(
+            EventCount(type=event_type, step_id=step_id, count=count)
+            for event_type, step_id, count in tally.counts()
+        ),
+        dropped=progress.dropped if progress else 0,
+        foreign=progress.foreign if progress else 0,
+        continued=progress.continued if progress else 0,
     )
 
 

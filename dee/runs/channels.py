@@ -38,6 +38,9 @@ class SendEmailInput(_Message):
 
     #: DEE's run id (the workflow id); goes into tracking links and ``X-DEE-Run``.
     run_id: str
+    #: The run execution (see :attr:`dee.runs.model.RunEvent.execution`); carried in
+    #: every token and ledger row this send makes. ``None`` from older workflows.
+    execution: str | None = None
     plan_id: str
     plan_version: int
     step: SendEmailStep
@@ -63,6 +66,9 @@ class PlaceCallInput(_Message):
     """One call of one voice step to one contact."""
 
     run_id: str
+    #: The run execution (see :attr:`dee.runs.model.RunEvent.execution`); carried in
+    #: every token and ledger row this send makes. ``None`` from older workflows.
+    execution: str | None = None
     plan_id: str
     plan_version: int
     step: SendVoiceStep

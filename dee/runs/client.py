@@ -21,6 +21,7 @@ answers for goes through :mod:`dee.runs._history`.
 from __future__ import annotations
 
 import datetime
+import json
 import re
 import uuid
 from collections.abc import Mapping
@@ -49,7 +50,9 @@ from dee.plans.versions import PlanVersion
 from dee.runs._history import describe, not_found, state_from_history, worker_seen
 from dee.runs.errors import (
     RunAlreadyStartedError,
+    RunBusyError,
     RunClosedError,
+    RunInputTooLargeError,
     RunNotFoundError,
     RunUnavailableError,
 )
@@ -59,6 +62,7 @@ from dee.runs.model import (
     DEFAULT_MAX_VISITS_PER_STEP,
     DEFAULT_TASK_QUEUE,
     EVENT_SIGNAL,
+    MAX_CONTACT_AND_VARIABLES_BYTES,
     OUTCOME_ATTRIBUTE,
     PLAN_ID_ATTRIBUTE,
     PLAN_VERSION_ATTRIBUTE,
@@ -82,6 +86,12 @@ __all__ = [
     "start_run",
 ]
 
+#: How long one workflow task may take (Temporal's default is 10 s). A worker that lost a
+#: run from its cache replays the run's history in one task, and a run that has taken
+#: thousands of signals takes seconds to replay on a busy worker: past the timeout the
+#: task would be retried, and time out, for ever. Runs continue as new (and carry the
+#: timeout) long before that, so this is a margin, not a budget.
+WORKFLOW_TASK_TIMEOUT: Final = timedelta(seconds=60)
 #: How long a state query waits for a worker to answer before DEE looks elsewhere.
 QUERY_TIMEOUT: Final = timedelta(seconds=10)
 
@@ -166,6 +176,8 @@ async def start_run(
     templates and scripts use (:class:`~dee.errors.MissingVariablesError` names each one).
     ``run_id`` defaults to ``<plan id>:<contact id>``; while a run with that id is active,
     another is refused with :class:`RunAlreadyStartedError` (a finished one may be reused).
+    Contact and variables together may take at most 64 KiB as JSON
+    (:class:`~dee.runs.errors.RunInputTooLargeError`).
     A contact given as a mapping is validated as a :class:`~dee.runs.model.Contact` (pydantic's
     ``ValidationError`` when it is not one).
     """
@@ -174,6 +186,9 @@ async def start_run(
     plan = version.plan
     check_variables(plan, version.content, contact=person.attributes(), variables=given)
     run_id = run_id or default_run_id(plan.id, person.id)
+    size = len(person.model_dump_json().encode()) + len(json.dumps(given).encode())
+    if size > MAX_CONTACT_AND_VARIABLES_BYTES:
+        raise RunInputTooLargeError(run_id, size, MAX_CONTACT_AND_VARIABLES_BYTES)
     run_input = RunInput(
         plan=plan,
         content=version.content,
@@ -192,6 +207,7 @@ async def start_run(
             # A finished run's id may be used again; an active one may not.
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            task_timeout=WORKFLOW_TASK_TIMEOUT,
             search_attributes=TypedSearchAttributes(
                 [
                     SearchAttributePair(PLAN_ID_ATTRIBUTE, plan.id),
@@ -214,6 +230,12 @@ async def start_run(
     return run_id
 
 
+def _signals_exhausted(exc: RPCError) -> bool:
+    # Temporal refuses signals past a run execution's limit (10,000 by default) with
+    # INVALID_ARGUMENT, though nothing is wrong with the signal: the run continues as new.
+    return exc.status == RPCStatusCode.INVALID_ARGUMENT and "limit for signal" in exc.message
+
+
 def _closed(exc: RPCError) -> bool:
     # Temporal answers NOT_FOUND for signals and cancels to a closed run, saying so.
     return not_found(exc) and "already completed" in exc.message
@@ -228,11 +250,16 @@ async def send_event(
     event_id: str | None = None,
     details: Mapping[str, JsonValue] | None = None,
     at: datetime.datetime | None = None,
+    execution: str | None = None,
 ) -> RunEvent:
     """Deliver an event (``reply``, ``open``, ...) to a running run; returns it.
 
     ``event_id`` (default: a new UUID) de-duplicates: the run ignores an id it has seen.
     ``at`` defaults to now. An unknown ``type`` is pydantic's ``ValidationError``.
+    ``execution`` names the run execution the event belongs to (from a token or ledger
+    row): when the run with this id is a later one, the event is kept but not counted.
+    :class:`~dee.runs.errors.RunBusyError` when the run takes no events for a moment
+    (send it again shortly).
     """
     event = RunEvent(
         event_id=event_id or str(uuid.uuid4()),
@@ -240,6 +267,7 @@ async def send_event(
         step_id=step_id,
         at=at or datetime.datetime.now(datetime.UTC),
         details=dict(details or {}),
+        execution=execution,
     )
     try:
         await client.get_workflow_handle(run_id).signal(EVENT_SIGNAL, event)
@@ -248,6 +276,8 @@ async def send_event(
             raise RunClosedError(run_id, action="take events") from exc
         if not_found(exc):
             raise RunNotFoundError(run_id) from exc
+        if _signals_exhausted(exc):
+            raise RunBusyError(run_id, exc.message) from exc
         raise
     return event
 

@@ -16,8 +16,10 @@ from dee.errors import DeeError
 
 __all__ = [
     "RunAlreadyStartedError",
+    "RunBusyError",
     "RunClosedError",
     "RunError",
+    "RunInputTooLargeError",
     "RunNotFoundError",
     "RunUnavailableError",
 ]
@@ -67,5 +69,32 @@ class RunUnavailableError(RunError):
         super().__init__(
             f"run {run_id!r} did not answer ({reason}): is a worker running on its task "
             "queue? Start one with `dee worker` or `dee dev`",
+            run_id=run_id,
+        )
+
+
+class RunInputTooLargeError(RunError):
+    """The contact and run variables are too large for a run to carry."""
+
+    def __init__(self, run_id: str, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"run {run_id!r}: the contact and variables take {size:,} bytes as JSON; the "
+            f"most a run carries is {limit:,}: pass large data by reference (an id or URL) "
+            "rather than inline",
+            run_id=run_id,
+        )
+
+
+class RunBusyError(RunError):
+    """The run takes no events for a moment: it has received all the signals Temporal
+    allows one run execution, and takes more once it has continued as new. Try again
+    shortly; the event is not lost by trying again (the run drops repeats by id)."""
+
+    def __init__(self, run_id: str, reason: str) -> None:
+        super().__init__(
+            f"run {run_id!r} takes no events for a moment ({reason}): it takes more once "
+            "it has continued as new; send the event again shortly, with the same event id",
             run_id=run_id,
         )

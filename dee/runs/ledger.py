@@ -114,7 +114,7 @@ def call_key(workflow_run_id: str | None, run_id: str, step_id: str, visit: int)
     return "call-" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-#: Mirrors migrations 0002 and 0005; change only together with a new migration.
+#: Mirrors migrations 0002, 0005 and 0006; change only together with a new migration.
 sends = Table(
     "sends",
     metadata,
@@ -127,6 +127,7 @@ sends = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("sent_at", DateTime(timezone=True), nullable=True),
     Column("attempt", String(32), nullable=True),
+    Column("execution", String(64), nullable=True),
     CheckConstraint("channel IN ('email', 'voice')", name="ck_sends_channel"),
     CheckConstraint("status IN ('sending', 'sent')", name="ck_sends_status"),
     Index("ix_sends_run_id", "run_id"),
@@ -158,6 +159,8 @@ class SendRecord:
     provider_id: str | None
     created_at: datetime.datetime
     sent_at: datetime.datetime | None
+    #: The run execution that made the send (``None`` on rows from before 0006).
+    execution: str | None = None
 
 
 class SendLedger(Store):
@@ -180,6 +183,7 @@ class SendLedger(Store):
         step_id: str,
         channel: Channel,
         attempt: str | None = None,
+        execution: str | None = None,
     ) -> ClaimOutcome:
         """Record that ``message_id`` is about to be sent, unless an attempt already did.
 
@@ -190,7 +194,8 @@ class SendLedger(Store):
 
         ``attempt`` fences the send: a token of the calling attempt's own. An
         ``"in-doubt"`` claim with a token takes the send over from the earlier attempt,
-        which, if it only stalled, can then no longer :meth:`mark_sent` it.
+        which, if it only stalled, can then no longer :meth:`mark_sent` it. ``execution``
+        is the run execution the send belongs to, kept on the row.
         """
         if channel not in CHANNELS:
             raise ValueError(f"channel {channel!r} is unknown; expected one of {CHANNELS}")
@@ -202,6 +207,7 @@ class SendLedger(Store):
             "status": "sending",
             "created_at": datetime.datetime.now(datetime.UTC),
             "attempt": attempt,
+            "execution": execution,
         }
         with write_transaction(self._engine) as connection:
             if insert_if_absent(connection, sends, row, keys=[sends.c.message_id]):
@@ -311,4 +317,5 @@ def _record(row: Any) -> SendRecord:
         provider_id=row["provider_id"],
         created_at=as_utc(row["created_at"]),
         sent_at=None if row["sent_at"] is None else as_utc(row["sent_at"]),
+        execution=row["execution"],
     )

@@ -10,7 +10,10 @@ ends with a :class:`RunResult` whose ``outcome`` is the end step's outcome, or o
 
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
+from collections.abc import Iterable
 from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
@@ -22,12 +25,16 @@ from dee.plans.model import EMAIL_PATTERN, ID_PATTERN, PHONE_PATTERN, ExecutionP
 
 __all__ = [
     "DEFAULT_TASK_QUEUE",
+    "MAX_CARRIED_EVENT_BYTES",
+    "MAX_CARRIED_HISTORY",
+    "MAX_RUN_EVENTS",
     "FAILED",
     "SEARCH_ATTRIBUTES",
     "UNSUBSCRIBED",
     "VISIT_LIMIT",
     "WORKFLOW_NAME",
     "Contact",
+    "EventCount",
     "RunEvent",
     "RunFailure",
     "RunInput",
@@ -36,6 +43,9 @@ __all__ = [
     "RunState",
     "StepVisit",
     "default_run_id",
+    "event_digest",
+    "pack_digests",
+    "unpack_digests",
 ]
 
 #: The workflow's Temporal type name, for plain Temporal clients.
@@ -50,6 +60,17 @@ FAILED: Final = "failed"
 VISIT_LIMIT: Final = "visit-limit"
 UNSUBSCRIBED: Final = "unsubscribed"
 CANCELLED: Final = "cancelled"
+
+#: Distinct events one run counts over its whole life (across continue-as-new); events past
+#: this many are counted as dropped, except an unsubscribe, which always ends the run.
+MAX_RUN_EVENTS: Final = 20_000
+#: The latest events a run shows in its state and carries across continue-as-new.
+MAX_SHOWN_EVENTS: Final = 500
+MAX_CARRIED_EVENT_BYTES: Final = 64 * 1024
+#: Step visits carried across continue-as-new (counts are always carried in full).
+MAX_CARRIED_HISTORY: Final = 200
+#: A contact and run variables, as JSON, at most this big (checked by start_run and run).
+MAX_CONTACT_AND_VARIABLES_BYTES: Final = 64 * 1024
 
 #: How often a run may enter one step before it ends as a runaway (outcome visit-limit).
 DEFAULT_MAX_VISITS_PER_STEP: Final = 100
@@ -97,6 +118,28 @@ class Contact(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
+#: A run remembers the ids of the events it has seen as digests this long: 20,000 of them
+#: take 160 KB, and the odds that two of them collide are below one in 10^10.
+EVENT_DIGEST_BYTES: Final = 8
+
+
+def event_digest(event_id: str) -> bytes:
+    """How a run remembers that it has seen the event ``event_id``."""
+    return hashlib.blake2b(event_id.encode(), digest_size=EVENT_DIGEST_BYTES).digest()
+
+
+def pack_digests(digests: Iterable[bytes]) -> str:
+    """:func:`event_digest` values as one base64 string, in a stable order."""
+    return base64.b64encode(b"".join(sorted(digests))).decode("ascii")
+
+
+def unpack_digests(packed: str) -> set[bytes]:
+    """The digests :func:`pack_digests` packed."""
+    raw = base64.b64decode(packed)
+    size = EVENT_DIGEST_BYTES
+    return {raw[at : at + size] for at in range(0, len(raw), size)}
+
+
 def default_run_id(plan_id: str, contact_id: str) -> str:
     """``<plan id>:<contact id>``: one active run per plan and contact."""
     return f"{plan_id}:{contact_id}"
@@ -107,6 +150,11 @@ class RunEvent(_Frozen):
 
     ``event_id`` identifies the event for de-duplication: a second event with the same id
     is dropped. ``step_id`` is the step it belongs to (the email that was opened), if any.
+    ``execution`` is the run execution it belongs to (:attr:`RunState.execution`, carried in
+    every token and ledger row): a run id comes back when a contact runs a plan again, and
+    an open of the previous run's email must not count in the new run. ``None`` means the
+    event names no execution (an API event, a link sent before executions were tracked):
+    it counts in whichever execution receives it.
     """
 
     event_id: Annotated[str, Field(min_length=1, max_length=200)]
@@ -114,6 +162,7 @@ class RunEvent(_Frozen):
     step_id: Annotated[str, Field(pattern=ID_PATTERN)] | None = None
     at: datetime.datetime
     details: dict[str, JsonValue] = {}
+    execution: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
     @model_validator(mode="after")
     def _known_type(self) -> RunEvent:
@@ -144,8 +193,24 @@ class RunFailure(_Frozen):
     kind: str | None = None
 
 
+class EventCount(_Frozen):
+    """How many distinct events of one type (for one step) the run has counted."""
+
+    type: str
+    step_id: str | None = None
+    count: Annotated[int, Field(ge=1)]
+
+
 class RunProgress(_Frozen):
-    """What a run carries across continue-as-new, so it never loses its place."""
+    """What a run carries across continue-as-new, so it never loses its place.
+
+    Everything a branch reads is carried exactly: visit counts, event counts, the ids seen
+    for de-duplication and whether the contact unsubscribed. What is only shown (the step
+    history and the events themselves) is carried within a budget: the last
+    :data:`MAX_CARRIED_HISTORY` visits and the latest events up to
+    :data:`MAX_CARRIED_EVENT_BYTES`. Runs that continued as new before a field existed
+    carry its default, and their counts are recomputed from ``events``.
+    """
 
     next_step: str
     visits: dict[str, int] = {}
@@ -153,6 +218,19 @@ class RunProgress(_Frozen):
     events: tuple[RunEvent, ...] = ()
     started_at: datetime.datetime
     continued: int = 0
+    #: The run execution's identity (see :attr:`RunEvent.execution`).
+    execution: str | None = None
+    #: Exact counts of the distinct events counted so far; ``None``: count ``events``.
+    counts: tuple[EventCount, ...] | None = None
+    #: The ids of every distinct event received, as 8-byte BLAKE2b digests, base64.
+    seen: str | None = None
+    #: Events received past :data:`MAX_RUN_EVENTS`: neither counted nor de-duplicated.
+    dropped: int = 0
+    #: Events that belong to another execution of the same run id: kept, never counted.
+    foreign: int = 0
+    unsubscribed: bool = False
+    #: When the run continued as new during a wait: the moment that wait ends.
+    wait_until: datetime.datetime | None = None
 
 
 class RunInput(_Frozen):
@@ -200,3 +278,14 @@ class RunState(_Frozen):
     events: tuple[RunEvent, ...]
     outcome: str | None = None
     failure: RunFailure | None = None
+    #: The run execution's identity, the same across continue-as-new.
+    execution: str | None = None
+    #: Distinct events received (``events`` lists at most the latest few hundred).
+    event_count: int = 0
+    #: What the run's branches count: distinct events of this execution by type and step.
+    counts: tuple[EventCount, ...] = ()
+    #: Events received past the run's limit, and events of another execution.
+    dropped: int = 0
+    foreign: int = 0
+    #: How often the run continued as new.
+    continued: int = 0

@@ -17,6 +17,11 @@ call     ``{"k":"call","r":run,"s":step,"v":visit}``      ``.../webhooks/twilio/
 amd      the same with ``"k":"amd"``, plus ``"m"`` TwiML   ``.../webhooks/twilio/amd?token=``
 =======  ==============================================  ===============================
 
+Every kind but unsubscribe may also carry ``"x"``, the run execution that sent it
+(:attr:`dee.runs.model.RunEvent.execution`), so that an open, click, reply or call callback
+of a previous run that had the same run id is recorded as that run's, never counted in the
+new one. Tokens made before executions were tracked lack it; they verify as before.
+
 Tokens are signed, not encrypted: anyone holding one can read its payload (the run id and,
 for unsubscribe links, the recipient's own address), but nobody without the key can make or
 change one. :func:`verify_token` refuses anything forged, altered, of another kind,
@@ -44,6 +49,7 @@ __all__ = [
     "CALL_AMD",
     "CALL_STATUS",
     "CLICK",
+    "EXECUTION",
     "MAX_TOKEN_LENGTH",
     "OPEN",
     "REPLY",
@@ -51,6 +57,7 @@ __all__ = [
     "TokenError",
     "add_open_pixel",
     "click_url",
+    "execution_of",
     "open_pixel_url",
     "reply_address",
     "reply_token",
@@ -77,6 +84,10 @@ MAX_TOKEN_LENGTH: Final = 2048
 #: some other scheme that shares the key, and a later token format can use ``v2``.
 _DOMAIN: Final = b"dee-token-v1."
 _BASE64URL = re.compile(r"^[A-Za-z0-9_-]+$")
+#: The optional payload field naming the run execution a token belongs to.
+EXECUTION: Final = "x"
+#: Temporal run ids are UUIDs; anything of this shape is accepted, nothing longer.
+_EXECUTION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: Fields each known kind must carry, with their types.
 _FIELDS: Final[dict[str, dict[str, type]]] = {
     OPEN: {"r": str, "s": str, "v": int},
@@ -144,23 +155,55 @@ def verify_token(token: str, *, secret: str, kind: str) -> dict[str, Any]:
         # bool is an int to isinstance, and never a visit number.
         if not isinstance(value, expected_type) or isinstance(value, bool):
             raise TokenError(f"the token lacks {name!r} ({expected_type.__name__})")
+    execution = payload.get(EXECUTION)
+    if execution is not None and not (
+        isinstance(execution, str) and _EXECUTION_ID.match(execution)
+    ):
+        raise TokenError(f"the token's {EXECUTION!r} is not an execution id")
     return payload
 
 
-def open_pixel_url(public_url: str, *, secret: str, run_id: str, step_id: str, visit: int) -> str:
+def execution_of(payload: dict[str, Any]) -> str | None:
+    """The run execution a verified token's payload names, or ``None`` (an older token)."""
+    execution = payload.get(EXECUTION)
+    return execution if isinstance(execution, str) else None
+
+
+def _with_execution(payload: dict[str, Any], execution: str | None) -> dict[str, Any]:
+    return payload if execution is None else {**payload, EXECUTION: execution}
+
+
+def open_pixel_url(
+    public_url: str,
+    *,
+    secret: str,
+    run_id: str,
+    step_id: str,
+    visit: int,
+    execution: str | None = None,
+) -> str:
     """``{public_url}/t/o/{token}``: a 1x1 image that records an open."""
-    token = sign_token({"k": OPEN, "r": run_id, "s": step_id, "v": visit}, secret=secret)
-    return f"{public_url.rstrip('/')}/t/o/{token}"
+    payload = _with_execution({"k": OPEN, "r": run_id, "s": step_id, "v": visit}, execution)
+    return f"{public_url.rstrip('/')}/t/o/{sign_token(payload, secret=secret)}"
 
 
 def click_url(
-    public_url: str, *, secret: str, run_id: str, step_id: str, visit: int, url: str
+    public_url: str,
+    *,
+    secret: str,
+    run_id: str,
+    step_id: str,
+    visit: int,
+    url: str,
+    execution: str | None = None,
 ) -> str:
     """``{public_url}/t/c/{token}``: records a click, then redirects to ``url``.
 
     :class:`TokenError` when ``url`` is too long to fit in a token.
     """
-    payload = {"k": CLICK, "r": run_id, "s": step_id, "v": visit, "u": url}
+    payload = _with_execution(
+        {"k": CLICK, "r": run_id, "s": step_id, "v": visit, "u": url}, execution
+    )
     return f"{public_url.rstrip('/')}/t/c/{sign_token(payload, secret=secret)}"
 
 
@@ -171,16 +214,29 @@ def unsubscribe_url(public_url: str, *, secret: str, run_id: str, email: str) ->
     return f"{public_url.rstrip('/')}/u/{token}"
 
 
-def reply_token(*, secret: str, run_id: str, step_id: str, visit: int) -> str:
+def reply_token(
+    *, secret: str, run_id: str, step_id: str, visit: int, execution: str | None = None
+) -> str:
     """The signed token of a reply address for one send (kind :data:`REPLY`)."""
-    return sign_token({"k": REPLY, "r": run_id, "s": step_id, "v": visit}, secret=secret)
+    payload = _with_execution({"k": REPLY, "r": run_id, "s": step_id, "v": visit}, execution)
+    return sign_token(payload, secret=secret)
 
 
-def reply_address(base: str, *, secret: str, run_id: str, step_id: str, visit: int) -> str:
+def reply_address(
+    base: str,
+    *,
+    secret: str,
+    run_id: str,
+    step_id: str,
+    visit: int,
+    execution: str | None = None,
+) -> str:
     """``base`` (``replies@reply.example.com``) plus-addressed with a :func:`reply_token`:
     what an email's ``Reply-To`` would be when a reply domain is configured."""
     local, _, domain = base.rpartition("@")
-    token = reply_token(secret=secret, run_id=run_id, step_id=step_id, visit=visit)
+    token = reply_token(
+        secret=secret, run_id=run_id, step_id=step_id, visit=visit, execution=execution
+    )
     return f"{local}+{token}@{domain}"
 
 

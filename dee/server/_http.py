@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dee.errors import DeeError
-from dee.runs.errors import RunClosedError, RunNotFoundError
+from dee.runs.errors import RunBusyError, RunClosedError, RunNotFoundError
 
 __all__ = ["MAX_BODY_BYTES", "ApiError", "BodyLimit", "ErrorBody", "install_error_answers"]
 
@@ -59,6 +59,7 @@ def install_error_answers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RunNotFoundError, _run_not_found)
     app.add_exception_handler(RunClosedError, _run_closed)
+    app.add_exception_handler(RunBusyError, _run_busy)
     app.add_exception_handler(DeeError, _dee_error)
 
 
@@ -103,6 +104,13 @@ async def _run_not_found(request: Request, exc: Exception) -> JSONResponse:
 
 async def _run_closed(request: Request, exc: Exception) -> JSONResponse:
     return _answer(409, "run-closed", str(exc))
+
+
+async def _run_busy(request: Request, exc: Exception) -> JSONResponse:
+    # Providers (SendGrid, Twilio, mail hosts) retry on 5xx; Retry-After paces the others.
+    response = _answer(503, "run-busy", str(exc))
+    response.headers["Retry-After"] = "5"
+    return response
 
 
 async def _dee_error(request: Request, exc: Exception) -> JSONResponse:

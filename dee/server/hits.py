@@ -76,7 +76,7 @@ MAX_USER_AGENT: Final = 500
 #: Longest event id a run accepts (dee.runs.model.RunEvent).
 _MAX_EVENT_ID: Final = 200
 
-#: Mirror migration 0003; change only together with a new migration.
+#: Mirror migrations 0003 and 0006; change only together with a new migration.
 tracking_hits = Table(
     "tracking_hits",
     metadata,
@@ -90,6 +90,7 @@ tracking_hits = Table(
     Column("url", Text, nullable=True),
     Column("user_agent", String(500), nullable=True),
     Column("at", DateTime(timezone=True), nullable=False),
+    Column("execution", String(64), nullable=True),
     CheckConstraint("kind IN ('open', 'click', 'unsubscribe')", name="ck_tracking_hits_kind"),
     Index("ix_tracking_hits_run_id", "run_id", "id"),
 )
@@ -97,6 +98,7 @@ tracking_signals = Table(
     "tracking_signals",
     metadata,
     Column("run_id", String(400), primary_key=True),
+    Column("execution", String(64), primary_key=True),
     Column("step_id", String(100), primary_key=True),
     Column("visit", Integer, primary_key=True, autoincrement=False),
     Column("kind", String(12), primary_key=True),
@@ -122,28 +124,40 @@ class Hit:
     url: str | None
     user_agent: str | None
     at: datetime.datetime
+    #: The run execution the hit's token named, if any.
+    execution: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SignalClaim:
-    """The right to signal ``kind`` for one run, step and visit, held by one hit."""
+    """The right to signal ``kind`` for one run execution, step and visit, held by one hit.
+    ``execution`` is ``""`` for a token that names none."""
 
     run_id: str
     step_id: str
     visit: int
     kind: SignalKind
     claim: str
+    execution: str = ""
 
     @property
     def event_id(self) -> str:
-        return event_id(self.kind, self.run_id, self.step_id, self.visit)
+        return event_id(self.kind, self.run_id, self.step_id, self.visit, self.execution)
 
 
-def event_id(kind: str, run_id: str, step_id: str | None = None, visit: int | None = None) -> str:
+def event_id(
+    kind: str,
+    run_id: str,
+    step_id: str | None = None,
+    visit: int | None = None,
+    execution: str = "",
+) -> str:
     """The id of the event a tracking hit sends: ``<kind>:<run>:<step>:<visit>`` (only
-    ``<kind>:<run>`` for an unsubscribe), the same for every hit of one key so the run can
-    drop repeats; a digest when that is longer than a run accepts."""
+    ``<kind>:<run>`` for an unsubscribe), then ``:<execution>`` when the token named one,
+    the same for every hit of one key so the run can drop repeats; a digest when that is
+    longer than a run accepts."""
     parts = [kind, run_id] + ([step_id, str(visit)] if step_id is not None else [])
+    parts += [execution] if execution else []
     readable = ":".join(parts)
     if len(readable) <= _MAX_EVENT_ID:
         return readable
@@ -168,10 +182,12 @@ class HitStore(Suppressions):
         visit: int | None = None,
         url: str | None = None,
         user_agent: str | None = None,
+        execution: str | None = None,
     ) -> SignalClaim | None:
         """Keep one hit; a :class:`SignalClaim` if this hit is the one to signal the run.
 
-        Opens and clicks need ``step_id`` and ``visit``. Unsubscribes are only kept: they
+        Opens and clicks need ``step_id`` and ``visit``; ``execution`` is the run execution
+        the token names, if any: each execution's hits signal once. Unsubscribes are only kept: they
         are signalled to every run of the contact, and the run drops repeats by event id.
         """
         if kind not in HIT_KINDS:
@@ -187,16 +203,18 @@ class HitStore(Suppressions):
             "url": url,
             "user_agent": user_agent[:MAX_USER_AGENT] if user_agent else None,
             "at": now,
+            "execution": execution,
         }
         with self._writing() as connection:
             connection.execute(insert(tracking_hits).values(hit))
             if kind == "unsubscribe":
                 return None
             assert step_id is not None and visit is not None
-            claim = SignalClaim(run_id, step_id, visit, kind, uuid.uuid4().hex)
+            claim = SignalClaim(run_id, step_id, visit, kind, uuid.uuid4().hex, execution or "")
             key = _key(claim)
             row = {
                 "run_id": run_id,
+                "execution": claim.execution,
                 "step_id": step_id,
                 "visit": visit,
                 "kind": kind,
@@ -205,6 +223,7 @@ class HitStore(Suppressions):
             }
             keys = [
                 tracking_signals.c.run_id,
+                tracking_signals.c.execution,
                 tracking_signals.c.step_id,
                 tracking_signals.c.visit,
                 tracking_signals.c.kind,
@@ -218,13 +237,14 @@ class HitStore(Suppressions):
             if held is None:
                 # Given back a moment ago by a hit whose signal failed: the next one retries.
                 return None
-            # A later run under the same id (or visit) sent this step since: take it again.
+            # A token that names no execution: a later run under the same id (or visit)
+            # may have sent this step since, and then takes the key again.
             latest_send = connection.execute(
                 select(func.max(sends.c.created_at)).where(
                     sends.c.run_id == run_id, sends.c.step_id == step_id
                 )
             ).scalar()
-            if latest_send is None or as_utc(latest_send) <= as_utc(held.at):
+            if claim.execution or latest_send is None or as_utc(latest_send) <= as_utc(held.at):
                 return None
             retaken = connection.execute(
                 update(tracking_signals)
@@ -245,9 +265,17 @@ class HitStore(Suppressions):
             )
 
     @database_errors
-    def is_signalled(self, run_id: str, *, step_id: str, visit: int, kind: SignalKind) -> bool:
-        """Whether a hit holds the key ``(run_id, step_id, visit, kind)``."""
-        claim = SignalClaim(run_id, step_id, visit, kind, "")
+    def is_signalled(
+        self,
+        run_id: str,
+        *,
+        step_id: str,
+        visit: int,
+        kind: SignalKind,
+        execution: str | None = None,
+    ) -> bool:
+        """Whether a hit holds the key ``(run_id, execution, step_id, visit, kind)``."""
+        claim = SignalClaim(run_id, step_id, visit, kind, "", execution or "")
         with self._engine.connect() as connection:
             found = connection.execute(select(tracking_signals.c.claim).where(*_key(claim)))
             return found.first() is not None
@@ -272,6 +300,7 @@ class HitStore(Suppressions):
                 url=values["url"],
                 user_agent=values["user_agent"],
                 at=as_utc(values["at"]),
+                execution=values["execution"],
             )
             for values in (row._mapping for row in rows)
         ]
@@ -280,6 +309,7 @@ class HitStore(Suppressions):
 def _key(claim: SignalClaim) -> tuple[Any, ...]:
     return (
         tracking_signals.c.run_id == claim.run_id,
+        tracking_signals.c.execution == claim.execution,
         tracking_signals.c.step_id == claim.step_id,
         tracking_signals.c.visit == claim.visit,
         tracking_signals.c.kind == claim.kind,

@@ -31,7 +31,7 @@ from typing import Final
 
 from dee.plans.model import ID_PATTERN
 from dee.runs.ledger import SendRecord, key_of_message_id
-from dee.runs.tracking import REPLY, TokenError, verify_token
+from dee.runs.tracking import REPLY, TokenError, execution_of, verify_token
 from dee.server.inbound_mail import InboundMail
 
 __all__ = ["Match", "match_message"]
@@ -48,6 +48,8 @@ class Match:
     step_id: str
     #: ``in-reply-to``/``references`` (a Message-ID DEE sent) or ``reply-address``.
     matched_by: str
+    #: The run execution that sent the email answered, when known.
+    execution: str | None = None
 
 
 def _from_reply_address(address: str, secret: str) -> Match | None:
@@ -64,7 +66,12 @@ def _from_reply_address(address: str, secret: str) -> Match | None:
         return None
     if not _STEP_ID.match(step_id):
         return None
-    return Match(run_id=run_id, step_id=step_id, matched_by="reply-address")
+    return Match(
+        run_id=run_id,
+        step_id=step_id,
+        matched_by="reply-address",
+        execution=execution_of(payload),
+    )
 
 
 def match_message(
@@ -83,7 +90,12 @@ def match_message(
         record = lookup(key)
         if record is not None and record.channel == "email":
             via = "in-reply-to" if parent in mail.in_reply_to else "references"
-            return Match(run_id=record.run_id, step_id=record.step_id, matched_by=via)
+            return Match(
+                run_id=record.run_id,
+                step_id=record.step_id,
+                matched_by=via,
+                execution=record.execution,
+            )
     if secret:
         for address in mail.recipients:
             found = _from_reply_address(address, secret)

@@ -166,6 +166,7 @@ async def _deliver(
     event_id: str,
     details: dict[str, JsonValue],
     at: datetime.datetime | None = None,
+    execution: str | None = None,
 ) -> Delivery:
     """Signal the run; an ended or unknown run is noted, not retried by the provider.
     Temporal being unreachable propagates (500), so the provider tries again later."""
@@ -178,6 +179,7 @@ async def _deliver(
             event_id=event_id,
             details=details,
             at=at,
+            execution=execution,
         )
     except RunClosedError:
         return "run-closed"
@@ -219,6 +221,7 @@ async def _receive(state: ServerState, mail: InboundMail, *, source: str) -> Inb
             step_id=match.step_id,
             event_id=mail.event_id,
             details=details,
+            execution=match.execution,
         )
     record, created = await asyncio.to_thread(
         store.record, mail, source=source, kind=kind, match=match, delivery=delivery
@@ -315,11 +318,11 @@ async def _sendgrid_event(
     if await asyncio.to_thread(store.seen_event, event.event_id):
         answer.duplicates += 1
         return
-    run_id = step_id = None
+    run_id = step_id = execution = None
     for key in event.keys:
         record = await asyncio.to_thread(ledger.get, key)
         if record is not None and record.channel == "email":
-            run_id, step_id = record.run_id, record.step_id
+            run_id, step_id, execution = record.run_id, record.step_id, record.execution
             break
     if event.type is None:
         answer.ignored += 1
@@ -334,6 +337,7 @@ async def _sendgrid_event(
             event_id=event.event_id,
             details=event.details(),
             at=event.at,
+            execution=execution,
         )
         if delivery == "signalled":
             answer.signalled += 1

@@ -22,7 +22,7 @@ import datetime
 from collections.abc import Iterator
 from typing import Annotated, Any, Final, Literal
 
-from fastapi import Path, Query
+from fastapi import Header, Path, Query
 from pydantic import Field, JsonValue, ValidationError, field_validator
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -37,7 +37,7 @@ from dee.runs.client import (
     send_event,
     start_run,
 )
-from dee.runs.errors import RunAlreadyStartedError, RunUnavailableError
+from dee.runs.errors import RunAlreadyStartedError, RunInputTooLargeError, RunUnavailableError
 from dee.runs.model import Contact, RunEvent, RunState
 from dee.runs.temporal import TemporalSetupError
 from dee.server._api import (
@@ -132,6 +132,8 @@ class EventBody(ApiAnswer):
     step_id: str | None
     at: datetime.datetime
     details: dict[str, JsonValue]
+    #: The run execution the event belongs to; ``null`` when it named none.
+    execution: str | None = None
 
 
 class StepVisitBody(ApiAnswer):
@@ -149,6 +151,12 @@ class FailureBody(ApiAnswer):
     kind: str | None
 
 
+class EventCountBody(ApiAnswer):
+    type: str
+    step_id: str | None
+    count: int
+
+
 class RunStateBody(ApiAnswer):
     run_id: str
     plan_id: str
@@ -160,6 +168,16 @@ class RunStateBody(ApiAnswer):
     events: list[EventBody]
     outcome: str | None
     failure: FailureBody | None
+    #: The run execution (the same across continue-as-new; new when the id is reused).
+    execution: str | None = None
+    #: Distinct events received; ``events`` lists the latest few hundred.
+    event_count: int = 0
+    #: What the run's branches count: distinct events by type and step.
+    counts: list[EventCountBody] = []
+    #: Events past the run's limit, and events of another execution (kept, not counted).
+    dropped: int = 0
+    foreign: int = 0
+    continued: int = 0
 
 
 class CancelRequested(ApiAnswer):
@@ -284,6 +302,8 @@ async def start(body: StartRunRequest, state: State) -> RunStarted:
             )
     except MissingVariablesError as exc:
         raise ApiError(422, "missing-variables", str(exc)) from exc
+    except RunInputTooLargeError as exc:
+        raise ApiError(413, "run-input-too-large", str(exc)) from exc
     except RunAlreadyStartedError as exc:
         raise ApiError(
             409,
@@ -326,16 +346,36 @@ async def show_run(run_id: RunId, state: State) -> RunStateBody:
     summary="Deliver an event to a run",
     responses={**NOT_JSON, **_RUN_NOT_FOUND, **_RUN_CLOSED, **_TEMPORAL},
 )
-async def post_event(run_id: RunId, body: EventRequest, state: State) -> EventBody:
+async def post_event(
+    run_id: RunId,
+    body: EventRequest,
+    state: State,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=200,
+            description="The event's id when the body has no `eventId`: a retried request "
+            "with the same key is one event",
+        ),
+    ] = None,
+) -> EventBody:
     """Deliver a reply, open, click, ... to the run; a second event with the same
-    `eventId` is ignored by the run."""
+    `eventId` (or `Idempotency-Key` header) is ignored by the run. Without either, each
+    request is a new event, retries included."""
+    if body.event_id and idempotency_key and body.event_id != idempotency_key:
+        raise ApiError(
+            422,
+            "conflicting-event-id",
+            "the body's eventId and the Idempotency-Key header differ: send one, or the same",
+        )
     with _temporal_errors():
         event = await send_event(
             state.client,
             run_id,
             type=body.type,
             step_id=body.step_id,
-            event_id=body.event_id,
+            event_id=body.event_id or idempotency_key,
             details=body.details,
         )
     return _event_body(event)

@@ -44,7 +44,7 @@ from dee.runs.client import send_event
 from dee.runs.errors import RunClosedError, RunNotFoundError
 from dee.runs.model import CONTACT_ID_ATTRIBUTE, WORKFLOW_NAME
 from dee.runs.suppressions import normalize_address
-from dee.runs.tracking import CLICK, OPEN, UNSUBSCRIBE, TokenError, verify_token
+from dee.runs.tracking import CLICK, OPEN, UNSUBSCRIBE, TokenError, execution_of, verify_token
 from dee.server._http import ApiError
 from dee.server.hits import (
     HitKind,
@@ -145,6 +145,7 @@ async def _hit(
             visit=payload["v"],
             url=url,
             user_agent=request.headers.get("user-agent"),
+            execution=execution_of(payload),
         )
     except HitStoreError as exc:
         # The contact still gets the image or the link; without the key nothing signals,
@@ -167,6 +168,7 @@ async def _signal(
             step_id=claim.step_id,
             event_id=claim.event_id,
             details=details,
+            execution=claim.execution or None,
         )
     except (RunClosedError, RunNotFoundError):
         # Nobody left to tell; the hit is kept and the key stays taken.

@@ -76,7 +76,7 @@ from dee.runs.calls import twilio_client
 from dee.runs.client import send_event
 from dee.runs.errors import RunClosedError, RunNotFoundError
 from dee.runs.ledger import LedgerError, SendLedger
-from dee.runs.tracking import CALL_AMD, CALL_STATUS, TokenError, verify_token
+from dee.runs.tracking import CALL_AMD, CALL_STATUS, TokenError, execution_of, verify_token
 from dee.server._http import ApiError
 from dee.server.state import ServerState, server_state
 from dee.settings import Settings
@@ -130,12 +130,14 @@ State = Annotated[ServerState, Depends(server_state)]
 
 @dataclass(frozen=True, slots=True)
 class _Call:
-    """What a callback token says: the run, step and visit, and the voicemail TwiML."""
+    """What a callback token says: the run, step and visit, the voicemail TwiML, and the
+    run execution that placed the call (``None`` in tokens from before executions)."""
 
     run_id: str
     step_id: str
     visit: int
     voicemail_twiml: str | None
+    execution: str | None = None
 
 
 @router.post("/status", status_code=204, response_class=Response)
@@ -234,7 +236,7 @@ def _call_token(request: Request, settings: Settings, kind: str) -> _Call:
     except TokenError as exc:
         logger.warning("refused a Twilio callback: %s", exc)
         raise ApiError(403, "invalid-token", f"the callback's token is not valid: {exc}") from exc
-    return _Call(run_id, step_id, visit, message)
+    return _Call(run_id, step_id, visit, message, execution_of(payload))
 
 
 def _call_sid(form: dict[str, str]) -> str:
@@ -267,6 +269,7 @@ async def _signal(
             step_id=call.step_id,
             event_id=f"twilio:{sid}:{event_type}",
             details=details,
+            execution=call.execution,
         )
     except (RunNotFoundError, RunClosedError) as exc:
         logger.info("Twilio's %s for call %s was not recorded: %s", event_type, sid, exc)
@@ -287,7 +290,12 @@ async def _leave_voicemail(state: ServerState, call: _Call, sid: str) -> str:
     try:
         ledger = await state.store(SendLedger)
         claim = await asyncio.to_thread(
-            ledger.claim, message_id, run_id=call.run_id, step_id=call.step_id, channel="voice"
+            ledger.claim,
+            message_id,
+            run_id=call.run_id,
+            step_id=call.step_id,
+            channel="voice",
+            execution=call.execution,
         )
     except LedgerError as exc:
         # Leaving the message matters more than never leaving it twice.

@@ -457,6 +457,7 @@ async def test_runs_follow_the_events_posted_to_them(
         "stepId": "hello",
         "at": event.json()["at"],
         "details": {"ip": "x"},
+        "execution": None,
     }
 
     def ended(run: dict[str, Any]) -> bool:
@@ -473,6 +474,8 @@ async def test_runs_follow_the_events_posted_to_them(
         "opened",
     ]
     assert [received["eventId"] for received in opened["events"]] == ["open-1"]
+    assert opened["eventCount"] == 1 and opened["execution"]
+    assert opened["counts"] == [{"type": "open", "stepId": "hello", "count": 1}]
     assert (await until(lambda: up.http.get(f"/v1/runs/{quiet}"), ended))["outcome"] == "quiet"
     recipients = sorted(received.rcpt_tos for received in smtp.handler.messages)
     assert recipients == [("olga@example.com",), ("quinn@example.com",)]

@@ -49,6 +49,20 @@ def test_the_first_hit_of_a_key_signals_and_every_hit_is_kept(store: HitStore) -
     assert store.hits("other:run") == []
 
 
+def test_each_execution_of_a_run_id_signals_once(store: HitStore) -> None:
+    first = store.record_hit(RUN, kind="open", step_id="intro", visit=1, execution="exec-1")
+    assert first is not None and first.execution == "exec-1"
+    assert first.event_id == f"open:{RUN}:intro:1:exec-1"
+    assert store.record_hit(RUN, kind="open", step_id="intro", visit=1, execution="exec-1") is None
+    # The same email of a later run under the same id: its own key, its own signal.
+    second = store.record_hit(RUN, kind="open", step_id="intro", visit=1, execution="exec-2")
+    assert second is not None and second.event_id != first.event_id
+    assert store.record_hit(RUN, kind="open", step_id="intro", visit=1, execution="exec-2") is None
+    assert store.is_signalled(RUN, step_id="intro", visit=1, kind="open", execution="exec-2")
+    assert not store.is_signalled(RUN, step_id="intro", visit=1, kind="open", execution="exec-3")
+    assert [hit.execution for hit in store.hits(RUN)] == ["exec-1"] * 2 + ["exec-2"] * 2
+
+
 @pytest.mark.parametrize(
     ("kind", "step_id", "visit"),
     [
@@ -136,6 +150,9 @@ def test_refuses_hits_it_cannot_key(store: HitStore) -> None:
 def test_event_ids() -> None:
     assert event_id("open", "p:c", "intro", 2) == "open:p:c:intro:2"
     assert event_id("unsubscribe", "p:c") == "unsubscribe:p:c"
+    # Each execution of a run id has its own ids: the same hit of a later run is new.
+    assert event_id("open", "p:c", "intro", 2, "e-1") == "open:p:c:intro:2:e-1"
+    assert event_id("open", "p:c", "intro", 2, "e-1") != event_id("open", "p:c", "intro", 2, "e-2")
     # Run ids may be 251 characters; a run takes event ids of at most 200.
     long_run = "p:" + "c" * 249
     long = event_id("click", long_run, "intro", 1)

@@ -233,10 +233,13 @@ async def test_fifty_pixel_fetches_make_fifty_hits_and_one_open(setup: Setup) ->
         lambda: events(setup.client, run_id), lambda found: any(e.type == "open" for e in found)
     )
     [event] = opened
-    assert (event.type, event.step_id, event.event_id) == (
+    # The event names the execution that sent the email, as the pixel's token does.
+    execution = (await setup.client.get_workflow_handle(run_id).describe()).run_id
+    assert (event.type, event.step_id, event.execution, event.event_id) == (
         "open",
         "intro",
-        f"open:{run_id}:intro:1",
+        execution,
+        f"open:{run_id}:intro:1:{execution}",
     )
     found = await positive_control(setup, run_id, link, "click")
     assert [e.type for e in found] == ["open", "click"]
