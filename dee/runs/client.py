@@ -20,12 +20,13 @@ answers for goes through :mod:`dee.runs._history`.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import re
 import uuid
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 from temporalio.client import (
@@ -48,6 +49,7 @@ from dee.plans.model import ID_PATTERN
 from dee.plans.versions import PlanVersion
 from dee.runs._history import describe, not_found, state_from_history, worker_seen
 from dee.runs.errors import (
+    ContactSuppressedError,
     RunAlreadyStartedError,
     RunClosedError,
     RunNotFoundError,
@@ -71,6 +73,10 @@ from dee.runs.model import (
     default_run_id,
 )
 from dee.runs.temporal import TemporalSetupError
+
+if TYPE_CHECKING:
+    # Only the type: ``import dee`` must not load the SQL stack the list is built on.
+    from dee.runs.suppressions import Suppressions
 
 __all__ = [
     "RunStatus",
@@ -159,6 +165,7 @@ async def start_run(
     sender: str | None = None,
     task_queue: str = DEFAULT_TASK_QUEUE,
     max_visits_per_step: int = DEFAULT_MAX_VISITS_PER_STEP,
+    suppressions: Suppressions | None = None,
 ) -> str:
     """Start ``contact`` on plan ``version``; returns the run id.
 
@@ -168,12 +175,21 @@ async def start_run(
     another is refused with :class:`RunAlreadyStartedError` (a finished one may be reused).
     A contact given as a mapping is validated as a :class:`~dee.runs.model.Contact` (pydantic's
     ``ValidationError`` when it is not one).
+
+    With ``suppressions`` (the server and the CLI pass theirs), a contact whose email
+    address is suppressed is not started on a plan that sends email, nor one whose phone
+    number is suppressed on a plan that calls: :class:`ContactSuppressedError` names the
+    address or number, the reason and how to lift it. Without it (or from a plain Temporal
+    client) the run starts, and both activities still refuse a suppressed contact at send
+    time.
     """
     person = _contact(contact)
     given = dict(variables or {})
     plan = version.plan
     check_variables(plan, version.content, contact=person.attributes(), variables=given)
     run_id = run_id or default_run_id(plan.id, person.id)
+    if suppressions is not None:
+        await _check_suppressed(suppressions, version, person, run_id)
     run_input = RunInput(
         plan=plan,
         content=version.content,
@@ -212,6 +228,29 @@ async def start_run(
             ) from exc
         raise
     return run_id
+
+
+async def _check_suppressed(
+    suppressions: Suppressions, version: PlanVersion, contact: Contact, run_id: str
+) -> None:
+    """:class:`ContactSuppressedError` when a channel the plan uses would reach the contact
+    at a suppressed address or number."""
+    used = {step.type for step in version.plan.steps}
+    wanted = [
+        value
+        for value, step_type in ((contact.email, "sendEmail"), (contact.phone, "sendVoice"))
+        if value is not None and step_type in used
+    ]
+    for value in wanted:
+        found = await asyncio.to_thread(suppressions.suppression, value)
+        if found is not None:
+            raise ContactSuppressedError(
+                run_id,
+                value=found.address,
+                channel=found.channel,
+                reason=found.reason,
+                source=found.source,
+            )
 
 
 def _closed(exc: RPCError) -> bool:
