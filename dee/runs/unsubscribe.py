@@ -31,7 +31,7 @@ from temporalio.service import RPCError
 from dee.runs._history import not_found, run_input
 from dee.runs.client import send_event
 from dee.runs.errors import RunClosedError, RunNotFoundError
-from dee.runs.model import CONTACT_ID_ATTRIBUTE, WORKFLOW_NAME
+from dee.runs.model import CONTACT_ID_ATTRIBUTE, WORKFLOW_NAME, Contact
 
 if TYPE_CHECKING:
     from dee.runs.suppressions import SuppressionReason, Suppressions, SuppressionSource
@@ -41,6 +41,7 @@ __all__ = [
     "Unsubscribed",
     "end_contact_runs",
     "event_id",
+    "run_contact",
     "unsubscribe",
     "unsubscribe_run",
 ]
@@ -96,6 +97,12 @@ async def unsubscribe(
     return Unsubscribed(suppressed=tuple(added), runs_ended=ended)
 
 
+async def run_contact(client: Client, run_id: str) -> Contact:
+    """The contact run ``run_id`` was started with, from its history (no worker needed);
+    :class:`RunNotFoundError` when there is no such run."""
+    return (await run_input(client, run_id)).contact
+
+
 async def unsubscribe_run(
     client: Client, suppressions: Suppressions, run_id: str, *, source: SuppressionSource
 ) -> Unsubscribed:
@@ -103,7 +110,7 @@ async def unsubscribe_run(
     by hand, through the API or the CLI): suppress its email address *and* phone number,
     then end the run and every running run of the contact. :class:`RunNotFoundError` when
     there is no such run."""
-    contact = (await run_input(client, run_id)).contact
+    contact = await run_contact(client, run_id)
     values = [value for value in (contact.email, contact.phone) if value is not None]
     return await unsubscribe(
         client,
