@@ -9,9 +9,12 @@
   signature.
 
 A reply becomes a ``reply`` event (``auto-reply`` for an out-of-office notice) on the step
-that sent the email it answers (:mod:`dee.server.inbound_match`); every inbound message is
-kept, and one that matches no run is logged as a warning and listed by
-:meth:`InboundStore.unmatched`.
+that sent the email it answers (:mod:`dee.server.inbound_match`); a mail to the ``mailto:``
+of ``List-Unsubscribe`` with a valid signed token unsubscribes (:mod:`dee.runs.unsubscribe`);
+a delivery status notification with a failed recipient (:mod:`dee.server.dsn`) is a
+``bounce`` on the step that sent the returned message, and a hard one suppresses the address
+when it is the run's contact. Every inbound message is kept, and one that matches no run is
+logged as a warning and listed by :meth:`InboundStore.unmatched`.
 Event ids come from the provider's own ids (the inbound Message-ID, SendGrid's
 ``sg_event_id``), and what was processed is recorded, so a retried or replayed delivery is
 answered 200 again without signalling twice. A run that has ended is no reason for the
