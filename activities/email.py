@@ -2,7 +2,8 @@
 
 :meth:`EmailActivities.send_email` renders the step's subject and template for the contact,
 adds tracking (an open pixel, signed click links) and unsubscribe headers (RFC 2369 and the
-RFC 8058 one-click form), and sends over ``DEE_SMTP_URL``. Failures are sorted for the
+RFC 8058 one-click form; the ``mailto:`` goes to the sender with the signed unsubscribe
+token in its subject), and sends over ``DEE_SMTP_URL``. Failures are sorted for the
 retry policy: a recipient the server refuses with 5xx, any other 5xx, a template that does
 not render, a missing address or setting raise a non-retryable ``ApplicationError`` of type
 ``InvalidRecipient``, ``Rejected``, ``AuthenticationFailed``, ``TemplateError``,
@@ -34,7 +35,6 @@ from email.message import EmailMessage
 from email.policy import Policy
 from html.parser import HTMLParser
 from typing import Final
-from urllib.parse import quote
 
 import aiosmtplib
 from temporalio import activity
@@ -54,6 +54,7 @@ from dee.runs.tracking import (
     click_url,
     open_pixel_url,
     rewrite_links,
+    unsubscribe_mailto,
     unsubscribe_url,
 )
 from dee.settings import Settings
@@ -298,6 +299,9 @@ def _build_message(
     unsubscribe = unsubscribe_url(
         public_url, secret=secret, run_id=input.run_id, email=recipient.addr_spec
     )
+    mailto = unsubscribe_mailto(
+        sender.addr_spec, secret=secret, run_id=input.run_id, email=recipient.addr_spec
+    )
 
     message = EmailMessage(policy=_POLICY)
     try:
@@ -308,8 +312,7 @@ def _build_message(
             message["Reply-To"] = reply_to.addr_spec
         message["Date"] = email.utils.format_datetime(datetime.datetime.now(datetime.UTC))
         message["Message-ID"] = message_id
-        mailto = quote(sender.addr_spec, safe="@")
-        message["List-Unsubscribe"] = f"<{unsubscribe}>, <mailto:{mailto}?subject=unsubscribe>"
+        message["List-Unsubscribe"] = f"<{unsubscribe}>, <{mailto}>"
         message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         message["X-DEE-Run"] = input.run_id
         message["X-DEE-Step"] = step.id

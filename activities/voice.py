@@ -22,6 +22,13 @@ Voicemail
     message the detection answers as fast as it can (``Enable``), only to tell the server
     whether a person or a machine picked up.
 
+Suppressed numbers
+    A number on the suppression list (:mod:`dee.runs.suppressions`: the do-not-call list)
+    is never dialled: as for a suppressed email address, the activity returns status
+    ``suppressed`` (call SID ``-``) without claiming the call in the ledger or talking to
+    Twilio, and the run shows ``suppressed -`` and goes on. A call an earlier attempt placed
+    before the number was suppressed is still answered ``already-placed``.
+
 Exactly once
     Each call is claimed in the send ledger (:mod:`dee.runs.ledger`) under an id derived from
     the workflow execution, run, step and visit *before* Twilio is asked to dial, and its
@@ -59,12 +66,16 @@ from dee.plans.content import PlanContent, render_script
 from dee.runs.calls import twilio_client
 from dee.runs.channels import PlaceCallInput, PlaceCallResult
 from dee.runs.ledger import SendLedger, call_key
+from dee.runs.suppressions import Suppressions
 from dee.runs.tracking import CALL_AMD, CALL_STATUS, EXECUTION, TokenError, sign_token
 from dee.settings import Settings
 
 __all__ = [
     "VoiceActivities",
 ]
+
+#: The call SID of a call that was not placed (the number is suppressed).
+NO_CALL: Final = "-"
 
 #: The call progress Twilio reports to the status callback.
 STATUS_EVENTS: Final = ("initiated", "ringing", "answered", "completed")
@@ -86,6 +97,8 @@ class VoiceActivities:
     def __init__(self, settings: Settings, ledger: SendLedger) -> None:
         self._settings = settings
         self._ledger = ledger
+        # The suppression list lives in the ledger's database: read it on its connections.
+        self._suppressions = Suppressions.sharing(ledger)
 
     @activity.defn(name="place_call")
     async def place_call(self, input: PlaceCallInput) -> PlaceCallResult:
@@ -221,6 +234,13 @@ class VoiceActivities:
         message_id = call_key(
             activity.info().workflow_run_id, input.run_id, input.step.id, input.visit
         )
+        assert input.contact.phone is not None
+        if self._suppressions.is_suppressed(input.contact.phone):
+            # Unless an earlier attempt placed it before the number was suppressed.
+            earlier = self._ledger.get(message_id)
+            if earlier is None or earlier.status != "sent":
+                log.info("call %s not placed: the number is on the suppression list", message_id)
+                return PlaceCallResult(call_sid=NO_CALL, status="suppressed")
         attempt = uuid.uuid4().hex
         claim = self._ledger.claim(
             message_id,

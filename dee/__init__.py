@@ -68,6 +68,7 @@ from dee.runs.client import (
     start_run,
 )
 from dee.runs.errors import (
+    ContactSuppressedError,
     RunAlreadyStartedError,
     RunClosedError,
     RunError,
@@ -91,7 +92,7 @@ from dee.settings import Settings
 if TYPE_CHECKING:
     from dee.plans.registry import PlanRegistry, upgrade_database
     from dee.runs.ledger import LedgerError, SendLedger
-    from dee.runs.suppressions import SuppressionError, Suppressions
+    from dee.runs.suppressions import InvalidContactValueError, SuppressionError, Suppressions
     from dee.server.app import create_app
     from dee.server.hits import HitStore, HitStoreError
     from dee.server.inbound_mail import InboundError
@@ -104,6 +105,7 @@ __all__ = [
     "ConditionContext",
     "ConditionError",
     "Contact",
+    "ContactSuppressedError",
     "ContentError",
     "DeeError",
     "Duration",
@@ -115,6 +117,7 @@ __all__ = [
     "HitStoreError",
     "InboundError",
     "InboundStore",
+    "InvalidContactValueError",
     "LedgerError",
     "MissingVariablesError",
     "PlaceCallInput",
@@ -194,6 +197,7 @@ _LAZY: dict[str, str] = {
     "upgrade_database": "dee.plans.registry",
     "LedgerError": "dee.runs.ledger",
     "SendLedger": "dee.runs.ledger",
+    "InvalidContactValueError": "dee.runs.suppressions",
     "SuppressionError": "dee.runs.suppressions",
     "Suppressions": "dee.runs.suppressions",
     "create_app": "dee.server.app",

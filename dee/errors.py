@@ -20,8 +20,11 @@ Every exception DEE raises on purpose derives from :class:`DeeError`::
     │   ├── RunNotFoundError       no run with that id
     │   ├── RunAlreadyStartedError the plan and contact already have an active run
     │   ├── RunClosedError         the run has ended
-    │   └── RunUnavailableError    no worker answers for the run
-    ├── HitStoreError          the tracking-hit and suppression store failed (dee.server.hits)
+    │   ├── RunUnavailableError    no worker answers for the run
+    │   └── ContactSuppressedError the contact's address or phone is suppressed
+    ├── SuppressionError       the suppression list's database failed (dee.runs.suppressions)
+    │   └── HitStoreError      the tracking-hit and suppression store failed (dee.server.hits)
+    ├── InvalidContactValueError  not an email address or E.164 number (dee.runs.suppressions)
     ├── InboundError           an inbound message cannot be read (dee.server.inbound_mail)
     ├── SendGridError          a SendGrid event webhook call is not valid (dee.server.sendgrid)
     │   └── SignatureError     its signature or timestamp does not check out

@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
     from dee.runs.channels import EmailChannel, PlaceCallInput, SendEmailInput, VoiceChannel
     from dee.runs.model import (
         CANCELLED,
+        CONTACT_ID_ATTRIBUTE,
         CURRENT_STEP_ATTRIBUTE,
         EVENT_SIGNAL,
         FAILED,
@@ -213,6 +214,7 @@ class ExecutionPlanWorkflow:
 
     @workflow.run
     async def run(self, input: RunInput) -> RunResult:
+        self._record_contact()
         routes = successors(input.plan)
         try:
             while True:
@@ -235,6 +237,16 @@ class ExecutionPlanWorkflow:
         except asyncio.CancelledError:
             self._finish(self._result_for(CANCELLED, self._current))
             raise
+
+    def _record_contact(self) -> None:
+        """Make a run a plain Temporal client started findable by its contact (start_run
+        sets the attribute at start), so an unsubscribe ends it too. Patched: histories
+        recorded before this replay without the upsert."""
+        fresh = self._input.progress is None
+        known = workflow.info().typed_search_attributes.get(CONTACT_ID_ATTRIBUTE)
+        if fresh and not known and workflow.patched("contact-search-attribute"):
+            contact_id = self._input.contact.id
+            workflow.upsert_search_attributes([CONTACT_ID_ATTRIBUTE.value_set(contact_id)])
 
     def _enter(self, step: Step) -> None:
         if self._unsubscribed:

@@ -5,6 +5,7 @@
     dee runs start PLAN_ID [--version N] --contact JSON|@FILE [--var KEY=VALUE ...]
                    [--run-id ID] [--sender EMAIL] [--task-queue QUEUE]   # prints the run id
     dee runs event RUN_ID TYPE [--step STEP] [--id EVENT_ID]              # prints the event id
+                                     # unsubscribe: also suppresses the contact, ends its runs
     dee runs show RUN_ID [--json]
     dee runs cancel RUN_ID
     dee runs list [--plan ID] [--limit N] [--json]
@@ -32,11 +33,13 @@ from dee.plans.conditions import EVENT_TYPES
 from dee.plans.model import EMAIL_PATTERN, ID_PATTERN
 from dee.plans.registry import PlanRegistry
 from dee.runs.client import cancel_run, list_runs, run_state, send_event, start_run
-from dee.runs.model import DEFAULT_TASK_QUEUE, Contact
+from dee.runs.model import DEFAULT_TASK_QUEUE, Contact, RunEvent
+from dee.runs.suppressions import Suppressions
 from dee.runs.temporal import connect
+from dee.runs.unsubscribe import Unsubscribed, unsubscribe_run
 from dee.server.hits import HitStore
 
-__all__ = ["run_async", "runs", "used_temporal"]
+__all__ = ["database_of", "run_async", "runs", "used_temporal", "with_client"]
 
 _T = TypeVar("_T")
 _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -60,14 +63,17 @@ def run_async(work: Awaitable[_T]) -> _T:
     return asyncio.run(main())
 
 
-def _with_client(action: Callable[[Client], Awaitable[_T]]) -> _T:
+def with_client(action: Callable[[Client], Awaitable[_T]]) -> _T:
+    """Run ``action`` with a client connected as ``dee runs`` connects."""
+
     async def connected() -> _T:
         return await action(await connect())
 
     return run_async(connected())
 
 
-def _database(ctx: click.Context) -> str | None:
+def database_of(ctx: click.Context) -> str | None:
+    """The ``--database`` given to ``dee``, if any."""
     database: str | None = ctx.find_root().params.get("database")
     return database
 
@@ -174,21 +180,24 @@ def start(
     """Start a run of plan PLAN_ID for --contact; prints the run id.
 
     Refused, with every missing name, when the contact and --var lack what the plan's
-    templates use; refused while a run with the same id is still active.
+    templates use; refused while a run with the same id is still active; refused when the
+    contact's email address or phone number, which the plan uses, is suppressed.
     """
-    with PlanRegistry(_database(ctx)) as registry:
+    with PlanRegistry(database_of(ctx)) as registry:
         stored = registry.get(plan_id, version=version)
-    started = _with_client(
-        lambda client: start_run(
-            client,
-            stored,
-            contact=contact,
-            variables=variables,
-            run_id=run_id,
-            sender=sender,
-            task_queue=task_queue,
+    with Suppressions(database_of(ctx)) as suppressions:
+        started = with_client(
+            lambda client: start_run(
+                client,
+                stored,
+                contact=contact,
+                variables=variables,
+                run_id=run_id,
+                sender=sender,
+                task_queue=task_queue,
+                suppressions=suppressions,
+            )
         )
-    )
     click.echo(started)
 
 
@@ -197,16 +206,31 @@ def start(
 @click.argument("event_type", metavar="TYPE", type=click.Choice(sorted(EVENT_TYPES)))
 @click.option("--step", "step_id", metavar="STEP", help="The step the event is about.")
 @click.option("--id", "event_id", metavar="EVENT_ID", help="For de-duplication [default: new]")
-def event(run_id: str, event_type: str, step_id: str | None, event_id: str | None) -> None:
-    """Send event TYPE (reply, open, ...) to run RUN_ID; prints the event id."""
+@click.pass_context
+def event(
+    ctx: click.Context, run_id: str, event_type: str, step_id: str | None, event_id: str | None
+) -> None:
+    """Send event TYPE (reply, open, ...) to run RUN_ID; prints the event id.
+
+    `unsubscribe` also suppresses the run's contact (email address and phone number) and
+    ends every running run of the contact."""
     if step_id is not None and not re.fullmatch(ID_PATTERN, step_id):
         raise click.BadParameter(f"{step_id!r} is not a step id", param_hint="--step")
-    sent = _with_client(
-        lambda client: send_event(
-            client, run_id, type=event_type, step_id=step_id, event_id=event_id
-        )
-    )
+
+    async def deliver(client: Client) -> tuple[RunEvent, Unsubscribed | None]:
+        sent = await send_event(client, run_id, type=event_type, step_id=step_id, event_id=event_id)
+        if event_type != "unsubscribe":
+            return sent, None
+        with Suppressions(database_of(ctx)) as suppressions:
+            return sent, await unsubscribe_run(client, suppressions, run_id, source="cli")
+
+    sent, done = with_client(deliver)
     click.echo(sent.event_id)
+    if done is not None:
+        for value in done.suppressed:
+            click.echo(f"suppressed {value}", err=True)
+        for ended in done.runs_ended:
+            click.echo(f"ended run {ended}", err=True)
 
 
 @runs.command()
@@ -214,7 +238,7 @@ def event(run_id: str, event_type: str, step_id: str | None, event_id: str | Non
 @click.option("--json", "as_json", is_flag=True, help="Print the run's state as JSON.")
 def show(run_id: str, as_json: bool) -> None:
     """Show run RUN_ID: current step, steps taken, events, outcome."""
-    state = _with_client(lambda client: run_state(client, run_id))
+    state = with_client(lambda client: run_state(client, run_id))
     if as_json:
         document = {"run_id": run_id, **state.model_dump(mode="json")}
         click.echo(json.dumps(document, indent=2, ensure_ascii=False))
@@ -227,7 +251,7 @@ def show(run_id: str, as_json: bool) -> None:
 @click.argument("run_id")
 def cancel(run_id: str) -> None:
     """Cancel run RUN_ID; it ends with outcome `cancelled`."""
-    _with_client(lambda client: cancel_run(client, run_id))
+    with_client(lambda client: cancel_run(client, run_id))
     click.echo(f"cancel requested: {run_id}")
 
 
@@ -237,7 +261,7 @@ def cancel(run_id: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as a JSON array.")
 def list_command(plan_id: str | None, limit: int, as_json: bool) -> None:
     """List runs, newest first."""
-    summaries = _with_client(lambda client: list_runs(client, plan_id=plan_id, limit=limit))
+    summaries = with_client(lambda client: list_runs(client, plan_id=plan_id, limit=limit))
     if as_json:
         documents: list[dict[str, Any]] = [summary.model_dump(mode="json") for summary in summaries]
         click.echo(json.dumps(documents, indent=2, ensure_ascii=False))
@@ -256,7 +280,7 @@ def list_command(plan_id: str | None, limit: int, as_json: bool) -> None:
 def hits(ctx: click.Context, run_id: str, limit: int) -> None:
     """Show RUN_ID's raw tracking hits: every pixel fetch, link click and unsubscribe,
     with its time and user agent (also those collapsed into an earlier signal)."""
-    with HitStore(_database(ctx)) as store:
+    with HitStore(database_of(ctx)) as store:
         found = store.hits(run_id, limit=limit)
     if not found:
         click.echo(f"no tracking hits for run {run_id!r}", err=True)

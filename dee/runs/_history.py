@@ -37,7 +37,14 @@ from dee.runs.model import (
     unpack_digests,
 )
 
-__all__ = ["POLLER_RECENT", "describe", "not_found", "state_from_history", "worker_seen"]
+__all__ = [
+    "POLLER_RECENT",
+    "describe",
+    "not_found",
+    "run_input",
+    "state_from_history",
+    "worker_seen",
+]
 
 #: A worker that polled a task queue this recently is taken to be there.
 POLLER_RECENT: Final = timedelta(seconds=90)
@@ -78,6 +85,25 @@ async def worker_seen(client: Client, task_queue: str) -> bool:
         now - poller.last_access_time.ToDatetime(tzinfo=datetime.UTC) < POLLER_RECENT
         for poller in response.pollers
     )
+
+
+async def run_input(client: Client, run_id: str) -> RunInput:
+    """What run ``run_id`` (its latest execution) was started with, from the first event of
+    its history: no worker needed. :class:`RunNotFoundError` when there is no such run."""
+    handle: WorkflowHandle[Any, Any] = client.get_workflow_handle(run_id)
+    try:
+        async for event in handle.fetch_history_events():
+            if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
+                payloads = event.workflow_execution_started_event_attributes.input.payloads
+                (found,) = await client.data_converter.decode(payloads, [RunInput])
+                if isinstance(found, RunInput):
+                    return found
+            break
+    except RPCError as exc:
+        if not_found(exc):
+            raise RunNotFoundError(run_id) from exc
+        raise
+    raise RunNotFoundError(run_id)
 
 
 async def state_from_history(

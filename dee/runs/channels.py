@@ -83,9 +83,11 @@ class PlaceCallInput(_Message):
 
 
 class PlaceCallResult(_Message):
+    #: Twilio's SID of the call; ``-`` when none was placed (``suppressed``).
     call_sid: str
-    #: ``already-placed`` when an earlier attempt had placed this call.
-    status: Literal["placed", "already-placed"]
+    #: ``already-placed`` when an earlier attempt had placed this call; ``suppressed``: the
+    #: number is on the suppression list (the do-not-call list), nobody was called.
+    status: Literal["placed", "already-placed", "suppressed"]
 
 
 class EmailChannel(Protocol):

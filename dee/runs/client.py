@@ -20,13 +20,14 @@ answers for goes through :mod:`dee.runs._history`.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import re
 import uuid
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 from temporalio.client import (
@@ -49,6 +50,7 @@ from dee.plans.model import ID_PATTERN
 from dee.plans.versions import PlanVersion
 from dee.runs._history import describe, not_found, state_from_history, worker_seen
 from dee.runs.errors import (
+    ContactSuppressedError,
     RunAlreadyStartedError,
     RunBusyError,
     RunClosedError,
@@ -75,6 +77,10 @@ from dee.runs.model import (
     default_run_id,
 )
 from dee.runs.temporal import TemporalSetupError
+
+if TYPE_CHECKING:
+    # Only the type: ``import dee`` must not load the SQL stack the list is built on.
+    from dee.runs.suppressions import Suppressions
 
 __all__ = [
     "RunStatus",
@@ -169,6 +175,7 @@ async def start_run(
     sender: str | None = None,
     task_queue: str = DEFAULT_TASK_QUEUE,
     max_visits_per_step: int = DEFAULT_MAX_VISITS_PER_STEP,
+    suppressions: Suppressions | None = None,
 ) -> str:
     """Start ``contact`` on plan ``version``; returns the run id.
 
@@ -180,6 +187,13 @@ async def start_run(
     (:class:`~dee.runs.errors.RunInputTooLargeError`).
     A contact given as a mapping is validated as a :class:`~dee.runs.model.Contact` (pydantic's
     ``ValidationError`` when it is not one).
+
+    With ``suppressions`` (the server and the CLI pass theirs), a contact whose email
+    address is suppressed is not started on a plan that sends email, nor one whose phone
+    number is suppressed on a plan that calls: :class:`ContactSuppressedError` names the
+    address or number, the reason and how to lift it. Without it (or from a plain Temporal
+    client) the run starts, and both activities still refuse a suppressed contact at send
+    time.
     """
     person = _contact(contact)
     given = dict(variables or {})
@@ -189,6 +203,8 @@ async def start_run(
     size = len(person.model_dump_json().encode()) + len(json.dumps(given).encode())
     if size > MAX_CONTACT_AND_VARIABLES_BYTES:
         raise RunInputTooLargeError(run_id, size, MAX_CONTACT_AND_VARIABLES_BYTES)
+    if suppressions is not None:
+        await _check_suppressed(suppressions, version, person, run_id)
     run_input = RunInput(
         plan=plan,
         content=version.content,
@@ -234,6 +250,29 @@ def _signals_exhausted(exc: RPCError) -> bool:
     # Temporal refuses signals past a run execution's limit (10,000 by default) with
     # INVALID_ARGUMENT, though nothing is wrong with the signal: the run continues as new.
     return exc.status == RPCStatusCode.INVALID_ARGUMENT and "limit for signal" in exc.message
+
+
+async def _check_suppressed(
+    suppressions: Suppressions, version: PlanVersion, contact: Contact, run_id: str
+) -> None:
+    """:class:`ContactSuppressedError` when a channel the plan uses would reach the contact
+    at a suppressed address or number."""
+    used = {step.type for step in version.plan.steps}
+    wanted = [
+        value
+        for value, step_type in ((contact.email, "sendEmail"), (contact.phone, "sendVoice"))
+        if value is not None and step_type in used
+    ]
+    for value in wanted:
+        found = await asyncio.to_thread(suppressions.suppression, value)
+        if found is not None:
+            raise ContactSuppressedError(
+                run_id,
+                value=found.address,
+                channel=found.channel,
+                reason=found.reason,
+                source=found.source,
+            )
 
 
 def _closed(exc: RPCError) -> bool:

@@ -7,7 +7,8 @@ Each derives from :class:`RunError` (itself a :class:`~dee.errors.DeeError`), wh
     ├── RunNotFoundError        no run has this id
     ├── RunAlreadyStartedError  a run with this id is still active
     ├── RunClosedError          the run has ended and takes no more events or cancellation
-    └── RunUnavailableError     the run exists but no worker answered for it
+    ├── RunUnavailableError     the run exists but no worker answered for it
+    └── ContactSuppressedError  the contact's address or phone is on the suppression list
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from dee.errors import DeeError
 
 __all__ = [
+    "ContactSuppressedError",
     "RunAlreadyStartedError",
     "RunBusyError",
     "RunClosedError",
@@ -96,5 +98,25 @@ class RunBusyError(RunError):
         super().__init__(
             f"run {run_id!r} takes no events for a moment ({reason}): it takes more once "
             "it has continued as new; send the event again shortly, with the same event id",
+            run_id=run_id,
+        )
+
+
+class ContactSuppressedError(RunError):
+    """The run was not started: the contact's email address or phone number, which the plan
+    would use, is on the suppression list. ``value`` is that address or number (as the list
+    spells it), ``channel`` ``email`` or ``phone``, ``reason`` and ``source`` why and how it
+    got there; ``run_id`` is the run that would have started."""
+
+    def __init__(self, run_id: str, *, value: str, channel: str, reason: str, source: str) -> None:
+        self.value = value
+        self.channel = channel
+        self.reason = reason
+        self.source = source
+        what = "phone number" if channel == "phone" else "email address"
+        super().__init__(
+            f"run {run_id!r} was not started: the contact's {what} {value} is suppressed "
+            f"(reason {reason}, from {source}); if the contact agreed to hear from you again, "
+            f"lift it with `dee suppressions remove {value}` (or DELETE /v1/suppressions/{value})",
             run_id=run_id,
         )

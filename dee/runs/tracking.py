@@ -11,7 +11,8 @@ kind     payload                                          URL
 =======  ==============================================  ===============================
 open     ``{"k":"o","r":run,"s":step,"v":visit}``         ``{public_url}/t/o/{token}``
 click    the same plus ``"u"``, the original URL          ``{public_url}/t/c/{token}``
-unsub.   ``{"k":"u","r":run,"e":email}``                  ``{public_url}/u/{token}``
+unsub.   ``{"k":"u","r":run,"e":email}``                  ``{public_url}/u/{token}``, and the
+                                                          subject of the ``mailto:``
 reply    ``{"k":"r","r":run,"s":step,"v":visit}``         ``{local}+{token}@{domain}``
 call     ``{"k":"call","r":run,"s":step,"v":visit}``      ``.../webhooks/twilio/status?token=``
 amd      the same with ``"k":"amd"``, plus ``"m"`` TwiML   ``.../webhooks/twilio/amd?token=``
@@ -42,6 +43,7 @@ import re
 from collections.abc import Callable
 from html.parser import HTMLParser
 from typing import Any, Final
+from urllib.parse import quote
 
 from dee.errors import DeeError
 
@@ -63,6 +65,8 @@ __all__ = [
     "reply_token",
     "rewrite_links",
     "sign_token",
+    "unsubscribe_mailto",
+    "unsubscribe_token",
     "unsubscribe_url",
     "verify_token",
 ]
@@ -207,11 +211,25 @@ def click_url(
     return f"{public_url.rstrip('/')}/t/c/{sign_token(payload, secret=secret)}"
 
 
+def unsubscribe_token(*, secret: str, run_id: str, email: str) -> str:
+    """The signed token that unsubscribes ``email`` (kind :data:`UNSUBSCRIBE`)."""
+    return sign_token({"k": UNSUBSCRIBE, "r": run_id, "e": email}, secret=secret)
+
+
 def unsubscribe_url(public_url: str, *, secret: str, run_id: str, email: str) -> str:
     """``{public_url}/u/{token}``: unsubscribes ``email`` (GET shows a page, POST is the
     RFC 8058 one-click unsubscribe)."""
-    token = sign_token({"k": UNSUBSCRIBE, "r": run_id, "e": email}, secret=secret)
+    token = unsubscribe_token(secret=secret, run_id=run_id, email=email)
     return f"{public_url.rstrip('/')}/u/{token}"
+
+
+def unsubscribe_mailto(mailbox: str, *, secret: str, run_id: str, email: str) -> str:
+    """``mailto:{mailbox}?subject=unsubscribe%20{token}``: the RFC 2369 mail form of the
+    unsubscribe. Mail clients send it with that subject; the inbound webhook finds the
+    token there (:func:`dee.server.inbound_match.unsubscribe_request`), so a mail without
+    a valid one unsubscribes nobody."""
+    token = unsubscribe_token(secret=secret, run_id=run_id, email=email)
+    return f"mailto:{quote(mailbox, safe='@')}?subject=unsubscribe%20{token}"
 
 
 def reply_token(

@@ -2,8 +2,8 @@
 
 ``create_app`` builds the FastAPI app; ``dee serve`` runs it under uvicorn. Its parts:
 
-- the REST API under ``/v1`` (:mod:`dee.server.plans_api`, :mod:`dee.server.runs_api`),
-  behind bearer API keys;
+- the REST API under ``/v1`` (:mod:`dee.server.plans_api`, :mod:`dee.server.runs_api`,
+  :mod:`dee.server.suppressions_api`), behind bearer API keys;
 - tracking pixels, click redirects and unsubscribes (:mod:`dee.server.tracking_routes`),
   answering the signed links the email activity puts in every message;
 - provider webhooks (:mod:`dee.server.inbound_routes`, :mod:`dee.server.twilio_routes`): replies,
@@ -22,7 +22,14 @@ from fastapi import FastAPI
 from temporalio.client import Client
 
 from dee.plans.registry import PlanRegistry
-from dee.server import inbound_routes, plans_api, runs_api, tracking_routes, twilio_routes
+from dee.server import (
+    inbound_routes,
+    plans_api,
+    runs_api,
+    suppressions_api,
+    tracking_routes,
+    twilio_routes,
+)
 from dee.server._http import install_error_answers
 from dee.server.state import ServerState
 from dee.settings import Settings
@@ -64,7 +71,8 @@ def create_app(
         openapi_url="/openapi.json",
     )
     app.state.dee = state
-    for module in (plans_api, runs_api, tracking_routes, inbound_routes, twilio_routes):
+    api = (plans_api, runs_api, suppressions_api)
+    for module in (*api, tracking_routes, inbound_routes, twilio_routes):
         app.include_router(module.router)
     install_error_answers(app)
     if extra_setup is not None:

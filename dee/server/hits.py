@@ -30,7 +30,6 @@ so an unsubscribe is kept as a hit and suppresses its address on the same connec
 from __future__ import annotations
 
 import datetime
-import hashlib
 import uuid
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias
@@ -54,6 +53,7 @@ from sqlalchemy import (
 
 from dee.runs.ledger import sends
 from dee.runs.suppressions import SuppressionError, Suppressions
+from dee.runs.unsubscribe import event_id
 from dee.storage.database import as_utc, insert_if_absent, metadata
 from dee.storage.store import database_errors
 
@@ -73,8 +73,6 @@ SignalKind: TypeAlias = Literal["open", "click"]
 HIT_KINDS: Final = ("open", "click", "unsubscribe")
 #: Longest user agent kept; the rest is cut.
 MAX_USER_AGENT: Final = 500
-#: Longest event id a run accepts (dee.runs.model.RunEvent).
-_MAX_EVENT_ID: Final = 200
 
 #: Mirror migrations 0003 and 0006; change only together with a new migration.
 tracking_hits = Table(
@@ -143,26 +141,6 @@ class SignalClaim:
     @property
     def event_id(self) -> str:
         return event_id(self.kind, self.run_id, self.step_id, self.visit, self.execution)
-
-
-def event_id(
-    kind: str,
-    run_id: str,
-    step_id: str | None = None,
-    visit: int | None = None,
-    execution: str = "",
-) -> str:
-    """The id of the event a tracking hit sends: ``<kind>:<run>:<step>:<visit>`` (only
-    ``<kind>:<run>`` for an unsubscribe), then ``:<execution>`` when the token named one,
-    the same for every hit of one key so the run can drop repeats; a digest when that is
-    longer than a run accepts."""
-    parts = [kind, run_id] + ([step_id, str(visit)] if step_id is not None else [])
-    parts += [execution] if execution else []
-    readable = ":".join(parts)
-    if len(readable) <= _MAX_EVENT_ID:
-        return readable
-    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
-    return f"{kind}:{digest}"
 
 
 class HitStore(Suppressions):

@@ -17,6 +17,10 @@ subjects that start like an out-of-office notice in common languages ("Out of Of
 only looked at from its start, so a person's "Re: out of office next week?" stays a reply.
 ``X-Auto-Response-Suppress`` is *not* a sign: Outlook sets it on messages people write,
 asking others' auto-responders to stay quiet.
+
+**Bounces**: a delivery status notification (RFC 3464) with a failed recipient is read by
+:mod:`dee.server.dsn` into :attr:`InboundMail.bounce`, and the Message-ID of the message it
+returns is matched first, so it reaches the run as a ``bounce``, not an automatic reply.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from email.message import Message
 from typing import Any, Final
 
 from dee.errors import DeeError
+from dee.server.dsn import Bounce, read_bounce
 
 __all__ = [
     "InboundError",
@@ -78,6 +83,10 @@ class InboundMail:
     subject: str
     #: Why it is an automatic reply, such as ``Auto-Submitted: auto-replied``; or ``None``.
     auto_reason: str | None
+    #: What it reports when it is a delivery status notification with a failed recipient.
+    bounce: Bounce | None = None
+    #: The Message-IDs of the message a DSN returns (also first among ``parents``).
+    originals: tuple[str, ...] = ()
 
     @property
     def event_id(self) -> str:
@@ -139,15 +148,21 @@ def parse_message(raw: bytes, *, envelope_recipients: Iterable[str] = ()) -> Inb
     recipients.extend(address for address in envelope_recipients if "@" in address)
     senders = _addresses(_all(message, "From"))
     subject = _text(message.get("Subject", ""))
+    bounce = read_bounce(message)
+    originals = (
+        [found for value in bounce.original_ids for found in message_ids(value)] if bounce else []
+    )
     return InboundMail(
         raw=raw,
         message_id=own[0] if own else None,
-        parents=tuple(dict.fromkeys([*in_reply_to, *reversed(references)])),
+        parents=tuple(dict.fromkeys([*originals, *in_reply_to, *reversed(references)])),
         in_reply_to=tuple(in_reply_to),
         recipients=tuple(dict.fromkeys(recipients)),
         from_domain=senders[0].rpartition("@")[2].lower()[:255] if senders else None,
         subject=subject,
         auto_reason=auto_reply_reason(message, subject=subject),
+        bounce=bounce,
+        originals=tuple(originals),
     )
 
 

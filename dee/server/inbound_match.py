@@ -5,6 +5,8 @@ The inbound webhooks (:mod:`dee.server.inbound_routes`) hand every message they 
 
 **Matching**, first hit wins:
 
+0. For a bounce (a delivery status notification, :mod:`dee.server.dsn`), the Message-ID of
+   the message it returns.
 1. Every Message-ID in ``In-Reply-To`` and then ``References``, newest first (References
    lists the thread oldest first). DEE's own Message-IDs are ``<{ledger key}@{domain}>``
    (:func:`dee.runs.ledger.email_key`), so the left part of one names its row in the send
@@ -20,6 +22,11 @@ The inbound webhooks (:mod:`dee.server.inbound_routes`) hand every message they 
    configured; it does not yet, but replies to such addresses are understood already. Tokens
    are case-sensitive and longer than the 64 octets RFC 5321 allows a local part, so an MTA
    that lower-cases or refuses long local parts leaves the message unmatched (and kept).
+
+**Unsubscribes by mail** (:func:`unsubscribe_request`) are recognised before matching: the
+``mailto:`` of every email's ``List-Unsubscribe`` has ``subject=unsubscribe <token>``, the
+same signed token as the one-click link (run and address). Only a valid token counts, and
+the address unsubscribed is the token's, never the mail's ``From``.
 """
 
 from __future__ import annotations
@@ -31,25 +38,54 @@ from typing import Final
 
 from dee.plans.model import ID_PATTERN
 from dee.runs.ledger import SendRecord, key_of_message_id
-from dee.runs.tracking import REPLY, TokenError, execution_of, verify_token
+from dee.runs.suppressions import InvalidContactValueError, normalize_address
+from dee.runs.tracking import REPLY, UNSUBSCRIBE, TokenError, execution_of, verify_token
 from dee.server.inbound_mail import InboundMail
 
-__all__ = ["Match", "match_message"]
+__all__ = ["Match", "UnsubscribeRequest", "match_message", "unsubscribe_request"]
 
 #: Parent Message-IDs looked up per message: DEE's own are the newest in a thread.
 MAX_LOOKUPS: Final = 20
 
 _STEP_ID = re.compile(ID_PATTERN)
+#: ``unsubscribe <token>`` anywhere in a subject ("Re: unsubscribe ..." too).
+_UNSUBSCRIBE_SUBJECT = re.compile(r"\bunsubscribe\s+([A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)", re.I)
 
 
 @dataclass(frozen=True, slots=True)
 class Match:
     run_id: str
-    step_id: str
-    #: ``in-reply-to``/``references`` (a Message-ID DEE sent) or ``reply-address``.
+    #: ``None`` for an unsubscribe, whose token names no step.
+    step_id: str | None
+    #: ``in-reply-to``/``references``/``original-message`` (a Message-ID DEE sent, the last
+    #: one returned in a bounce), ``reply-address`` or ``unsubscribe-token``.
     matched_by: str
     #: The run execution that sent the email answered, when known.
     execution: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribeRequest:
+    """A mail to the ``mailto:`` of ``List-Unsubscribe``: the run and address its signed
+    token names."""
+
+    run_id: str
+    address: str
+
+
+def unsubscribe_request(mail: InboundMail, *, secret: str | None) -> UnsubscribeRequest | None:
+    """The unsubscribe ``mail`` asks for, when its subject carries an unsubscribe token
+    DEE signed with ``secret``; ``None`` otherwise (no token, a forged or altered one, one
+    of another kind): such a mail is matched like any other, and unsubscribes nobody."""
+    if not secret:
+        return None
+    for token in _UNSUBSCRIBE_SUBJECT.findall(mail.subject):
+        try:
+            payload = verify_token(token, secret=secret, kind=UNSUBSCRIBE)
+            return UnsubscribeRequest(run_id=payload["r"], address=normalize_address(payload["e"]))
+        except (TokenError, InvalidContactValueError):
+            continue
+    return None
 
 
 def _from_reply_address(address: str, secret: str) -> Match | None:
@@ -89,7 +125,12 @@ def match_message(
             continue
         record = lookup(key)
         if record is not None and record.channel == "email":
-            via = "in-reply-to" if parent in mail.in_reply_to else "references"
+            if parent in mail.originals:
+                via = "original-message"
+            elif parent in mail.in_reply_to:
+                via = "in-reply-to"
+            else:
+                via = "references"
             return Match(
                 run_id=record.run_id,
                 step_id=record.step_id,

@@ -9,9 +9,12 @@
   signature.
 
 A reply becomes a ``reply`` event (``auto-reply`` for an out-of-office notice) on the step
-that sent the email it answers (:mod:`dee.server.inbound_match`); every inbound message is
-kept, and one that matches no run is logged as a warning and listed by
-:meth:`InboundStore.unmatched`.
+that sent the email it answers (:mod:`dee.server.inbound_match`); a mail to the ``mailto:``
+of ``List-Unsubscribe`` with a valid signed token unsubscribes (:mod:`dee.runs.unsubscribe`);
+a delivery status notification with a failed recipient (:mod:`dee.server.dsn`) is a
+``bounce`` on the step that sent the returned message, and a hard one suppresses the address
+when it is the run's contact. Every inbound message is kept, and one that matches no run is
+logged as a warning and listed by :meth:`InboundStore.unmatched`.
 Event ids come from the provider's own ids (the inbound Message-ID, SendGrid's
 ``sg_event_id``), and what was processed is recorded, so a retried or replayed delivery is
 answered 200 again without signalling twice. A run that has ended is no reason for the
@@ -24,6 +27,7 @@ that record query strings out of reach, or strip them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import hmac
 import logging
@@ -35,7 +39,8 @@ from pydantic import BaseModel, JsonValue
 from dee.runs.client import send_event
 from dee.runs.errors import RunClosedError, RunNotFoundError
 from dee.runs.ledger import SendLedger
-from dee.runs.suppressions import SuppressionReason, Suppressions
+from dee.runs.suppressions import InvalidContactValueError, Suppressions, normalize_address
+from dee.runs.unsubscribe import run_contact, unsubscribe
 from dee.server._http import ApiError
 from dee.server.inbound_mail import (
     InboundError,
@@ -43,7 +48,12 @@ from dee.server.inbound_mail import (
     parse_message,
     parse_sendgrid_form,
 )
-from dee.server.inbound_match import match_message
+from dee.server.inbound_match import (
+    Match,
+    UnsubscribeRequest,
+    match_message,
+    unsubscribe_request,
+)
 from dee.server.inbound_store import Delivery, InboundKind, InboundStore
 from dee.server.sendgrid import (
     SIGNATURE_HEADER,
@@ -162,7 +172,7 @@ async def _deliver(
     run_id: str,
     *,
     type: str,
-    step_id: str,
+    step_id: str | None,
     event_id: str,
     details: dict[str, JsonValue],
     at: datetime.datetime | None = None,
@@ -201,14 +211,22 @@ async def _receive(state: ServerState, mail: InboundMail, *, source: str) -> Inb
             delivery=seen.delivery,
         )
     ledger = await _ledger(state)
-    match = await asyncio.to_thread(
-        match_message, mail, lookup=ledger.get, secret=state.settings.secret_key
-    )
+    match: Match | None
     delivery: Delivery = "none"
     kind: InboundKind
+    request = unsubscribe_request(mail, secret=state.settings.secret_key)
+    if request is not None:
+        match = Match(run_id=request.run_id, step_id=None, matched_by="unsubscribe-token")
+        kind, delivery = "unsubscribe", await _unsubscribe_by_mail(state, ledger, request)
+    else:
+        match = await asyncio.to_thread(
+            match_message, mail, lookup=ledger.get, secret=state.settings.secret_key
+        )
     if match is None:
         kind = "unmatched"
-    else:
+    elif request is None and mail.bounce is not None:
+        kind, delivery = "bounce", await _bounce(state, ledger, mail, match, source=source)
+    elif request is None:
         kind = "auto-reply" if mail.auto_reason else "reply"
         details: dict[str, JsonValue] = {"source": source, "matchedBy": match.matched_by}
         if mail.auto_reason:
@@ -240,11 +258,10 @@ async def _receive(state: ServerState, mail: InboundMail, *, source: str) -> Inb
     else:
         status = kind
         logger.info(
-            "inbound message %d is a%s %s to step %s (matched by %s): %s",
+            "inbound message %d is %s for step %s (matched by %s): %s",
             record.id,
-            "n" if kind == "auto-reply" else "",
             kind,
-            match.step_id,
+            match.step_id or "-",
             match.matched_by,
             delivery,
         )
@@ -255,6 +272,67 @@ async def _receive(state: ServerState, mail: InboundMail, *, source: str) -> Inb
         step_id=record.step_id,
         delivery=record.delivery,
     )
+
+
+async def _unsubscribe_by_mail(
+    state: ServerState, ledger: SendLedger, request: UnsubscribeRequest
+) -> Delivery:
+    """Suppress the token's address and end its runs; whether the token's own run took it.
+    Temporal being unreachable propagates (500): the address is suppressed already, and the
+    provider's retry ends the runs."""
+    done = await unsubscribe(
+        state.client,
+        Suppressions.sharing(ledger),
+        [request.address],
+        reason="unsubscribe",
+        source="mailto",
+        run_id=request.run_id,
+        contact_ids=[request.address],
+    )
+    return "signalled" if request.run_id in done.runs_ended else "run-closed"
+
+
+async def _bounce(
+    state: ServerState, ledger: SendLedger, mail: InboundMail, match: Match, *, source: str
+) -> Delivery:
+    """Signal ``bounce`` to the run whose message came back; a hard bounce also suppresses
+    the failed recipient, when it is the run's own contact (a DSN is only mail: anyone can
+    write one, and it must not suppress addresses the run never wrote to)."""
+    bounce = mail.bounce
+    assert bounce is not None
+    details: dict[str, JsonValue] = {
+        "source": source,
+        "matchedBy": match.matched_by,
+        "bounceType": "hard" if bounce.hard else "soft",
+        "status": bounce.status,
+    }
+    delivery = await _deliver(
+        state,
+        match.run_id,
+        type="bounce",
+        step_id=match.step_id,
+        event_id=mail.event_id,
+        details=details,
+    )
+    if not bounce.hard_recipients:
+        return delivery
+    try:
+        contact = await run_contact(state.client, match.run_id)
+    except RunNotFoundError:
+        logger.warning("a hard bounce for a run that is gone suppressed nothing")
+        return delivery
+    own = normalize_address(contact.email) if contact.email else None
+    for address in bounce.hard_recipients:
+        with contextlib.suppress(InvalidContactValueError):
+            if normalize_address(address) == own:
+                await asyncio.to_thread(
+                    Suppressions.sharing(ledger).suppress,
+                    address,
+                    reason="bounce",
+                    source="inbound-bounce",
+                    run_id=match.run_id,
+                )
+    return delivery
 
 
 # -- SendGrid events ------------------------------------------------------------------------
@@ -345,8 +423,29 @@ async def _sendgrid_event(
             answer.closed += 1
     reason = event.suppression
     if reason is not None and event.email is not None:
-        await asyncio.to_thread(_suppress, ledger, event.email, reason, run_id)
-        answer.suppressed += 1
+        suppressions = Suppressions.sharing(ledger)
+        try:
+            if event.ends_runs:
+                await unsubscribe(
+                    state.client,
+                    suppressions,
+                    [event.email],
+                    reason=reason,
+                    source="sendgrid",
+                    run_id=run_id,
+                    contact_ids=[event.email],
+                )
+            else:
+                await asyncio.to_thread(
+                    suppressions.suppress,
+                    event.email,
+                    reason=reason,
+                    source="sendgrid",
+                    run_id=run_id,
+                )
+            answer.suppressed += 1
+        except InvalidContactValueError:
+            logger.warning("SendGrid %s event names no plain address: ignored", event.event)
     # Last, so an event whose signal failed is processed again when SendGrid retries.
     await asyncio.to_thread(
         store.record_event,
@@ -356,10 +455,3 @@ async def _sendgrid_event(
         run_id=run_id,
         step_id=step_id,
     )
-
-
-def _suppress(
-    ledger: SendLedger, address: str, reason: SuppressionReason, run_id: str | None
-) -> None:
-    # The suppression list lives in the ledger's database, as the email activity reads it.
-    Suppressions.sharing(ledger).suppress(address, reason=reason, run_id=run_id)

@@ -45,7 +45,7 @@ __all__ = [
     "InboundStore",
 ]
 
-InboundKind: TypeAlias = Literal["reply", "auto-reply", "unmatched"]
+InboundKind: TypeAlias = Literal["reply", "auto-reply", "unmatched", "unsubscribe", "bounce"]
 #: What became of a matched message's event: the run took it, or had ended or never was.
 Delivery: TypeAlias = Literal["signalled", "run-closed", "run-not-found", "none"]
 
@@ -53,7 +53,7 @@ Delivery: TypeAlias = Literal["signalled", "run-closed", "run-not-found", "none"
 MAX_KEPT_BYTES: Final = 256 * 1024
 
 
-#: Mirrors migration 0004; change only together with a new migration.
+#: Mirrors migrations 0004 and 0007; change only together with a new migration.
 inbound_messages = Table(
     "inbound_messages",
     metadata,
@@ -75,7 +75,8 @@ inbound_messages = Table(
     Column("raw_truncated", Boolean, nullable=False),
     UniqueConstraint("event_id", name="uq_inbound_messages_event_id"),
     CheckConstraint(
-        "kind IN ('reply', 'auto-reply', 'unmatched')", name="ck_inbound_messages_kind"
+        "kind IN ('reply', 'auto-reply', 'unmatched', 'unsubscribe', 'bounce')",
+        name="ck_inbound_messages_kind",
     ),
     CheckConstraint(
         "delivery IN ('signalled', 'run-closed', 'run-not-found', 'none')",

@@ -37,9 +37,16 @@ from dee.runs.client import (
     send_event,
     start_run,
 )
-from dee.runs.errors import RunAlreadyStartedError, RunInputTooLargeError, RunUnavailableError
+from dee.runs.errors import (
+    ContactSuppressedError,
+    RunAlreadyStartedError,
+    RunInputTooLargeError,
+    RunUnavailableError,
+)
 from dee.runs.model import Contact, RunEvent, RunState
+from dee.runs.suppressions import Suppressions
 from dee.runs.temporal import TemporalSetupError
+from dee.runs.unsubscribe import unsubscribe_run
 from dee.server._api import (
     MAX_VERSION,
     NOT_JSON,
@@ -264,7 +271,9 @@ def _event_body(event: RunEvent) -> EventBody:
         **NOT_JSON,
         **PLAN_NOT_FOUND,
         409: error_response(
-            "The plan and contact already have an active run (`run-already-started`)"
+            "The plan and contact already have an active run (`run-already-started`), or "
+            "the contact's address or phone, which the plan uses, is suppressed "
+            "(`contact-suppressed`)"
         ),
         422: error_response(
             "The contact or variables lack what the plan uses (`missing-variables`), or the "
@@ -277,7 +286,9 @@ async def start(body: StartRunRequest, state: State) -> RunStarted:
     """Start the contact on the plan (its latest version unless `version` is given).
 
     Refused before anything starts when the contact and variables lack a name the plan's
-    templates use, and while a run with the same id is active.
+    templates use, while a run with the same id is active, and when the contact's email
+    address (for a plan that sends email) or phone number (for one that calls) is on the
+    suppression list (`409 contact-suppressed`; lift it with `DELETE /v1/suppressions/{value}`).
     """
     try:
         contact = Contact.model_validate(body.contact)
@@ -289,6 +300,7 @@ async def start(body: StartRunRequest, state: State) -> RunStarted:
         raise ApiError(422, "invalid-contact", f"contact: {details}") from exc
     with registry_errors():
         stored = await asyncio.to_thread(state.registry.get, body.plan_id, version=body.version)
+    suppressions = await state.store(Suppressions)
     try:
         with _temporal_errors():
             run_id = await start_run(
@@ -299,6 +311,7 @@ async def start(body: StartRunRequest, state: State) -> RunStarted:
                 run_id=body.run_id,
                 sender=body.sender,
                 task_queue=state.settings.task_queue,
+                suppressions=suppressions,
             )
     except MissingVariablesError as exc:
         raise ApiError(422, "missing-variables", str(exc)) from exc
@@ -310,6 +323,14 @@ async def start(body: StartRunRequest, state: State) -> RunStarted:
             "run-already-started",
             f"run {exc.run_id!r} is already active: cancel it first "
             f"(POST /v1/runs/{{runId}}/cancel) or give another runId",
+        ) from exc
+    except ContactSuppressedError as exc:
+        raise ApiError(
+            409,
+            "contact-suppressed",
+            f"the contact's {exc.channel} {exc.value} is suppressed (reason {exc.reason}, "
+            f"from {exc.source}): no run was started; if the contact agreed to hear from you "
+            f"again, lift it with DELETE /v1/suppressions/{exc.value}",
         ) from exc
     return RunStarted(run_id=run_id)
 
@@ -362,7 +383,10 @@ async def post_event(
 ) -> EventBody:
     """Deliver a reply, open, click, ... to the run; a second event with the same
     `eventId` (or `Idempotency-Key` header) is ignored by the run. Without either, each
-    request is a new event, retries included."""
+    request is a new event, retries included.
+
+    An `unsubscribe` also puts the run's contact (its email address and phone number) on
+    the suppression list (source `api`) and ends every running run of the contact."""
     if body.event_id and idempotency_key and body.event_id != idempotency_key:
         raise ApiError(
             422,
@@ -378,6 +402,9 @@ async def post_event(
             event_id=body.event_id or idempotency_key,
             details=body.details,
         )
+        if body.type == "unsubscribe":
+            suppressions = await state.store(Suppressions)
+            await unsubscribe_run(state.client, suppressions, run_id, source="api")
     return _event_body(event)
 
 

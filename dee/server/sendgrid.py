@@ -15,7 +15,9 @@ leaves it off some types, opens and clicks among them) reaches no run; DEE's own
 report those. Types map as :data:`EVENT_TYPES` says; others (``processed``, ``deferred``,
 ``group_resubscribe``) are acknowledged and ignored.
 Bounces (except ``blocked`` ones, which are about the sender's reputation rather than the
-address) and spam reports also put the address on the suppression list.
+address), spam reports, ``unsubscribe`` and ``group_unsubscribe`` also put the address on the
+suppression list (source ``sendgrid``); spam reports and unsubscribes also end every running
+run of the contact (:mod:`dee.runs.unsubscribe`).
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ EVENT_TYPES: Final = {
 }
 #: Longest event id a run takes (:class:`dee.runs.model.RunEvent`).
 _MAX_EVENT_ID: Final = 200
+_UNSUBSCRIBES: Final = frozenset({"unsubscribe", "group_unsubscribe"})
 
 
 class SendGridError(DeeError):
@@ -168,11 +171,20 @@ class SendGridEvent:
     @property
     def suppression(self) -> SuppressionReason | None:
         """The suppression-list reason this event gives its address, or ``None``."""
+        if self.event in _UNSUBSCRIBES:
+            return "unsubscribe"
         if self.event == "spamreport":
             return "spamreport"
         if self.event == "bounce" and self.raw.get("type") != "blocked":
             return "bounce"
         return None
+
+    @property
+    def ends_runs(self) -> bool:
+        """Whether the contact asked to hear no more (an unsubscribe, a spam report), so all
+        its running runs end; a bounce only suppresses the address, and reaches the run
+        that sent the email as a ``bounce`` event for its branches."""
+        return self.event in _UNSUBSCRIBES or self.event == "spamreport"
 
     def details(self) -> dict[str, JsonValue]:
         """What goes into the run's history: no addresses, no free-text reasons (they often

@@ -20,10 +20,10 @@ are collapsed: only the first hit of a run, step, visit and kind signals the run
 and always gets the GIF or the redirect: if the run has ended the hit is only kept; if
 Temporal cannot be reached the key is given back and a later hit signals.
 
-An unsubscribe puts the address on the suppression list, then sends ``unsubscribe`` to the
-token's run and to every other running run of the same contact (found through the
-``DeeContactId`` search attribute), which end with outcome ``unsubscribed``. Doing it again
-changes nothing. These routes are links in emails, not API, and stay out of the OpenAPI
+An unsubscribe puts the address on the suppression list (source ``one-click``), then sends
+``unsubscribe`` to the token's run and to every other running run of the same contact
+(:func:`dee.runs.unsubscribe.unsubscribe`), which end with outcome ``unsubscribed``. Doing
+it again changes nothing. These routes are links in emails, not API, and stay out of the OpenAPI
 schema.
 """
 
@@ -38,20 +38,19 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from dee.runs.client import send_event
 from dee.runs.errors import RunClosedError, RunNotFoundError
-from dee.runs.model import CONTACT_ID_ATTRIBUTE, WORKFLOW_NAME
-from dee.runs.suppressions import normalize_address
+from dee.runs.suppressions import InvalidContactValueError, normalize_address
 from dee.runs.tracking import CLICK, OPEN, UNSUBSCRIBE, TokenError, execution_of, verify_token
+from dee.runs.unsubscribe import unsubscribe as unsubscribe_contact
 from dee.server._http import ApiError
 from dee.server.hits import (
     HitKind,
     HitStore,
     HitStoreError,
     SignalClaim,
-    event_id,
 )
 from dee.server.state import ServerState, server_state
 
@@ -77,8 +76,6 @@ _NO_STORE: Final = {
 }
 #: The token holds the run id (and so often the address): never pass it on as a Referer.
 _NO_REFERRER: Final = {**_NO_STORE, "Referrer-Policy": "no-referrer"}
-#: Most running runs of one contact an unsubscribe ends.
-MAX_CONTACT_RUNS: Final = 1000
 
 
 def _verify(state: ServerState, token: str, kind: str) -> dict[str, Any]:
@@ -211,23 +208,31 @@ async def unsubscribe(token: str, request: Request, state: State) -> Response:
             "expected the form field List-Unsubscribe=One-Click (RFC 8058) or confirm=yes",
         )
     run_id: str = payload["r"]
-    address = normalize_address(payload["e"])
+    try:
+        address = normalize_address(payload["e"])
+    except InvalidContactValueError:
+        raise ApiError(404, "invalid-token", "this link names no address") from None
     try:
         store = await state.store(HitStore)
-        await asyncio.to_thread(store.suppress, address, reason="unsubscribe", run_id=run_id)
         await asyncio.to_thread(
             store.record_hit,
             run_id,
             kind="unsubscribe",
             user_agent=request.headers.get("user-agent"),
         )
+        done = await unsubscribe_contact(
+            state.client,
+            store,
+            [address],
+            reason="unsubscribe",
+            source="one-click",
+            run_id=run_id,
+        )
     except HitStoreError as exc:
         logger.error("an unsubscribe was not recorded: %s", exc)
         raise ApiError(
             503, "unavailable", "the unsubscribe could not be recorded: try again shortly"
         ) from None
-    try:
-        ended = await _end_runs(state.client, run_id)
     except RPCError as exc:
         logger.error("an unsubscribe could not reach the contact's runs: %s", exc)
         raise ApiError(
@@ -236,7 +241,7 @@ async def unsubscribe(token: str, request: Request, state: State) -> Response:
             "the address will get no more email, but its runs could not be stopped yet: "
             "try again shortly",
         ) from None
-    logger.info("unsubscribe recorded; %d run(s) told", ended)
+    logger.info("unsubscribe recorded; %d run(s) told", len(done.runs_ended))
     if one_click:
         return Response(status_code=200, headers=_NO_STORE)
     body = (
@@ -244,60 +249,6 @@ async def unsubscribe(token: str, request: Request, state: State) -> Response:
         "and will get no more emails from us.</p>"
     )
     return HTMLResponse(_page("Unsubscribed", body), headers=_NO_REFERRER)
-
-
-async def _end_runs(client: Client, run_id: str) -> int:
-    """Send ``unsubscribe`` to ``run_id`` and every running run of its contact; how many
-    runs took it."""
-    targets = {run_id}
-    contact_id = await _contact_id(client, run_id)
-    query = _running_runs_query(contact_id) if contact_id else None
-    if query is not None:
-        async for execution in client.list_workflows(query, limit=MAX_CONTACT_RUNS):
-            targets.add(execution.id)
-    told = 0
-    for target in sorted(targets):
-        try:
-            await send_event(
-                client, target, type="unsubscribe", event_id=event_id("unsubscribe", target)
-            )
-        except (RunClosedError, RunNotFoundError):
-            continue
-        told += 1
-    return told
-
-
-async def _contact_id(client: Client, run_id: str) -> str | None:
-    """The run's contact, as its ``DeeContactId`` says; from the id ``<plan>:<contact>``
-    when the run is gone."""
-    try:
-        description = await client.get_workflow_handle(run_id).describe()
-    except RPCError as exc:
-        if exc.status != RPCStatusCode.NOT_FOUND:
-            raise
-    else:
-        found = description.typed_search_attributes.get(CONTACT_ID_ATTRIBUTE)
-        if found:
-            return found
-    _plan, colon, contact = run_id.partition(":")
-    return contact if colon and contact else None
-
-
-def _running_runs_query(contact_id: str) -> str | None:
-    """The visibility query for ``contact_id``'s running runs; ``None`` when the id cannot
-    be quoted safely (contact ids may hold quotes, and backslashes escape)."""
-    if "\\" in contact_id:
-        return None
-    if "'" not in contact_id:
-        quoted = f"'{contact_id}'"
-    elif '"' not in contact_id:
-        quoted = f'"{contact_id}"'
-    else:
-        return None
-    return (
-        f"WorkflowType = '{WORKFLOW_NAME}' AND {CONTACT_ID_ATTRIBUTE.name} = {quoted} "
-        "AND ExecutionStatus = 'Running'"
-    )
 
 
 def _page(title: str, body: str) -> str:

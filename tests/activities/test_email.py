@@ -267,12 +267,11 @@ async def test_unsubscribe_headers(smtp: SmtpServer, ledger: SendLedger) -> None
         "r": "welcome:ana",
         "e": "ana@recipient.example",
     }
-    assert mailto == "mailto:dee@sender.example?subject=unsubscribe"
+    # The mail form carries the same signed token, in the subject the client sends.
+    assert mailto == f"mailto:dee@sender.example?subject=unsubscribe%20{token}"
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     # On the wire the URL is whole, not RFC 2047-encoded: unsubscribe handlers read it raw.
-    assert raw_header(received.data, "List-Unsubscribe") == (
-        f"<{https_link}>, <mailto:dee@sender.example?subject=unsubscribe>"
-    )
+    assert raw_header(received.data, "List-Unsubscribe") == f"<{https_link}>, <{mailto}>"
 
 
 async def test_long_run_ids_stay_readable(smtp: SmtpServer, ledger: SendLedger) -> None:

@@ -22,6 +22,7 @@ from dee.plans.model import SendVoiceStep
 from dee.runs.channels import PlaceCallInput, PlaceCallResult
 from dee.runs.ledger import SendLedger, call_key
 from dee.runs.model import Contact
+from dee.runs.suppressions import Suppressions
 from dee.runs.tracking import CALL_AMD, CALL_STATUS, verify_token
 from dee.settings import Settings
 from tests.helpers.twilio_api import TwilioApi, twilio_api
@@ -459,3 +460,39 @@ async def test_an_attempt_taken_over_does_not_dial(twilio: TwilioApi, ledger: Se
     ledger.release(ledger_id())
     result = await ActivityEnvironment().run(activities.place_call, call_input())
     assert result.status == "placed" and len(twilio.creates) == 1
+
+
+# -- the do-not-call list ---------------------------------------------------------------------
+
+
+async def test_a_suppressed_number_is_never_dialled(twilio: TwilioApi, ledger: SendLedger) -> None:
+    suppressions = Suppressions.sharing(ledger)
+    # The list is written in another spelling than the contact's: it still matches.
+    assert suppressions.suppress("+1 (555) 000-1111", reason="manual", source="cli")
+    other = "+15550002222"
+    # Positive control, in the same setup: an unsuppressed number is dialled.
+    placed = await place(
+        twilio,
+        ledger,
+        call_input(contact={"id": "bo", "phone": other, "firstName": "Bo"}),
+        workflow_run_id="another-execution",
+    )
+    assert placed.status == "placed"
+    assert [request["To"] for request in twilio.creates] == [other]
+
+    result = await place(twilio, ledger, call_input())
+    assert result == PlaceCallResult(call_sid="-", status="suppressed")
+    # Nothing more reached Twilio, and the call was not claimed.
+    assert [request["To"] for request in twilio.creates] == [other]
+    assert ledger.get(ledger_id()) is None
+
+
+async def test_a_call_placed_before_the_suppression_stays_placed(
+    twilio: TwilioApi, ledger: SendLedger
+) -> None:
+    first = await place(twilio, ledger, call_input())
+    assert first.status == "placed"
+    Suppressions.sharing(ledger).suppress(PHONE, reason="unsubscribe", source="api")
+    again = await place(twilio, ledger, call_input())
+    assert again == PlaceCallResult(call_sid=first.call_sid, status="already-placed")
+    assert len(twilio.creates) == 1

@@ -184,11 +184,12 @@ async def test_every_api_route_needs_a_key(dev_env: WorkflowEnvironment, tmp_pat
             for method in operations
             if path.startswith("/v1/")
         ]
-        assert len(routes) == 12  # the /v1 routes, hits and unmatched inbound included
+        # The /v1 routes, hits, unmatched inbound and the suppression list included.
+        assert len(routes) == 16
         async with httpx.AsyncClient(base_url=up.url) as anonymous:
             for method, path in routes:
                 url = path.replace("{plan_id}", "p").replace("{version}", "1")
-                url = url.replace("{run_id}", "r")
+                url = url.replace("{run_id}", "r").replace("{value}", "ana@example.com")
                 response = await anonymous.request(method, url, json={})
                 assert error(response) == (401, "unauthorized"), (method, path)
                 assert schema["paths"][path][method]["security"] == [{"ApiKey": []}]
