@@ -133,15 +133,27 @@ def settings_for(smtp_url: str, database: str, task_queue: str, twilio: TwilioAp
 
 
 def worker_process(
-    settings: Settings, address: str, *, log: Path | None = None
+    settings: Settings,
+    address: str,
+    *,
+    log: Path | None = None,
+    fault: tuple[str, Path] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """``worker.py`` in a process of its own; its output goes to ``log`` when given."""
+    """``worker.py`` in a process of its own; its output goes to ``log`` when given.
+
+    ``fault``: a point and signal, and a file to mark it, for :mod:`tests.helpers.hooked_worker`.
+    """
+    command = [sys.executable, str(ROOT / "worker.py")]
+    env = settings_env(settings, address)
+    if fault is not None:
+        command = [sys.executable, "-m", "tests.helpers.hooked_worker"]
+        env.update(DEE_TEST_FAULT=fault[0], DEE_TEST_FAULT_MARK=str(fault[1]))
     with contextlib.ExitStack() as files:
         output = files.enter_context(log.open("wb")) if log is not None else subprocess.DEVNULL
         return subprocess.Popen(
-            [sys.executable, str(ROOT / "worker.py")],
+            command,
             cwd=ROOT,
-            env=settings_env(settings, address),
+            env=env,
             stdout=output,
             stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL,
         )

@@ -11,6 +11,10 @@ final dot, finds the send taken over, and ends DATA without the dot. Either way 
 contact gets exactly one email. The same with SIGKILL at each point: after the claim and
 after RCPT nothing reached the server and B sends; after the final dot the server has the
 message, the ledger recorded it before the dot, and B finds it sent.
+
+Between the commit and the dot (a point only the worker sees: :mod:`tests.helpers.hooked_worker`
+places the signal there): frozen, the email is held back until A thaws and writes its dot,
+B having found it recorded; killed, it is lost, the one window the README names.
 """
 
 from __future__ import annotations
@@ -152,6 +156,94 @@ async def test_a_worker_killed_mid_send_leaves_exactly_one_email(
                     worker_a.wait(timeout=30)
     assert result.outcome == "finished"
     assert [received.rcpt_tos for received in handler.messages] == [("ana@example.com",)]
+
+
+async def test_a_worker_frozen_between_commit_and_dot_delivers_the_email_when_it_thaws(
+    dev_env: WorkflowEnvironment, task_queue: str, tmp_path: Path
+) -> None:
+    database = f"sqlite:///{tmp_path / 'dee.db'}"
+    version = _one_email(database)
+    mark = tmp_path / "fault"
+    with twilio_api() as twilio:
+        async with smtp_server() as smtp:
+            settings = settings_for(smtp.url, database, task_queue, twilio)
+            address = dev_env.client.service_client.config.target_host
+            fault = ("after-commit:STOP", mark)
+            worker_a = worker_process(settings, address, log=tmp_path / "a.log", fault=fault)
+            try:
+                run_id = await _start(dev_env, version, task_queue)
+                await _signalled(worker_a.pid, mark, state="T")
+                with SendLedger(database) as ledger:
+                    # A recorded the send and froze with the body at the server, no dot.
+                    record = ledger.get(mark.read_text())
+                    assert record is not None and record.status == "sent"
+                    async with running_worker(
+                        dev_env.client, task_queue=task_queue, settings=settings, ledger=ledger
+                    ):
+                        handle = dev_env.client.get_workflow_handle(run_id, result_type=RunResult)
+                        async with asyncio.timeout(90):
+                            result = await handle.result()
+                # B's retry found the send recorded and sent nothing: while A is frozen the
+                # contact has no email yet, and the run has moved on.
+                assert result.outcome == "finished"
+                assert smtp.handler.messages == []
+                os.kill(worker_a.pid, signal.SIGCONT)
+                # A's next write is the dot: the server takes the message it already had.
+                async with asyncio.timeout(30):
+                    while not smtp.handler.messages:
+                        await asyncio.sleep(0.05)
+                await asyncio.sleep(1)
+            finally:
+                os.kill(worker_a.pid, signal.SIGCONT)
+                worker_a.terminate()
+                worker_a.wait(timeout=30)
+    assert [received.rcpt_tos for received in smtp.handler.messages] == [("ana@example.com",)]
+
+
+async def test_a_worker_killed_between_commit_and_dot_loses_the_email(
+    dev_env: WorkflowEnvironment, task_queue: str, tmp_path: Path
+) -> None:
+    # The known loss window, asserted so that it stays what the README says it is: the
+    # ledger says sent, the server discarded the body without its dot, and no retry sends.
+    database = f"sqlite:///{tmp_path / 'dee.db'}"
+    version = _one_email(database)
+    mark = tmp_path / "fault"
+    with twilio_api() as twilio:
+        async with smtp_server() as smtp:
+            settings = settings_for(smtp.url, database, task_queue, twilio)
+            address = dev_env.client.service_client.config.target_host
+            fault = ("after-commit:KILL", mark)
+            worker_a = worker_process(settings, address, log=tmp_path / "a.log", fault=fault)
+            try:
+                run_id = await _start(dev_env, version, task_queue)
+                assert await asyncio.to_thread(worker_a.wait, 60) == -signal.SIGKILL
+                # Positive control: the kill came from the hook, after the commit.
+                assert mark.exists()
+                with SendLedger(database) as ledger:
+                    async with running_worker(
+                        dev_env.client, task_queue=task_queue, settings=settings, ledger=ledger
+                    ):
+                        handle = dev_env.client.get_workflow_handle(run_id, result_type=RunResult)
+                        async with asyncio.timeout(90):
+                            result = await handle.result()
+                    record = ledger.get(mark.read_text())
+                await asyncio.sleep(1)
+            finally:
+                if worker_a.poll() is None:
+                    worker_a.kill()
+                    worker_a.wait(timeout=30)
+    assert result.outcome == "finished"
+    assert record is not None and record.status == "sent"
+    assert smtp.handler.messages == []
+
+
+async def _signalled(pid: int, mark: Path, *, state: str) -> None:
+    """Wait until the hook marked its point and process ``pid`` is in ``state`` (``T``:
+    stopped), as ``/proc`` reports it."""
+    stat = Path(f"/proc/{pid}/stat")
+    async with asyncio.timeout(60):
+        while not (mark.exists() and stat.read_text().rpartition(")")[2].split()[0] == state):
+            await asyncio.sleep(0.05)
 
 
 def _one_email(database: str) -> PlanVersion:
