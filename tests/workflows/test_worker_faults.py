@@ -36,6 +36,7 @@ from dee.plans.registry import PlanRegistry
 from dee.plans.versions import PlanVersion
 from dee.runs.ledger import SendLedger
 from dee.runs.model import RunResult
+from dee.settings import Settings
 from tests.helpers.smtp import RecordingHandler, smtp_server
 from tests.helpers.temporal import running_worker
 from tests.helpers.twilio_api import twilio_api
@@ -143,13 +144,7 @@ async def test_a_worker_killed_mid_send_leaves_exactly_one_email(
                 assert await asyncio.to_thread(handler.frozen.wait, 60), "A never got there"
                 # Positive control: the kill landed.
                 assert await asyncio.to_thread(worker_a.wait, 10) == -signal.SIGKILL
-                with SendLedger(database) as ledger:
-                    async with running_worker(
-                        dev_env.client, task_queue=task_queue, settings=settings, ledger=ledger
-                    ):
-                        handle = dev_env.client.get_workflow_handle(run_id, result_type=RunResult)
-                        async with asyncio.timeout(90):
-                            result = await handle.result()
+                result = await _finish_on_b(dev_env, run_id, settings)
             finally:
                 if worker_a.poll() is None:
                     worker_a.kill()
@@ -173,16 +168,9 @@ async def test_a_worker_frozen_between_commit_and_dot_delivers_the_email_when_it
             try:
                 run_id = await _start(dev_env, version, task_queue)
                 await _signalled(worker_a.pid, mark, state="T")
-                with SendLedger(database) as ledger:
-                    # A recorded the send and froze with the body at the server, no dot.
-                    record = ledger.get(mark.read_text())
-                    assert record is not None and record.status == "sent"
-                    async with running_worker(
-                        dev_env.client, task_queue=task_queue, settings=settings, ledger=ledger
-                    ):
-                        handle = dev_env.client.get_workflow_handle(run_id, result_type=RunResult)
-                        async with asyncio.timeout(90):
-                            result = await handle.result()
+                # A recorded the send and froze with the body at the server, no dot.
+                assert _status(database, mark.read_text()) == "sent"
+                result = await _finish_on_b(dev_env, run_id, settings)
                 # B's retry found the send recorded and sent nothing: while A is frozen the
                 # contact has no email yet, and the run has moved on.
                 assert result.outcome == "finished"
@@ -219,22 +207,33 @@ async def test_a_worker_killed_between_commit_and_dot_loses_the_email(
                 assert await asyncio.to_thread(worker_a.wait, 60) == -signal.SIGKILL
                 # Positive control: the kill came from the hook, after the commit.
                 assert mark.exists()
-                with SendLedger(database) as ledger:
-                    async with running_worker(
-                        dev_env.client, task_queue=task_queue, settings=settings, ledger=ledger
-                    ):
-                        handle = dev_env.client.get_workflow_handle(run_id, result_type=RunResult)
-                        async with asyncio.timeout(90):
-                            result = await handle.result()
-                    record = ledger.get(mark.read_text())
+                result = await _finish_on_b(dev_env, run_id, settings)
                 await asyncio.sleep(1)
             finally:
                 if worker_a.poll() is None:
                     worker_a.kill()
                     worker_a.wait(timeout=30)
     assert result.outcome == "finished"
-    assert record is not None and record.status == "sent"
+    assert _status(database, mark.read_text()) == "sent"
     assert smtp.handler.messages == []
+
+
+async def _finish_on_b(dev_env: WorkflowEnvironment, run_id: str, settings: Settings) -> RunResult:
+    """Worker B, in the test's process, on A's task queue until the run ends."""
+    with SendLedger(settings.database_url) as ledger:
+        async with running_worker(
+            dev_env.client, task_queue=settings.task_queue, settings=settings, ledger=ledger
+        ):
+            handle = dev_env.client.get_workflow_handle(run_id, result_type=RunResult)
+            async with asyncio.timeout(90):
+                result: RunResult = await handle.result()
+    return result
+
+
+def _status(database: str, message_id: str) -> str | None:
+    with SendLedger(database) as ledger:
+        record = ledger.get(message_id)
+    return None if record is None else record.status
 
 
 async def _signalled(pid: int, mark: Path, *, state: str) -> None:
