@@ -80,6 +80,9 @@ plan_versions = Table(
     Column("content_digests", Text, nullable=False),
     Column("created_by", String(200), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    #: The text ``digest`` is the SHA-256 of, and what the version is read from (0006);
+    #: NULL on rows from before whose digest it could not reproduce.
+    Column("canonical", Text, nullable=True),
     CheckConstraint("version >= 1", name="ck_plan_versions_version_positive"),
 )
 
