@@ -26,9 +26,10 @@ import jinja2
 import jinja2.meta
 from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from dee.errors import ContentError, MissingVariablesError, Problem
+from dee.plans.decoding import TolerantModel
 from dee.plans.model import ContentRef, ExecutionPlan, SendEmailStep
 
 __all__ = [
@@ -45,7 +46,7 @@ __all__ = [
 MAX_CONTENT_CHARS = 512 * 1024
 
 
-class EmailTemplate(BaseModel):
+class EmailTemplate(TolerantModel):
     """An email body: HTML, and optionally a plain-text part."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -54,7 +55,7 @@ class EmailTemplate(BaseModel):
     text: str | None = None
 
 
-class PlanContent(BaseModel):
+class PlanContent(TolerantModel):
     """The templates and scripts one plan version references, by id.
 
     A created plan version stores its content, so a run renders exactly what was

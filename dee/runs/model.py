@@ -18,6 +18,7 @@ from temporalio.common import SearchAttributeKey
 
 from dee.plans.conditions import EVENT_TYPES
 from dee.plans.content import PlanContent
+from dee.plans.decoding import TolerantModel
 from dee.plans.model import EMAIL_PATTERN, ID_PATTERN, PHONE_PATTERN, ExecutionPlan
 
 __all__ = [
@@ -69,7 +70,7 @@ SEARCH_ATTRIBUTES: Final = (
 )
 
 
-class _Frozen(BaseModel):
+class _Frozen(TolerantModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 

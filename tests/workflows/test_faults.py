@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 import dee
@@ -30,6 +29,7 @@ from dee.plans.registry import PlanRegistry
 from dee.plans.versions import PlanVersion
 from dee.runs.ledger import SendLedger
 from dee.runs.model import SEARCH_ATTRIBUTES, Contact, RunInput, RunResult
+from dee.runs.temporal import data_converter
 from dee.settings import Settings
 from tests.helpers.smtp import Received, RecordingHandler, SmtpServer, free_port, smtp_server
 from tests.helpers.temporal import executable, running_worker
@@ -262,9 +262,7 @@ async def connect(port: int) -> Client:
     async with asyncio.timeout(60):
         while True:
             try:
-                return await Client.connect(
-                    f"127.0.0.1:{port}", data_converter=pydantic_data_converter
-                )
+                return await Client.connect(f"127.0.0.1:{port}", data_converter=data_converter)
             except RuntimeError:
                 await asyncio.sleep(0.2)
 
