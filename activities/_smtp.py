@@ -117,12 +117,15 @@ class _CommittingSMTP(aiosmtplib.SMTP):
     ledger says another attempt took the send over), the connection is closed without the
     dot, and the server discards the message.
 
-    ``commit`` is called on the event loop's thread, with no ``await`` between its return
-    and the write of the dot: the window in which a crash loses the message is those few
-    microseconds. It blocks the loop for one small database write. Handing it to a thread
+    ``commit`` is called once the body is with the kernel, on the event loop's thread,
+    with no ``await`` between its return and the write of the dot, which then goes
+    straight to the kernel: the window in which a crash loses the message is those few
+    microseconds. It blocks the loop for one small database write, which the ledger bounds
+    (``mark_sent(bounded=True)``: at most 2 seconds of waiting, then it fails and the
+    attempt is retried), so heartbeats keep within their timeout. Handing it to a thread
     would keep heartbeats going during the write, but the dot would then wait for the loop
-    to come back to this task, and a worker killed meanwhile (a busy loop: milliseconds)
-    loses the message; the fault tests caught exactly that.
+    to come back to this task (behind every other ready callback and task of the worker),
+    and a worker killed meanwhile loses the message; the fault tests caught exactly that.
     """
 
     def __init__(self, *, commit: Callable[[], None], **kwargs: Any) -> None:
@@ -149,7 +152,14 @@ class _CommittingSMTP(aiosmtplib.SMTP):
         if protocol is None:
             raise SMTPServerDisconnected("Connection lost")
         try:
+            # The whole body goes to the kernel before the commit: a pause of the transport
+            # at any buffered byte, and a drain until none is. After the commit only the
+            # dot is left, which the kernel then takes at once.
+            transport = protocol.transport
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.set_write_buffer_limits(high=0)
             protocol.write(body)
+            await protocol._drain_helper()
             try:
                 self._commit()
             except BaseException:

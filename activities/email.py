@@ -46,7 +46,7 @@ from dee.errors import ContentError
 from dee.plans.content import PlanContent, RenderedEmail, render_email
 from dee.plans.model import EMAIL_PATTERN
 from dee.runs.channels import SendEmailInput, SendEmailResult
-from dee.runs.ledger import SendLedger, SupersededError, email_key
+from dee.runs.ledger import LedgerError, SendLedger, SupersededError, email_key
 from dee.runs.suppressions import Suppressions
 from dee.runs.tracking import (
     TokenError,
@@ -170,7 +170,7 @@ class EmailActivities:
         def commit() -> None:
             # On the loop's thread, on purpose: see activities._smtp._CommittingSMTP.
             nonlocal committed
-            self._ledger.mark_sent(key, attempt=attempt)
+            self._ledger.mark_sent(key, attempt=attempt, bounded=True)
             committed = True
 
         try:
@@ -186,6 +186,15 @@ class EmailActivities:
             raise permanent(
                 "another attempt took this send over (this one stalled)", "Superseded"
             ) from None
+        except LedgerError:
+            # The record could not be made in time (a locked or unreachable database): no
+            # dot went out, so the retry sends the message.
+            activity.logger.warning(
+                "email %s: the ledger did not record the send; this attempt ended DATA "
+                "without the final dot and a retry sends it",
+                key,
+            )
+            raise
         except (aiosmtplib.SMTPResponseException, ApplicationError):
             if committed:
                 # The server had the whole message and said no: it does not exist, so a

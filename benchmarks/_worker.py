@@ -13,13 +13,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from temporalio.client import Client  # noqa: E402
-from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
 
 from activities.email import EmailActivities  # noqa: E402
 from activities.voice import VoiceActivities  # noqa: E402
 from benchmarks.baseline_workflow import HandWrittenSpecPlan  # noqa: E402
 from dee.runs.ledger import SendLedger  # noqa: E402
+from dee.runs.temporal import data_converter  # noqa: E402
 from dee.settings import Settings  # noqa: E402
 from worker import WORKFLOW_RUNNER  # noqa: E402
 from workflows.execution_plan import ExecutionPlanWorkflow  # noqa: E402
@@ -32,7 +32,7 @@ async def main() -> None:
     parser.add_argument("--task-queue", required=True)
     args = parser.parse_args()
     settings = Settings.from_env()
-    client = await Client.connect(args.address, data_converter=pydantic_data_converter)
+    client = await Client.connect(args.address, data_converter=data_converter)
     workflow = ExecutionPlanWorkflow if args.variant == "dee" else HandWrittenSpecPlan
     with SendLedger(settings.database_url) as ledger:
         email = EmailActivities(settings, ledger)

@@ -38,12 +38,11 @@ from typing import Final
 
 import uvicorn
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from dee.cli._smtp_catcher import smtp_catcher
 from dee.errors import DeeError
 from dee.runs.model import SEARCH_ATTRIBUTES
-from dee.runs.temporal import ensure_search_attributes
+from dee.runs.temporal import data_converter, ensure_search_attributes
 from dee.settings import Settings
 
 __all__ = [
@@ -230,7 +229,7 @@ async def wait_for_temporal(
             )
         try:
             return await asyncio.wait_for(
-                Client.connect(address, data_converter=pydantic_data_converter), timeout=5
+                Client.connect(address, data_converter=data_converter), timeout=5
             )
         except (RuntimeError, TimeoutError) as exc:
             last_error = str(exc) or type(exc).__name__

@@ -26,9 +26,10 @@ import jinja2
 import jinja2.meta
 from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from dee.errors import ContentError, MissingVariablesError, Problem
+from dee.plans.decoding import TolerantModel
 from dee.plans.model import ContentRef, ExecutionPlan, SendEmailStep
 
 __all__ = [
@@ -50,7 +51,7 @@ MAX_CONTENT_CHARS = 512 * 1024
 MAX_PLAN_DOCUMENT_BYTES = 1024 * 1024
 
 
-class EmailTemplate(BaseModel):
+class EmailTemplate(TolerantModel):
     """An email body: HTML, and optionally a plain-text part."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -59,7 +60,7 @@ class EmailTemplate(BaseModel):
     text: str | None = None
 
 
-class PlanContent(BaseModel):
+class PlanContent(TolerantModel):
     """The templates and scripts one plan version references, by id.
 
     A created plan version stores its content, so a run renders exactly what was

@@ -22,8 +22,10 @@ import datetime
 import json
 from typing import Annotated, Any, ClassVar, Final, Literal, NamedTuple, TypeAlias, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+
+from dee.plans.decoding import TolerantModel
 
 __all__ = [
     "MAX_CALL_SECONDS",
@@ -70,7 +72,7 @@ MAX_WAIT_SECONDS: Final = 365 * 86_400
 MAX_CALL_SECONDS: Final = 4 * 3_600
 
 
-class _Model(BaseModel):
+class _Model(TolerantModel):
     model_config = ConfigDict(
         frozen=True,
         extra="forbid",

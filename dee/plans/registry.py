@@ -5,6 +5,12 @@ changed content makes version 2, 3, ...; creating it again unchanged returns the
 that already exists. A version stores the exact templates and scripts it references, with
 their SHA-256s, so a run renders what was validated whatever happens to the files later.
 
+A version is stored as the canonical text of what it means
+(:func:`dee.plans.versions.canonical_meaning`) with that text's SHA-256, and is read back
+by checking the text against the digest and then parsing it with today's models: a field
+added by a later release, with a default, reads as its default; a field this release does
+not know (a version written by a newer one) is refused with a message saying so.
+
 Storage is SQLite by default (``.dee/dee.db`` in the working folder) or PostgreSQL when
 ``DEE_DATABASE_URL`` is a ``postgresql://`` URL. Opening a registry upgrades the schema.
 """
@@ -18,6 +24,7 @@ import random
 import time
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import Row, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
@@ -25,7 +32,13 @@ from dee.errors import PlanNotFoundError, PlanValidationError, RegistryError
 from dee.plans.content import PlanContent
 from dee.plans.model import ExecutionPlan
 from dee.plans.validation import DEFAULT_MAX_STEPS, validate_plan
-from dee.plans.versions import PlanSummary, PlanVersion, plan_digest
+from dee.plans.versions import (
+    PlanSummary,
+    PlanVersion,
+    canonical_digest,
+    canonical_meaning,
+    plan_digest,
+)
 from dee.storage.database import (
     as_utc,
     make_engine,
@@ -87,7 +100,8 @@ class PlanRegistry(Store):
         problems = validate_plan(plan, content, max_steps=max_steps)
         if problems:
             raise PlanValidationError(problems, plan_id=plan.id)
-        digest = plan_digest(plan, content)
+        canonical = canonical_meaning(plan, content)
+        digest = canonical_digest(canonical)
         stored_content = content.model_dump_json()
         content_digests = json.dumps(content.digests(), sort_keys=True)
         for attempt in range(1, MAX_CREATE_ATTEMPTS + 1):
@@ -99,7 +113,7 @@ class PlanRegistry(Store):
                         .order_by(plan_versions.c.version.desc())
                         .limit(1)
                     ).first()
-                    if latest is not None and latest.digest == digest:
+                    if latest is not None and self._means(latest, digest):
                         logger.debug(
                             "plan %r is unchanged since version %d", plan.id, latest.version
                         )
@@ -123,6 +137,7 @@ class PlanRegistry(Store):
                             content_digests=content_digests,
                             created_by=plan.metadata.created_by,
                             created_at=created_at,
+                            canonical=canonical,
                         )
                     )
             except IntegrityError:
@@ -208,18 +223,86 @@ class PlanRegistry(Store):
         # Sorted here, not in SQL, so the order does not depend on the database's collation.
         return sorted(summaries, key=lambda summary: summary.id)
 
+    def _means(self, row: Row[Any], digest: str) -> bool:
+        """Whether stored version ``row`` means what ``digest`` is of: the same digest, or
+        the same once read with today's models (a field added since, at its default)."""
+        if row.digest == digest:
+            return True
+        if row.canonical is None:
+            return False
+        try:
+            stored = self._from_row(row)
+        except RegistryError:
+            return False
+        return plan_digest(stored.plan, stored.content) == digest
+
     def _from_row(self, row: Row[Any]) -> PlanVersion:
+        if row.canonical is None:
+            return self._from_legacy_row(row)
+        # A version is only worth its promise if what comes back is what was validated.
+        if canonical_digest(row.canonical) != row.digest:
+            raise _changed(row)
+        meaning = json.loads(row.canonical)
+        metadata = {"createdBy": row.created_by, "createdAt": as_utc(row.created_at)}
+        if meaning["description"] is not None:
+            metadata["description"] = meaning["description"]
+        try:
+            plan = ExecutionPlan.model_validate(
+                {
+                    "id": row.plan_id,
+                    "version": row.version,
+                    "name": meaning["name"],
+                    "steps": meaning["steps"],
+                    "transitions": meaning["transitions"],
+                    "metadata": metadata,
+                }
+            )
+            content = PlanContent.model_validate(meaning["content"])
+        except ValidationError as exc:
+            raise _unreadable(row, exc) from exc
+        if json.loads(row.content_digests) != content.digests():
+            raise _changed(row)
+        return PlanVersion(plan=plan, content=content, digest=row.digest)
+
+    def _from_legacy_row(self, row: Row[Any]) -> PlanVersion:
+        # A row whose canonical text the upgrade to 0008 could not reproduce: checked, as
+        # before 0008, by recomputing its digest with today's models.
         plan = ExecutionPlan.model_validate(json.loads(row.document))
         content = PlanContent.model_validate_json(row.content)
-        # A version is only worth its promise if what comes back is what was validated.
         if (
             json.loads(row.content_digests) != content.digests()
             or plan_digest(plan, content) != row.digest
         ):
-            raise RegistryError(
-                plan_id=row.plan_id,
-                version=row.version,
-                message=f"plan {row.plan_id!r} v{row.version} does not match its stored digests: "
-                "the database was changed outside DEE; create the plan again",
-            )
+            raise _changed(row)
         return PlanVersion(plan=plan, content=content, digest=row.digest)
+
+
+def _changed(row: Row[Any]) -> RegistryError:
+    return RegistryError(
+        plan_id=row.plan_id,
+        version=row.version,
+        message=f"plan {row.plan_id!r} v{row.version} does not match its stored digests: "
+        "the database was changed outside DEE; create the plan again",
+    )
+
+
+def _unreadable(row: Row[Any], exc: ValidationError) -> RegistryError:
+    unknown = [
+        ".".join(str(part) for part in error["loc"])
+        for error in exc.errors()
+        if error["type"] == "extra_forbidden"
+    ]
+    where = f"plan {row.plan_id!r} v{row.version}"
+    if unknown:
+        return RegistryError(
+            plan_id=row.plan_id,
+            version=row.version,
+            message=f"{where} has fields this release of DEE does not know "
+            f"({', '.join(unknown)}): a newer release created it; upgrade DEE to read it",
+        )
+    return RegistryError(
+        plan_id=row.plan_id,
+        version=row.version,
+        message=f"{where} cannot be read by this release of DEE: {exc.error_count()} "
+        f"problems, the first: {exc.errors()[0]['msg']}",
+    )

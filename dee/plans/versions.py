@@ -13,7 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from dee.plans.content import PlanContent
 from dee.plans.model import ExecutionPlan
 
-__all__ = ["PlanSummary", "PlanVersion", "plan_digest"]
+__all__ = [
+    "PlanSummary",
+    "PlanVersion",
+    "canonical_digest",
+    "canonical_meaning",
+    "plan_digest",
+]
 
 
 class PlanVersion(BaseModel):
@@ -55,11 +61,14 @@ class PlanSummary(BaseModel):
     updated_at: datetime.datetime
 
 
-def plan_digest(plan: ExecutionPlan, content: PlanContent) -> str:
-    """SHA-256 hex of what a version means: name, steps, transitions, description, content.
+def canonical_meaning(plan: ExecutionPlan, content: PlanContent) -> str:
+    """What a version means, as canonical JSON (sorted keys, no spaces, UTF-8 as is): name,
+    steps, transitions, description and content.
 
     Id, version and the ``createdBy``/``createdAt`` bookkeeping are left out, so creating
-    the same plan again, by someone else, does not make a new version.
+    the same plan again, by someone else, does not make a new version. The registry stores
+    this text with each version and its digest is :func:`plan_digest`: a later release
+    reads the version back from these exact bytes, whatever its models add since.
     """
     document = plan.to_document()
     meaning = {
@@ -69,5 +78,14 @@ def plan_digest(plan: ExecutionPlan, content: PlanContent) -> str:
         "description": document["metadata"].get("description"),
         "content": content.model_dump(mode="json"),
     }
-    canonical = json.dumps(meaning, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(meaning, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def canonical_digest(canonical: str) -> str:
+    """SHA-256 hex of a version's stored canonical text (its UTF-8 bytes)."""
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def plan_digest(plan: ExecutionPlan, content: PlanContent) -> str:
+    """SHA-256 hex of what a version means: of :func:`canonical_meaning`."""
+    return canonical_digest(canonical_meaning(plan, content))

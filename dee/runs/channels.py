@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from typing import Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, JsonValue
+from pydantic import ConfigDict, JsonValue
 from temporalio import activity
 
 from dee.plans.content import EmailTemplate
+from dee.plans.decoding import TolerantModel
 from dee.plans.model import SendEmailStep, SendVoiceStep
 from dee.runs.model import Contact
 
@@ -29,7 +30,7 @@ __all__ = [
 ]
 
 
-class _Message(BaseModel):
+class _Message(TolerantModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 

@@ -25,7 +25,10 @@ record had already handed the dot to the kernel, which delivers it even after th
 gone, and the retry finds ``"already-sent"``; one that stalled and finds itself superseded
 at the record closes the connection without the dot. What is left is the few microseconds
 between the record and the write of the dot (the record is made on the event loop's thread,
-with nothing in between), in which a crash loses the message rather than sending it twice;
+with nothing in between), in which a crash loses the message rather than sending it twice.
+That record is bounded (``mark_sent(bounded=True)``: its own connections, and no wait for a
+connection, a lock or a statement longer than :data:`COMMIT_TIMEOUT`), so a locked database
+fails the attempt, without the dot, instead of stalling the loop past the heartbeat timeout;
 and a server that refuses the message after the dot gets the record released
 (:meth:`SendLedger.release`) so that a retry sends again. A voice call checks it still holds
 the send right before dialling, and an ``"in-doubt"`` call asks Twilio whether an earlier
@@ -57,10 +60,17 @@ from sqlalchemy import (
 )
 
 from dee.errors import DeeError
-from dee.storage.database import as_utc, insert_if_absent, metadata, write_transaction
+from dee.storage.database import (
+    as_utc,
+    insert_if_absent,
+    make_engine,
+    metadata,
+    write_transaction,
+)
 from dee.storage.store import Store, database_errors
 
 __all__ = [
+    "COMMIT_TIMEOUT",
     "Channel",
     "ClaimOutcome",
     "LedgerError",
@@ -80,6 +90,9 @@ SendStatus: TypeAlias = Literal["sending", "sent"]
 ClaimOutcome: TypeAlias = Literal["claimed", "already-sent", "in-doubt"]
 
 CHANNELS: Final = ("email", "voice")
+#: Seconds ``mark_sent(bounded=True)`` may wait, in any one wait: well inside the activities'
+#: 10-second heartbeat timeout, which their 2-second heartbeats must keep meeting.
+COMMIT_TIMEOUT: Final = 2.0
 
 #: An email's key: 32 hex digits of a hash, then the step id made safe for a Message-ID.
 _EMAIL_KEY = re.compile(r"^[0-9a-f]{32}(?:\.[A-Za-z0-9_-]+)?$")
@@ -174,6 +187,24 @@ class SendLedger(Store):
     label = "send ledger"
     error = LedgerError
 
+    def __init__(self, url: str | None = None, *, echo: bool = False) -> None:
+        super().__init__(url, echo=echo)
+        # For mark_sent(bounded=True), the commit an email makes on the event loop's thread:
+        # connections of its own, so that a pool busy with threaded calls cannot hold it
+        # up, and no wait longer than COMMIT_TIMEOUT, so that a locked database fails the
+        # attempt in seconds instead of stopping the worker's heartbeats.
+        self._bounded = make_engine(self.url, echo=echo, timeout=COMMIT_TIMEOUT)
+        try:
+            # Connect now, not first on the loop's thread.
+            self._bounded.connect().close()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self._bounded.dispose()
+        super().close()
+
     @database_errors
     def claim(
         self,
@@ -238,16 +269,26 @@ class SendLedger(Store):
 
     @database_errors
     def mark_sent(
-        self, message_id: str, *, provider_id: str | None = None, attempt: str | None = None
+        self,
+        message_id: str,
+        *,
+        provider_id: str | None = None,
+        attempt: str | None = None,
+        bounded: bool = False,
     ) -> None:
         """Record that the provider accepted ``message_id``; calling it again changes
         nothing. :class:`LedgerError` if the message was never claimed;
         :class:`SupersededError` if ``attempt`` no longer holds the send (a later attempt
-        took it over, or recorded it)."""
+        took it over, or recorded it).
+
+        ``bounded``: for a call on the event loop's thread. It then runs on connections of
+        its own and raises :class:`LedgerError` rather than wait longer than
+        :data:`COMMIT_TIMEOUT` seconds for a connection, a lock or a statement."""
         holds = [sends.c.message_id == message_id, sends.c.status == "sending"]
         if attempt is not None:
             holds.append(sends.c.attempt == attempt)
-        with write_transaction(self._engine) as connection:
+        engine = self._bounded if bounded else self._engine
+        with write_transaction(engine) as connection:
             updated = connection.execute(
                 update(sends)
                 .where(*holds)

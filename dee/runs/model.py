@@ -21,6 +21,7 @@ from temporalio.common import SearchAttributeKey
 
 from dee.plans.conditions import EVENT_TYPES
 from dee.plans.content import PlanContent
+from dee.plans.decoding import TolerantModel
 from dee.plans.model import EMAIL_PATTERN, ID_PATTERN, PHONE_PATTERN, ExecutionPlan
 
 __all__ = [
@@ -90,7 +91,7 @@ SEARCH_ATTRIBUTES: Final = (
 )
 
 
-class _Frozen(BaseModel):
+class _Frozen(TolerantModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 

@@ -2,13 +2,19 @@
 
 Connection settings come from :mod:`temporalio.envconfig`: ``TEMPORAL_ADDRESS``,
 ``TEMPORAL_NAMESPACE``, ``TEMPORAL_API_KEY``, ``TEMPORAL_TLS*``, ``TEMPORAL_PROFILE`` and the
-TOML profiles file. Every DEE client and worker uses temporalio's pydantic data converter.
+TOML profiles file. Every DEE client and worker uses :data:`data_converter`: temporalio's
+pydantic converter, except that it decodes in the :data:`dee.plans.decoding.DECODING`
+context, so a run whose payloads hold a field a later release removed keeps running.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from typing import Any
 
+from pydantic import TypeAdapter
+from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
@@ -16,14 +22,21 @@ from temporalio.api.operatorservice.v1 import (
 )
 from temporalio.client import Client
 from temporalio.common import SearchAttributeIndexedValueType
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter
+from temporalio.converter import (
+    CompositePayloadConverter,
+    DataConverter,
+    DefaultPayloadConverter,
+    JSONPlainPayloadConverter,
+)
 from temporalio.envconfig import ClientConfig
 from temporalio.service import RPCError, RPCStatusCode
 
 from dee.errors import DeeError
+from dee.plans.decoding import DECODING
 from dee.runs.model import SEARCH_ATTRIBUTES
 
-__all__ = ["TemporalSetupError", "connect", "ensure_search_attributes"]
+__all__ = ["TemporalSetupError", "connect", "data_converter", "ensure_search_attributes"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +45,47 @@ class TemporalSetupError(DeeError):
     """Temporal cannot be reached or is not set up for DEE."""
 
 
+@functools.lru_cache(maxsize=1024)
+def _adapter(type_hint: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(type_hint)
+
+
+class _TolerantJSONConverter(PydanticJSONPlainPayloadConverter):
+    """pydantic's JSON payloads, decoded in the ``DECODING`` context (see
+    :mod:`dee.plans.decoding`)."""
+
+    def from_payload(self, payload: Payload, type_hint: type | None = None) -> Any:
+        hint = type_hint if type_hint is not None else Any
+        try:
+            adapter = _adapter(hint)
+        except TypeError:  # an unhashable hint: not cached
+            adapter = TypeAdapter(hint)
+        return adapter.validate_json(payload.data, context=DECODING)
+
+
+class PayloadConverter(CompositePayloadConverter):
+    """Temporal's default payload converters, with :class:`_TolerantJSONConverter` for JSON."""
+
+    def __init__(self) -> None:
+        json = _TolerantJSONConverter()
+        super().__init__(
+            *(
+                json if isinstance(converter, JSONPlainPayloadConverter) else converter
+                for converter in DefaultPayloadConverter.default_encoding_payload_converters
+            )
+        )
+
+
+#: The data converter of every DEE client and worker.
+data_converter = DataConverter(payload_converter_class=PayloadConverter)
+
+
 async def connect(*, profile: str | None = None) -> Client:
     """A client configured from the environment (and profile file), with pydantic payloads."""
     config = ClientConfig.load_client_connect_config(profile=profile)
     config.setdefault("target_host", "localhost:7233")
     try:
-        return await Client.connect(**config, data_converter=pydantic_data_converter)
+        return await Client.connect(**config, data_converter=data_converter)
     except RuntimeError as exc:
         raise TemporalSetupError(
             f"cannot connect to Temporal at {config['target_host']}: {exc}; set "

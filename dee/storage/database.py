@@ -8,7 +8,9 @@ mirror it for queries and must change only together with a new migration.
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
+import math
 import os
 import random
 import sqlite3
@@ -78,6 +80,9 @@ plan_versions = Table(
     Column("content_digests", Text, nullable=False),
     Column("created_by", String(200), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    #: The text ``digest`` is the SHA-256 of, and what the version is read from (0008);
+    #: NULL on rows from before whose digest it could not reproduce.
+    Column("canonical", Text, nullable=True),
     CheckConstraint("version >= 1", name="ck_plan_versions_version_positive"),
 )
 
@@ -162,14 +167,41 @@ def _sqlite_begin(connection: Connection) -> None:
         connection.exec_driver_sql("BEGIN")
 
 
-def make_engine(url: URL, *, echo: bool = False) -> Engine:
-    """An engine for ``url``, set up for concurrent use by threads and processes."""
+def make_engine(url: URL, *, echo: bool = False, timeout: float | None = None) -> Engine:
+    """An engine for ``url``, set up for concurrent use by threads and processes.
+
+    ``timeout`` bounds every wait of the engine's transactions, for code that must not
+    block for long (the event loop's thread): a connection from the pool or to the server,
+    a lock (SQLite's busy timeout, PostgreSQL's ``lock_timeout``) and each statement
+    (``statement_timeout``) give up after that many seconds and raise. Without it, SQLite
+    waits up to :data:`SQLITE_BUSY_TIMEOUT` for another writer and PostgreSQL as long as
+    it takes.
+    """
+    bounded: dict[str, Any] = {} if timeout is None else {"pool_timeout": timeout}
     if url.get_backend_name() == "sqlite":
-        engine = create_engine(url, echo=echo, connect_args={"timeout": SQLITE_BUSY_TIMEOUT})
+        engine = create_engine(
+            url,
+            echo=echo,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT if timeout is None else timeout},
+            **bounded,
+        )
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
-    return create_engine(url, echo=echo)
+    if timeout is None:
+        return create_engine(url, echo=echo)
+    # libpq counts its connect timeout in whole seconds, and takes at least 2.
+    connect = {"connect_timeout": max(2, math.ceil(timeout))}
+    engine = create_engine(url, echo=echo, connect_args=connect, **bounded)
+    event.listen(engine, "begin", functools.partial(_postgres_begin, seconds=timeout))
+    return engine
+
+
+def _postgres_begin(connection: Connection, *, seconds: float) -> None:
+    # SET LOCAL: for this transaction only, and it works behind a transaction pooler.
+    limit = f"'{round(seconds * 1000)}ms'"
+    connection.exec_driver_sql(f"SET LOCAL lock_timeout = {limit}")
+    connection.exec_driver_sql(f"SET LOCAL statement_timeout = {limit}")
 
 
 @contextmanager

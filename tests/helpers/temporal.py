@@ -25,13 +25,13 @@ from typing import Any
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from dee.runs.ledger import SendLedger
 from dee.runs.model import SEARCH_ATTRIBUTES, RunResult
+from dee.runs.temporal import data_converter
 from dee.settings import Settings
 
 __all__ = [
@@ -80,7 +80,7 @@ async def register_search_attributes(client: Client) -> None:
 async def start_time_skipping_env() -> WorkflowEnvironment:
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(executable("temporal-test-server")),
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter,
     )
     try:
         await register_search_attributes(env.client)
@@ -93,7 +93,7 @@ async def start_time_skipping_env() -> WorkflowEnvironment:
 async def start_dev_env() -> WorkflowEnvironment:
     return await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(executable("temporal")),
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter,
         # Registered at launch, so they exist before the first workflow starts.
         search_attributes=SEARCH_ATTRIBUTES,
         dev_server_log_level="error",

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import Row, select, text
+from sqlalchemy import Row, func, select, text
 
 from dee.errors import PlanNotFoundError, PlanValidationError, RegistryError
 from dee.plans.content import load_content
@@ -264,9 +264,10 @@ def test_tampered_row_is_refused(registry: PlanRegistry, database_url: str) -> N
     engine = make_engine(resolve_url(database_url))
     try:
         with engine.begin() as connection:
+            # The text the version is read from.
             connection.execute(
                 plan_versions.update().values(
-                    content=email_content("<p>Other</p>").model_dump_json()
+                    canonical=func.replace(plan_versions.c.canonical, "<p>Hi</p>", "<p>Other</p>")
                 )
             )
     finally:

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 import dee
@@ -30,6 +29,7 @@ from dee.plans.registry import PlanRegistry
 from dee.plans.versions import PlanVersion
 from dee.runs.ledger import SendLedger
 from dee.runs.model import SEARCH_ATTRIBUTES, Contact, RunInput, RunResult
+from dee.runs.temporal import data_converter
 from dee.settings import Settings
 from tests.helpers.smtp import Received, RecordingHandler, SmtpServer, free_port, smtp_server
 from tests.helpers.temporal import executable, running_worker
@@ -133,15 +133,27 @@ def settings_for(smtp_url: str, database: str, task_queue: str, twilio: TwilioAp
 
 
 def worker_process(
-    settings: Settings, address: str, *, log: Path | None = None
+    settings: Settings,
+    address: str,
+    *,
+    log: Path | None = None,
+    fault: tuple[str, Path] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """``worker.py`` in a process of its own; its output goes to ``log`` when given."""
+    """``worker.py`` in a process of its own; its output goes to ``log`` when given.
+
+    ``fault``: a point and signal, and a file to mark it, for :mod:`tests.helpers.hooked_worker`.
+    """
+    command = [sys.executable, str(ROOT / "worker.py")]
+    env = settings_env(settings, address)
+    if fault is not None:
+        command = [sys.executable, "-m", "tests.helpers.hooked_worker"]
+        env.update(DEE_TEST_FAULT=fault[0], DEE_TEST_FAULT_MARK=str(fault[1]))
     with contextlib.ExitStack() as files:
         output = files.enter_context(log.open("wb")) if log is not None else subprocess.DEVNULL
         return subprocess.Popen(
-            [sys.executable, str(ROOT / "worker.py")],
+            command,
             cwd=ROOT,
-            env=settings_env(settings, address),
+            env=env,
             stdout=output,
             stderr=subprocess.STDOUT if log is not None else subprocess.DEVNULL,
         )
@@ -250,9 +262,7 @@ async def connect(port: int) -> Client:
     async with asyncio.timeout(60):
         while True:
             try:
-                return await Client.connect(
-                    f"127.0.0.1:{port}", data_converter=pydantic_data_converter
-                )
+                return await Client.connect(f"127.0.0.1:{port}", data_converter=data_converter)
             except RuntimeError:
                 await asyncio.sleep(0.2)
 

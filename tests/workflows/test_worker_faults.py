@@ -11,6 +11,10 @@ final dot, finds the send taken over, and ends DATA without the dot. Either way 
 contact gets exactly one email. The same with SIGKILL at each point: after the claim and
 after RCPT nothing reached the server and B sends; after the final dot the server has the
 message, the ledger recorded it before the dot, and B finds it sent.
+
+Between the commit and the dot (a point only the worker sees: :mod:`tests.helpers.hooked_worker`
+places the signal there): frozen, the email is held back until A thaws and writes its dot,
+B having found it recorded; killed, it is lost, the one window the README names.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from dee.plans.registry import PlanRegistry
 from dee.plans.versions import PlanVersion
 from dee.runs.ledger import SendLedger
 from dee.runs.model import RunResult
+from dee.settings import Settings
 from tests.helpers.smtp import RecordingHandler, smtp_server
 from tests.helpers.temporal import running_worker
 from tests.helpers.twilio_api import twilio_api
@@ -139,19 +144,105 @@ async def test_a_worker_killed_mid_send_leaves_exactly_one_email(
                 assert await asyncio.to_thread(handler.frozen.wait, 60), "A never got there"
                 # Positive control: the kill landed.
                 assert await asyncio.to_thread(worker_a.wait, 10) == -signal.SIGKILL
-                with SendLedger(database) as ledger:
-                    async with running_worker(
-                        dev_env.client, task_queue=task_queue, settings=settings, ledger=ledger
-                    ):
-                        handle = dev_env.client.get_workflow_handle(run_id, result_type=RunResult)
-                        async with asyncio.timeout(90):
-                            result = await handle.result()
+                result = await _finish_on_b(dev_env, run_id, settings)
             finally:
                 if worker_a.poll() is None:
                     worker_a.kill()
                     worker_a.wait(timeout=30)
     assert result.outcome == "finished"
     assert [received.rcpt_tos for received in handler.messages] == [("ana@example.com",)]
+
+
+async def test_a_worker_frozen_between_commit_and_dot_delivers_the_email_when_it_thaws(
+    dev_env: WorkflowEnvironment, task_queue: str, tmp_path: Path
+) -> None:
+    database = f"sqlite:///{tmp_path / 'dee.db'}"
+    version = _one_email(database)
+    mark = tmp_path / "fault"
+    with twilio_api() as twilio:
+        async with smtp_server() as smtp:
+            settings = settings_for(smtp.url, database, task_queue, twilio)
+            address = dev_env.client.service_client.config.target_host
+            fault = ("after-commit:STOP", mark)
+            worker_a = worker_process(settings, address, log=tmp_path / "a.log", fault=fault)
+            try:
+                run_id = await _start(dev_env, version, task_queue)
+                await _signalled(worker_a.pid, mark, state="T")
+                # A recorded the send and froze with the body at the server, no dot.
+                assert _status(database, mark.read_text()) == "sent"
+                result = await _finish_on_b(dev_env, run_id, settings)
+                # B's retry found the send recorded and sent nothing: while A is frozen the
+                # contact has no email yet, and the run has moved on.
+                assert result.outcome == "finished"
+                assert smtp.handler.messages == []
+                os.kill(worker_a.pid, signal.SIGCONT)
+                # A's next write is the dot: the server takes the message it already had.
+                async with asyncio.timeout(30):
+                    while not smtp.handler.messages:
+                        await asyncio.sleep(0.05)
+                await asyncio.sleep(1)
+            finally:
+                os.kill(worker_a.pid, signal.SIGCONT)
+                worker_a.terminate()
+                worker_a.wait(timeout=30)
+    assert [received.rcpt_tos for received in smtp.handler.messages] == [("ana@example.com",)]
+
+
+async def test_a_worker_killed_between_commit_and_dot_loses_the_email(
+    dev_env: WorkflowEnvironment, task_queue: str, tmp_path: Path
+) -> None:
+    # The known loss window, asserted so that it stays what the README says it is: the
+    # ledger says sent, the server discarded the body without its dot, and no retry sends.
+    database = f"sqlite:///{tmp_path / 'dee.db'}"
+    version = _one_email(database)
+    mark = tmp_path / "fault"
+    with twilio_api() as twilio:
+        async with smtp_server() as smtp:
+            settings = settings_for(smtp.url, database, task_queue, twilio)
+            address = dev_env.client.service_client.config.target_host
+            fault = ("after-commit:KILL", mark)
+            worker_a = worker_process(settings, address, log=tmp_path / "a.log", fault=fault)
+            try:
+                run_id = await _start(dev_env, version, task_queue)
+                assert await asyncio.to_thread(worker_a.wait, 60) == -signal.SIGKILL
+                # Positive control: the kill came from the hook, after the commit.
+                assert mark.exists()
+                result = await _finish_on_b(dev_env, run_id, settings)
+                await asyncio.sleep(1)
+            finally:
+                if worker_a.poll() is None:
+                    worker_a.kill()
+                    worker_a.wait(timeout=30)
+    assert result.outcome == "finished"
+    assert _status(database, mark.read_text()) == "sent"
+    assert smtp.handler.messages == []
+
+
+async def _finish_on_b(dev_env: WorkflowEnvironment, run_id: str, settings: Settings) -> RunResult:
+    """Worker B, in the test's process, on A's task queue until the run ends."""
+    with SendLedger(settings.database_url) as ledger:
+        async with running_worker(
+            dev_env.client, task_queue=settings.task_queue, settings=settings, ledger=ledger
+        ):
+            handle = dev_env.client.get_workflow_handle(run_id, result_type=RunResult)
+            async with asyncio.timeout(90):
+                result: RunResult = await handle.result()
+    return result
+
+
+def _status(database: str, message_id: str) -> str | None:
+    with SendLedger(database) as ledger:
+        record = ledger.get(message_id)
+    return None if record is None else record.status
+
+
+async def _signalled(pid: int, mark: Path, *, state: str) -> None:
+    """Wait until the hook marked its point and process ``pid`` is in ``state`` (``T``:
+    stopped), as ``/proc`` reports it."""
+    stat = Path(f"/proc/{pid}/stat")
+    async with asyncio.timeout(60):
+        while not (mark.exists() and stat.read_text().rpartition(")")[2].split()[0] == state):
+            await asyncio.sleep(0.05)
 
 
 def _one_email(database: str) -> PlanVersion:
