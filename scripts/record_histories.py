@@ -5,12 +5,14 @@ SMTP server and loopback Twilio API, and writes each run's history to
 ``tests/histories/<name>.json``. Re-record only on purpose: the point of the recorded
 histories is that a change to the interpreter must still replay the runs already in flight.
 
-    .venv/bin/python scripts/record_histories.py
+    .venv/bin/python scripts/record_histories.py              # every scenario
+    .venv/bin/python scripts/record_histories.py voicemail    # only those named
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -19,12 +21,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from temporalio.client import WorkflowFailureError  # noqa: E402
+
+from dee.plans.content import PlanContent  # noqa: E402
 from dee.runs.client import send_event  # noqa: E402
 from tests.helpers.engine import Engine, engine, wait_for_messages  # noqa: E402
+from tests.helpers.plans import simple_plan  # noqa: E402
 from tests.helpers.smtp import smtp_server  # noqa: E402
 from tests.helpers.temporal import new_task_queue, start_time_skipping_env  # noqa: E402
 from tests.helpers.twilio_api import twilio_api  # noqa: E402
+from tests.server.test_twilio_routes import call_plan  # noqa: E402
 from tests.workflows.test_execution_plan import loop_plan  # noqa: E402
+from workflows.execution_plan import CONTINUE_AFTER_SIGNALS  # noqa: E402
 
 HISTORIES = ROOT / "tests" / "histories"
 
@@ -72,6 +80,47 @@ async def visit_limit(e: Engine) -> str:
     return handle.id
 
 
+async def cancelled_mid_send(e: Engine) -> str:
+    """Cancelled while the intro email waits for the server's answer to RCPT."""
+    e.smtp.handler.rcpt_delay = 4.0
+    handle = await e.start(e.spec_version())
+    async with asyncio.timeout(30):
+        while not e.smtp.handler.rcpt_attempts:
+            await asyncio.sleep(0.02)
+    await handle.cancel()
+    with contextlib.suppress(WorkflowFailureError):
+        await handle.result()
+    return handle.id
+
+
+async def continued(e: Engine) -> str:
+    """Continues as new in the middle of a wait, then takes more events and an unsubscribe:
+    the history recorded is the continued execution's (its input carries the progress)."""
+    handle = await e.start(e.version(simple_plan("gather", hours=24), PlanContent()))
+    for number in range(CONTINUE_AFTER_SIGNALS):
+        await send_event(e.client, handle.id, type="open", step_id="pause", event_id=f"o{number}")
+    latest = e.client.get_workflow_handle(handle.id)
+    async with asyncio.timeout(60):
+        while (await latest.describe()).run_id == handle.run_id:
+            await asyncio.sleep(0.1)
+    await send_event(e.client, handle.id, type="open", step_id="pause", event_id="o0")
+    await send_event(e.client, handle.id, type="click", step_id="pause", event_id="c1")
+    await send_event(e.client, handle.id, type="unsubscribe", event_id="u1")
+    await latest.result()
+    return handle.id
+
+
+async def voicemail(e: Engine) -> str:
+    """A call that reaches voicemail, then a branch on it."""
+    handle = await e.start(e.version(*call_plan("voicemail")))
+    async with asyncio.timeout(30):
+        while not e.twilio.creates:
+            await asyncio.sleep(0.05)
+    await send_event(e.client, handle.id, type="voicemail", step_id="call", event_id="vm1")
+    await handle.result()
+    return handle.id
+
+
 SCENARIOS: dict[str, Callable[[Engine], Awaitable[str]]] = {
     "spec-reply": reply,
     "spec-open": opened,
@@ -79,6 +128,9 @@ SCENARIOS: dict[str, Callable[[Engine], Awaitable[str]]] = {
     "spec-unsubscribe": unsubscribed,
     "spec-rejected-recipient": rejected,
     "loop-visit-limit": visit_limit,
+    "cancelled-mid-send": cancelled_mid_send,
+    "continued-mid-wait": continued,
+    "call-voicemail": voicemail,
 }
 
 
@@ -86,7 +138,9 @@ async def main() -> None:
     HISTORIES.mkdir(parents=True, exist_ok=True)
     env = await start_time_skipping_env()
     try:
-        for name, scenario in SCENARIOS.items():
+        chosen = sys.argv[1:] or list(SCENARIOS)
+        for name in chosen:
+            scenario = SCENARIOS[name]
             with tempfile.TemporaryDirectory() as scratch, twilio_api() as twilio:
                 async with (
                     smtp_server() as smtp,

@@ -32,6 +32,7 @@ from typing import Any, Final, NoReturn, TypeVar, assert_never
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from dee.errors import ConditionError
@@ -337,17 +338,31 @@ class ExecutionPlanWorkflow:
         """Run one channel's activity for ``step`` with the send options every channel
         shares; a failure that outlasts the retries ends the run."""
         self._show_step(step.id)
+        # A cancelled run waits for its send to stop (or finish) before it reports
+        # cancelled, so nothing is sent after it says it has ended. Patched: runs that
+        # started before this do as they did (report at once).
+        waits = workflow.patched("send-cancellation-waits")
         try:
-            return await workflow.execute_activity_method(
+            result = await workflow.execute_activity_method(
                 channel,
                 message,
                 start_to_close_timeout=SEND_TIMEOUT,
                 heartbeat_timeout=SEND_HEARTBEAT_TIMEOUT,
                 retry_policy=SEND_RETRY_POLICY,
                 summary=summary,
+                cancellation_type=(
+                    ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+                    if waits
+                    else ActivityCancellationType.TRY_CANCEL
+                ),
             )
         except ActivityError as error:
             self._fail(step, error)
+        task = asyncio.current_task()
+        if waits and task is not None and task.cancelling():
+            # Cancelled while the send finished anyway: the run stops here, after it.
+            raise asyncio.CancelledError()
+        return result
 
     async def _wait(self, step: WaitStep) -> str:
         self._show_step(step.id)

@@ -70,6 +70,8 @@ class RecordingHandler:
     rcpt_attempts: list[str] = field(default_factory=list)
     #: Seconds to wait at the end of DATA before answering: a slow server.
     data_delay: float = 0.0
+    #: Seconds to wait before answering RCPT.
+    rcpt_delay: float = 0.0
     #: Called, in the server's thread, after a message was accepted and recorded.
     after_accept: Callable[[Received], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -90,6 +92,8 @@ class RecordingHandler:
         with self._lock:
             self.rcpt_attempts.append(address)
             reply = self.rcpt_replies.get(address.lower())
+        if self.rcpt_delay:
+            await asyncio.sleep(self.rcpt_delay)
         if reply is not None:
             return reply
         envelope.rcpt_tos.append(address)
