@@ -260,6 +260,34 @@ for _name in ("list-unsubscribe", "x-dee-run", "x-dee-step"):
 _POLICY: Final = email.policy.SMTP.clone(header_factory=_HEADER_FACTORY)
 
 
+#: What no header may hold once its value is parsed, encoded words (RFC 2047) decoded: line
+#: breaks, NUL, the other C0 controls and DEL.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _set_header(message: EmailMessage, name: str, value: str, *, step_id: str) -> None:
+    """Set one header, refusing any value that could end it early.
+
+    The policy refuses raw CR and LF, but the header registry decodes encoded words
+    (``=?utf-8?q?...=0D=0A...?=``, ``=?utf-8?b?...?=``) and would write the line breaks they
+    hold out as real ones, adding headers or a body of the sender's choosing. So the value
+    is checked as parsed, not as given.
+    """
+    try:
+        message[name] = value
+    except ValueError as exc:
+        raise permanent(
+            f"step {step_id!r}: the {name} header cannot be built: {exc}", "InvalidHeader"
+        ) from None
+    if _CONTROL.search(str(message[name])):
+        raise permanent(
+            f"step {step_id!r}: the {name} header would hold a line break or control "
+            "character once its encoded words (=?...?=) are decoded; remove them from the "
+            "contact, variable or template it comes from",
+            "InvalidHeader",
+        )
+
+
 def _build_message(
     input: SendEmailInput,
     rendered: RenderedEmail,
@@ -313,23 +341,20 @@ def _build_message(
     )
 
     message = EmailMessage(policy=_POLICY)
-    try:
-        message["From"] = sender.addr_spec
-        message["To"] = recipient.addr_spec
-        message["Subject"] = rendered.subject
-        if reply_to is not None:
-            message["Reply-To"] = reply_to.addr_spec
-        message["Date"] = email.utils.format_datetime(datetime.datetime.now(datetime.UTC))
-        message["Message-ID"] = message_id
-        message["List-Unsubscribe"] = f"<{unsubscribe}>, <{mailto}>"
-        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        message["X-DEE-Run"] = input.run_id
-        message["X-DEE-Step"] = step.id
-    except ValueError as exc:
-        # The policy refuses line breaks in any header: contact data cannot add headers.
-        raise permanent(
-            f"step {step.id!r}: cannot build the headers: {exc}", "TemplateError"
-        ) from None
+    headers = [
+        ("From", sender.addr_spec),
+        ("To", recipient.addr_spec),
+        ("Subject", rendered.subject),
+        *([("Reply-To", reply_to.addr_spec)] if reply_to is not None else []),
+        ("Date", email.utils.format_datetime(datetime.datetime.now(datetime.UTC))),
+        ("Message-ID", message_id),
+        ("List-Unsubscribe", f"<{unsubscribe}>, <{mailto}>"),
+        ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+        ("X-DEE-Run", input.run_id),
+        ("X-DEE-Step", step.id),
+    ]
+    for name, value in headers:
+        _set_header(message, name, value, step_id=step.id)
     message.set_content(text)
     message.add_alternative(html, subtype="html")
     return message

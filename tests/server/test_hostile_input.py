@@ -1,0 +1,77 @@
+"""Hostile contact data through the real app, worker and SMTP server: an RFC 2047 encoded
+word that decodes to a line break, in a run variable or a contact field, never reaches the
+wire as a header; the run fails at once naming the step. Dev server."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from dee.runs.client import run_state
+from dee.runs.model import RunState
+from dee.settings import Settings
+from tests.helpers.engine import engine
+from tests.helpers.plans import email_content, email_plan
+from tests.helpers.server import running_server
+from tests.helpers.smtp import SmtpServer
+from tests.helpers.twilio_api import twilio_api
+
+API_KEY = "hostile-api-key"
+REPLY_TO = "=?utf-8?q?DEE=0D=0AReply-To=3A_attacker@evil.example.net?="
+BODY = "=?utf-8?q?Ana=0D=0AContent-Type=3A_text/html=0D=0A=0D=0A<h1>owned</h1>?="
+
+
+async def _ended(client: Client, run_id: str) -> RunState:
+    async with asyncio.timeout(60):
+        while (state := await run_state(client, run_id)).status != "completed":
+            await asyncio.sleep(0.2)
+    return state
+
+
+async def test_encoded_line_breaks_in_data_fail_the_run_and_send_nothing(
+    dev_env: WorkflowEnvironment, task_queue: str, tmp_path: Path, smtp: SmtpServer
+) -> None:
+    with twilio_api() as twilio:
+        async with engine(dev_env, task_queue, tmp_path, smtp, twilio) as e:
+            plan = email_plan("hostile", template_id="intro")
+            step = plan.steps[0].model_copy(
+                update={"subject": "Introducing {{ product }} to {{ contact.firstName }}"}
+            )
+            e.registry.create(
+                plan.model_copy(update={"steps": (step, *plan.steps[1:])}),
+                email_content("<p>Hi {{ contact.firstName }}, {{ product }}</p>"),
+            )
+            settings = Settings(
+                database_url=f"sqlite:///{tmp_path / 'dee.db'}",
+                api_keys=(API_KEY,),
+                task_queue=task_queue,
+            )
+            auth = {"Authorization": f"Bearer {API_KEY}"}
+            async with running_server(settings, client=e.client, registry=e.registry) as up:
+
+                async def start(name: str, first_name: str, product: str) -> str:
+                    contact = {"email": f"{name}@example.com", "firstName": first_name}
+                    body = {
+                        "planId": "hostile",
+                        "contact": contact,
+                        "variables": {"product": product},
+                    }
+                    started = await up.http.post("/v1/runs", json=body, headers=auth)
+                    assert started.status_code == 201, started.text
+                    run_id: str = started.json()["runId"]
+                    return run_id
+
+                # Positive control: plain data is sent.
+                control = await _ended(e.client, await start("cleo", "Cleo", "DEE"))
+                assert control.outcome == "sent"
+                assert len(smtp.handler.messages) == 1
+                runs = [await start("vic", "Vic", REPLY_TO), await start("ana", BODY, "DEE")]
+                states = [await _ended(e.client, run_id) for run_id in runs]
+    for state in states:
+        assert state.outcome == "failed", state
+        assert state.failure is not None and state.failure.kind == "InvalidHeader"
+        assert state.failure.step_id == "send"
+    assert [r.rcpt_tos for r in smtp.handler.messages] == [("cleo@example.com",)]
