@@ -110,7 +110,10 @@ class EmailActivities:
         if step.reply_to and reply_to is None:
             raise permanent(f"step {step.id!r}: replyTo is not one plain address", "InvalidSender")
         try:
-            rendered = render_email(
+            # Off the event loop: a slow template (bounded by dee.plans.sandbox) delays no
+            # other send, and heartbeats go on.
+            rendered = await asyncio.to_thread(
+                render_email,
                 step,
                 PlanContent(templates={step.template_id: input.template}),
                 contact=input.contact.attributes(),

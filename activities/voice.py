@@ -126,7 +126,8 @@ class VoiceActivities:
                 "`phone` in E.164 form (+15551234567)",
                 "MissingPhone",
             )
-        twiml, voicemail_twiml = self._twiml(input)
+        # Off the event loop, as for email (templates are bounded by dee.plans.sandbox).
+        twiml, voicemail_twiml = await asyncio.to_thread(self._twiml, input)
         create: dict[str, Any] = {
             "to": input.contact.phone,
             "from_": step.caller_id,

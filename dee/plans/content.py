@@ -25,12 +25,12 @@ from typing import Any
 import jinja2
 import jinja2.meta
 from jinja2 import nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import ConfigDict
 
 from dee.errors import ContentError, MissingVariablesError, Problem
 from dee.plans.decoding import TolerantModel
 from dee.plans.model import ContentRef, ExecutionPlan, SendEmailStep
+from dee.plans.sandbox import BoundedSandbox, constant_problem, render_bounded
 
 __all__ = [
     "EmailTemplate",
@@ -153,12 +153,15 @@ def load_content(directory: str | Path, plan: ExecutionPlan) -> PlanContent:
 
 # Contact and variables are plain data: an immutable sandbox is enough, and autoescape is
 # on for HTML only, so a plain-text part or a subject is not full of &amp;.
-_HTML_ENV = ImmutableSandboxedEnvironment(
+# Both are bounded (dee.plans.sandbox): a template cannot stall the worker that renders it.
+_HTML_ENV = BoundedSandbox(
     autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True
 )
-_TEXT_ENV = ImmutableSandboxedEnvironment(
+_TEXT_ENV = BoundedSandbox(
     autoescape=False, undefined=jinja2.StrictUndefined, keep_trailing_newline=True
 )
+#: A subject is one header line: RFC 5322 allows 998 characters.
+MAX_SUBJECT_CHARS = 998
 
 
 def _sources(
@@ -268,6 +271,17 @@ def check_content(plan: ExecutionPlan, content: PlanContent) -> list[Problem]:
                 )
             )
             continue
+        unbounded = constant_problem(tree)
+        if unbounded is not None:
+            line, problem = unbounded
+            problems.append(
+                Problem(
+                    step_id,
+                    "template-unbounded",
+                    f"{what} line {line} computes {problem}; DEE refuses it when rendering, "
+                    "so shorten it",
+                )
+            )
         for node in tree.find_all(nodes.Getattr):
             if node.attr.startswith("_"):
                 problems.append(
@@ -320,11 +334,16 @@ def _render(
     step_id: str | None,
 ) -> str:
     try:
-        return env.from_string(source).render(context)
+        return render_bounded(env.from_string(source), context)
     except jinja2.UndefinedError as exc:
         raise ContentError(f"{what}: {exc.message}", content_id=what, step_id=step_id) from exc
-    except jinja2.TemplateError as exc:
-        raise ContentError(f"{what}: {exc}", content_id=what, step_id=step_id) from exc
+    except Exception as exc:
+        # A bound hit, or the template's own arithmetic (a division by zero, a type
+        # mismatch, an overflow): the same data fails the same way on every attempt.
+        reason = str(exc) or type(exc).__name__
+        if not isinstance(exc, jinja2.TemplateError):
+            reason = f"{type(exc).__name__}: {reason}"
+        raise ContentError(f"{what}: {reason}", content_id=what, step_id=step_id) from exc
 
 
 def _context(contact: Mapping[str, Any], variables: Mapping[str, Any]) -> dict[str, Any]:
@@ -352,6 +371,12 @@ def render_email(
     subject = _render(_TEXT_ENV, step.subject, context, what="subject", step_id=step.id)
     # A subject is one header line, whatever the contact data holds.
     subject = " ".join(subject.split())
+    if len(subject) > MAX_SUBJECT_CHARS:
+        raise ContentError(
+            f"subject: {len(subject):,} characters once rendered; the most is {MAX_SUBJECT_CHARS}",
+            content_id="subject",
+            step_id=step.id,
+        )
     html_name = f"templates/{step.template_id}.html"
     html = _render(_HTML_ENV, template.html, context, what=html_name, step_id=step.id)
     text = None

@@ -118,6 +118,8 @@ def _mutate(document: dict[str, Any], data: st.DataObject) -> dict[str, Any]:
                     rules = step["conditions"]
                     if rules and isinstance(rules[0], dict):
                         rules[0]["when"] = data.draw(expressions)
+                    # An earlier mutation may have replaced the last rule with a non-object.
+                    if rules and isinstance(rules[-1], dict):
                         rules[-1]["goto"] = data.draw(st.sampled_from(STEP_IDS + ["nowhere"]))
         else:
             transitions = mutated.get("transitions")

@@ -20,8 +20,16 @@ from tests.helpers.smtp import SmtpServer
 from tests.helpers.twilio_api import twilio_api
 
 API_KEY = "hostile-api-key"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 REPLY_TO = "=?utf-8?q?DEE=0D=0AReply-To=3A_attacker@evil.example.net?="
 BODY = "=?utf-8?q?Ana=0D=0AContent-Type=3A_text/html=0D=0A=0D=0A<h1>owned</h1>?="
+
+
+def _api_settings(tmp_path: Path, task_queue: str) -> Settings:
+    """The server's settings: the engine's database, and the API open to :data:`API_KEY`."""
+    return Settings(
+        database_url=f"sqlite:///{tmp_path / 'dee.db'}", api_keys=(API_KEY,), task_queue=task_queue
+    )
 
 
 async def _ended(client: Client, run_id: str) -> RunState:
@@ -44,12 +52,7 @@ async def test_encoded_line_breaks_in_data_fail_the_run_and_send_nothing(
                 plan.model_copy(update={"steps": (step, *plan.steps[1:])}),
                 email_content("<p>Hi {{ contact.firstName }}, {{ product }}</p>"),
             )
-            settings = Settings(
-                database_url=f"sqlite:///{tmp_path / 'dee.db'}",
-                api_keys=(API_KEY,),
-                task_queue=task_queue,
-            )
-            auth = {"Authorization": f"Bearer {API_KEY}"}
+            settings = _api_settings(tmp_path, task_queue)
             async with running_server(settings, client=e.client, registry=e.registry) as up:
 
                 async def start(name: str, first_name: str, product: str) -> str:
@@ -59,7 +62,7 @@ async def test_encoded_line_breaks_in_data_fail_the_run_and_send_nothing(
                         "contact": contact,
                         "variables": {"product": product},
                     }
-                    started = await up.http.post("/v1/runs", json=body, headers=auth)
+                    started = await up.http.post("/v1/runs", json=body, headers=AUTH)
                     assert started.status_code == 201, started.text
                     run_id: str = started.json()["runId"]
                     return run_id
@@ -75,3 +78,43 @@ async def test_encoded_line_breaks_in_data_fail_the_run_and_send_nothing(
         assert state.failure is not None and state.failure.kind == "InvalidHeader"
         assert state.failure.step_id == "send"
     assert [r.rcpt_tos for r in smtp.handler.messages] == [("cleo@example.com",)]
+
+
+async def test_a_template_that_fails_to_render_fails_the_run_at_once(
+    dev_env: WorkflowEnvironment, task_queue: str, tmp_path: Path, smtp: SmtpServer
+) -> None:
+    with twilio_api() as twilio:
+        async with engine(dev_env, task_queue, tmp_path, smtp, twilio) as e:
+            version = e.registry.create(
+                email_plan("averages", template_id="intro"),
+                email_content("<p>{{ total / count }} per order, {{ 'x' * repeat }}</p>"),
+            )
+            settings = _api_settings(tmp_path, task_queue)
+            async with running_server(settings, client=e.client, registry=e.registry) as up:
+
+                async def run(name: str, variables: dict[str, int]) -> RunState:
+                    body = {
+                        "planId": version.plan.id,
+                        "contact": {"email": f"{name}@example.com", "firstName": name},
+                        "variables": variables,
+                    }
+                    started = await up.http.post("/v1/runs", json=body, headers=AUTH)
+                    assert started.status_code == 201, started.text
+                    return await _ended(e.client, started.json()["runId"])
+
+                # Positive control: the same template renders with sound data.
+                assert (await run("sam", {"total": 10, "count": 2, "repeat": 3})).outcome == "sent"
+                # Each would be retried for 20 minutes if it counted as a passing failure;
+                # _ended gives the run a minute.
+                broken = [
+                    await run("zed", {"total": 10, "count": 0, "repeat": 3}),
+                    await run("rex", {"total": 10, "count": 2, "repeat": 10**8}),
+                ]
+    reasons = []
+    for state in broken:
+        assert state.outcome == "failed", state
+        assert state.failure is not None and state.failure.kind == "TemplateError"
+        assert state.failure.step_id == "send"
+        reasons.append(state.failure.reason)
+    assert "ZeroDivisionError" in reasons[0] and "repetition" in reasons[1], reasons
+    assert [r.rcpt_tos for r in smtp.handler.messages] == [("sam@example.com",)]
