@@ -54,6 +54,7 @@ from dee.runs.errors import (
     RunAlreadyStartedError,
     RunBusyError,
     RunClosedError,
+    RunInputError,
     RunInputTooLargeError,
     RunNotFoundError,
     RunUnavailableError,
@@ -65,9 +66,11 @@ from dee.runs.model import (
     DEFAULT_TASK_QUEUE,
     EVENT_SIGNAL,
     MAX_CONTACT_AND_VARIABLES_BYTES,
+    MAX_NESTING,
     OUTCOME_ATTRIBUTE,
     PLAN_ID_ATTRIBUTE,
     PLAN_VERSION_ATTRIBUTE,
+    RUN_ID_PATTERN,
     STATE_QUERY,
     WORKFLOW_NAME,
     Contact,
@@ -75,6 +78,7 @@ from dee.runs.model import (
     RunInput,
     RunState,
     default_run_id,
+    nesting_problem,
 )
 from dee.runs.temporal import TemporalSetupError
 
@@ -199,7 +203,20 @@ async def start_run(
     given = dict(variables or {})
     plan = version.plan
     check_variables(plan, version.content, contact=person.attributes(), variables=given)
+    if run_id is not None and not re.fullmatch(RUN_ID_PATTERN, run_id):
+        raise RunInputError(
+            f"run id {run_id!r} is not one DEE takes: it starts with a letter or digit and "
+            "holds no whitespace, control characters or slashes, at most 255 characters",
+            run_id=run_id[:255],
+        )
     run_id = run_id or default_run_id(plan.id, person.id)
+    for field, value in (("contact", person.attributes()), ("variables", given)):
+        deep = nesting_problem(value, path=field)
+        if deep is not None:
+            raise RunInputError(
+                f"{deep} nests deeper than {MAX_NESTING} levels of lists and objects: flatten it",
+                run_id=run_id,
+            )
     size = len(person.model_dump_json().encode()) + len(json.dumps(given).encode())
     if size > MAX_CONTACT_AND_VARIABLES_BYTES:
         raise RunInputTooLargeError(run_id, size, MAX_CONTACT_AND_VARIABLES_BYTES)

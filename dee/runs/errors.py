@@ -21,6 +21,7 @@ __all__ = [
     "RunBusyError",
     "RunClosedError",
     "RunError",
+    "RunInputError",
     "RunInputTooLargeError",
     "RunNotFoundError",
     "RunUnavailableError",
@@ -75,7 +76,12 @@ class RunUnavailableError(RunError):
         )
 
 
-class RunInputTooLargeError(RunError):
+class RunInputError(RunError):
+    """The run was not started: its id, contact or variables are not something a run can
+    carry (see the message for which and why)."""
+
+
+class RunInputTooLargeError(RunInputError):
     """The contact and run variables are too large for a run to carry."""
 
     def __init__(self, run_id: str, size: int, limit: int) -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "StepVisit",
     "default_run_id",
     "event_digest",
+    "nesting_problem",
     "pack_digests",
     "unpack_digests",
 ]
@@ -72,6 +73,12 @@ MAX_CARRIED_EVENT_BYTES: Final = 64 * 1024
 MAX_CARRIED_HISTORY: Final = 200
 #: A contact and run variables, as JSON, at most this big (checked by start_run and run).
 MAX_CONTACT_AND_VARIABLES_BYTES: Final = 64 * 1024
+
+#: A run id given by hand: a letter or digit, then up to 254 more characters that are not
+#: whitespace, control characters or slashes (the default ``<plan>:<contact>`` is one).
+RUN_ID_PATTERN: Final = r"^[A-Za-z0-9][^\s\x00-\x1f\x7f/\\]{0,254}$"
+#: How deep a contact or the run variables may nest (a list or object in another is 2).
+MAX_NESTING: Final = 32
 
 #: How often a run may enter one step before it ends as a runaway (outcome visit-limit).
 DEFAULT_MAX_VISITS_PER_STEP: Final = 100
@@ -139,6 +146,24 @@ def unpack_digests(packed: str) -> set[bytes]:
     raw = base64.b64decode(packed)
     size = EVENT_DIGEST_BYTES
     return {raw[at : at + size] for at in range(0, len(raw), size)}
+
+
+def nesting_problem(value: Any, *, path: str, limit: int = MAX_NESTING) -> str | None:
+    """Where ``value`` nests deeper than ``limit`` levels of lists and objects (a dotted
+    path from ``path``), or ``None``; iterative, so no depth can exhaust the stack."""
+    pending: list[tuple[Any, str, int]] = [(value, path, 1)]
+    while pending:
+        item, where, depth = pending.pop()
+        if isinstance(item, dict):
+            children = [(child, f"{where}.{key}") for key, child in item.items()]
+        elif isinstance(item, list | tuple):
+            children = [(child, f"{where}[{index}]") for index, child in enumerate(item)]
+        else:
+            continue
+        if depth > limit:
+            return where
+        pending.extend((child, child_path, depth + 1) for child, child_path in children)
+    return None
 
 
 def default_run_id(plan_id: str, contact_id: str) -> str:

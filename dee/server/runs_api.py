@@ -40,10 +40,11 @@ from dee.runs.client import (
 from dee.runs.errors import (
     ContactSuppressedError,
     RunAlreadyStartedError,
+    RunInputError,
     RunInputTooLargeError,
     RunUnavailableError,
 )
-from dee.runs.model import Contact, RunEvent, RunState
+from dee.runs.model import RUN_ID_PATTERN, Contact, RunEvent, RunState
 from dee.runs.suppressions import Suppressions
 from dee.runs.temporal import TemporalSetupError
 from dee.runs.unsubscribe import unsubscribe_run
@@ -95,7 +96,7 @@ class StartRunRequest(ApiRequest):
     variables: dict[str, JsonValue] = Field(
         default_factory=dict, description="Run variables the plan's templates use"
     )
-    run_id: Annotated[str, Field(min_length=1, max_length=MAX_RUN_ID)] | None = Field(
+    run_id: Annotated[str, Field(pattern=RUN_ID_PATTERN, max_length=MAX_RUN_ID)] | None = Field(
         default=None, description="default: `<planId>:<contact id>`"
     )
     sender: Annotated[str, Field(pattern=EMAIL_PATTERN, max_length=254)] | None = Field(
@@ -317,6 +318,8 @@ async def start(body: StartRunRequest, state: State) -> RunStarted:
         raise ApiError(422, "missing-variables", str(exc)) from exc
     except RunInputTooLargeError as exc:
         raise ApiError(413, "run-input-too-large", str(exc)) from exc
+    except RunInputError as exc:
+        raise ApiError(422, "invalid-run-input", str(exc)) from exc
     except RunAlreadyStartedError as exc:
         raise ApiError(
             409,

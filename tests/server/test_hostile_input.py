@@ -118,3 +118,44 @@ async def test_a_template_that_fails_to_render_fails_the_run_at_once(
         reasons.append(state.failure.reason)
     assert "ZeroDivisionError" in reasons[0] and "repetition" in reasons[1], reasons
     assert [r.rcpt_tos for r in smtp.handler.messages] == [("sam@example.com",)]
+
+
+def _nested(depth: int) -> dict[str, object]:
+    value: dict[str, object] = {"leaf": 1}
+    for _ in range(depth - 1):
+        value = {"x": value}
+    return value
+
+
+async def test_run_ids_and_nesting_are_bounded_with_a_422_naming_the_field(
+    dev_env: WorkflowEnvironment, task_queue: str, tmp_path: Path, smtp: SmtpServer
+) -> None:
+    with twilio_api() as twilio:
+        async with engine(dev_env, task_queue, tmp_path, smtp, twilio) as e:
+            e.registry.create(email_plan("shapes", template_id="intro"), email_content())
+            settings = _api_settings(tmp_path, task_queue)
+            async with running_server(settings, client=e.client, registry=e.registry) as up:
+
+                async def start(**changes: object) -> tuple[int, str]:
+                    body: dict[str, object] = {
+                        "planId": "shapes",
+                        "contact": {"email": "ana@example.com", "firstName": "Ana"},
+                        **changes,
+                    }
+                    answer = await up.http.post("/v1/runs", json=body, headers=AUTH)
+                    return answer.status_code, answer.text
+
+                # Positive control: a run id of the documented shape, and 32 levels.
+                ok = await start(runId="custom-run.1:ana@example.com", variables=_nested(32))
+                assert ok[0] == 201, ok
+                for run_id in ["../../etc/passwd", "a\x00b", "a\r\nb", " ", "a b", "/abs"]:
+                    status, text = await start(runId=run_id)
+                    assert status == 422, (run_id, status, text)
+                status, text = await start(variables={"deep": _nested(33)})
+                assert (status, "variables.deep" in text, "32 levels" in text) == (422, True, True)
+                contact = {"email": "bo@example.com", "firstName": "Bo", "crm": _nested(200)}
+                status, text = await start(contact=contact)
+                assert (status, "contact.crm" in text) == (422, True), text
+                # Deeper than the JSON decoder goes: refused too, never a 500.
+                status, text = await start(variables=_nested(400))
+                assert status in {400, 422}, (status, text)
