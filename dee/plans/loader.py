@@ -59,13 +59,17 @@ def load_plan(path: str | Path) -> ExecutionPlan:
     """Read a plan from a ``.json``, ``.yaml`` or ``.yml`` file."""
     file = Path(path)
     try:
-        size = file.stat().st_size
-        if size > MAX_DOCUMENT_BYTES:
+        # What is read is capped, not what stat() says: /dev/zero, a FIFO or standard input
+        # report no size and never end.
+        with file.open("rb") as stream:
+            data = stream.read(MAX_DOCUMENT_BYTES + 1)
+        if len(data) > MAX_DOCUMENT_BYTES:
             raise PlanLoadError(
-                f"the file has {size:,} bytes; a plan document may have {MAX_DOCUMENT_BYTES:,}",
+                f"the file has more than {MAX_DOCUMENT_BYTES:,} bytes; a plan document may "
+                f"have {MAX_DOCUMENT_BYTES:,}",
                 path=str(file),
             )
-        text = file.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PlanLoadError(f"not UTF-8 text: {exc.reason}", path=str(file)) from exc
     except OSError as exc:
@@ -209,6 +213,15 @@ class _StrictLoader(yaml.SafeLoader):
             )
         return super().compose_node(parent, index)
 
+    def construct_yaml_int(self, node: Any) -> Any:
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError as exc:
+            # Python refuses to read integers of more than 4,300 digits (CVE-2020-10735).
+            raise yaml.constructor.ConstructorError(
+                None, None, "a number of more than 4,300 digits", node.start_mark
+            ) from exc
+
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         keys: set[Any] = set()
         for key_node, _ in node.value:
@@ -219,6 +232,9 @@ class _StrictLoader(yaml.SafeLoader):
                 )
             keys.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
 
 
 def _parse_yaml(text: str, path: str | None) -> Any:

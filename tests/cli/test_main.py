@@ -339,3 +339,20 @@ def test_step_details_keep_control_characters_off_the_terminal() -> None:
     assert step_details(email) == 'template t, subject "Hi\\t? there", reply-to a?@b.c'
     branch = BranchStep(id="b", conditions=[("a  and\nb", "x"), ("default", "y")])
     assert step_details(branch) == "a and b -> x; default -> y"
+
+
+def test_validate_a_number_too_long_to_read_is_a_parse_error(database: str, tmp_path: Path) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("id: huge\nname: Huge\nsteps:\n  - " + "9" * 5000 + "\n")
+    result = run(database, "plans", "validate", str(plan))
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == f"{plan}:4:5: invalid YAML: a number of more than 4,300 digits\n"
+
+
+def test_validate_reads_at_most_a_document_from_an_endless_file(database: str) -> None:
+    # /dev/zero says it has no size and never ends: what is read is capped, not stat().
+    result = run(database, "plans", "validate", "/dev/zero")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "/dev/zero: the file has more than 4,194,304 bytes; a plan document may have 4,194,304\n"
+    )
