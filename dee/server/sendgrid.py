@@ -204,6 +204,9 @@ def parse_events(body: bytes) -> list[SendGridEvent]:
         document = json.loads(body)
     except ValueError as exc:
         raise SendGridError(f"the body is not JSON: {exc}") from None
+    except RecursionError:
+        # Signed, yet nested past what the decoder follows: no event SendGrid sends.
+        raise SendGridError("the body nests too deeply to be events") from None
     if not isinstance(document, list):
         raise SendGridError("the body is not a JSON array of events")
     events = []

@@ -442,6 +442,8 @@ async def test_unsigned_altered_stale_and_malformed_posts_are_refused(stack: Sta
         # Signed, but not SendGrid's shape.
         (b'{"event": "bounce"}', sign(b'{"event": "bounce"}'), 400, "bad-events"),
         (b"not json", sign(b"not json"), 400, "bad-events"),
+        # Signed, but nested 100,000 levels deep: refused, not a 500.
+        (b"[" * 100_000 + b"]" * 100_000, sign(b"[" * 100_000 + b"]" * 100_000), 400, "bad-events"),
     ]
     for content, case_headers, status, code in cases:
         response = await stack.post(content, case_headers)
