@@ -81,6 +81,10 @@ class Problem:
 class DeeError(Exception):
     """The root of DEE's exceptions."""
 
+    #: True when the failure is passing (a database that is down or locked): the same
+    #: request may succeed later, so the server answers 503 with Retry-After, not 400.
+    transient: bool = False
+
 
 class PlanLoadError(DeeError):
     """A plan file could not be read or parsed."""

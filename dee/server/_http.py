@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from temporalio.service import RPCError
 
 from dee.errors import DeeError
 from dee.runs.errors import RunBusyError, RunClosedError, RunNotFoundError
@@ -22,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 #: Bodies larger than this are refused with 413 before they are read in full.
 MAX_BODY_BYTES = 1024 * 1024
+#: What a 503 asks the caller to wait before trying again, in seconds.
+RETRY_AFTER_SECONDS = 5
 
 
 class ErrorBody(BaseModel):
@@ -61,6 +64,7 @@ def install_error_answers(app: FastAPI) -> None:
     app.add_exception_handler(RunClosedError, _run_closed)
     app.add_exception_handler(RunBusyError, _run_busy)
     app.add_exception_handler(DeeError, _dee_error)
+    app.add_exception_handler(RPCError, _temporal_error)
 
 
 def _answer(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
@@ -108,14 +112,28 @@ async def _run_closed(request: Request, exc: Exception) -> JSONResponse:
 
 async def _run_busy(request: Request, exc: Exception) -> JSONResponse:
     # Providers (SendGrid, Twilio, mail hosts) retry on 5xx; Retry-After paces the others.
-    response = _answer(503, "run-busy", str(exc))
-    response.headers["Retry-After"] = "5"
-    return response
+    return _unavailable("run-busy", str(exc))
 
 
 async def _dee_error(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, DeeError) and exc.transient:
+        # A database down or locked: providers (mail hosts, SendGrid, Twilio) retry a 5xx
+        # and drop a 4xx, so a passing outage must not lose the reply or bounce.
+        logger.error("request %s %s failed: %s", request.method, request.url.path, exc)
+        return _unavailable("storage-unavailable", str(exc))
     logger.warning("request %s %s failed: %s", request.method, request.url.path, exc)
     return _answer(400, "bad-request", str(exc))
+
+
+async def _temporal_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("request %s %s: Temporal failed: %s", request.method, request.url.path, exc)
+    return _unavailable("temporal-unavailable", f"Temporal: {exc}")
+
+
+def _unavailable(code: str, message: str) -> JSONResponse:
+    response = _answer(503, code, message)
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
 
 
 class BodyLimit:

@@ -76,6 +76,8 @@ def database_errors(
             return method(store, *args, **kwargs)
         except SQLAlchemyError as exc:
             where = safe_url(store.url)
-            raise store.error(f"the {store.label} {where} failed: {_reason(exc)}") from exc
+            error = store.error(f"the {store.label} {where} failed: {_reason(exc)}")
+            error.transient = True
+            raise error from exc
 
     return wrapper

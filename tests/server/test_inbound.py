@@ -723,3 +723,34 @@ async def test_the_webhook_is_off_without_a_secret(
             "/webhooks/inbound/raw", params={"key": ""}, content=message().as_bytes()
         )
     assert (response.status_code, response.json()["code"]) == (503, "not-configured")
+
+
+async def test_a_database_failure_is_a_503_the_provider_retries(
+    dev_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    database = f"sqlite:///{tmp_path / 'dee.db'}"
+    settings = Settings(database_url=database, secret_key=SECRET, inbound_secret=INBOUND_SECRET)
+    async with running_server(settings, client=dev_env.client) as server:
+
+        async def deliver(message_id: str) -> httpx.Response:
+            mail = message()
+            mail.replace_header("Message-ID", message_id)
+            return await server.http.post(
+                "/webhooks/inbound/raw",
+                params={"key": INBOUND_SECRET},
+                content=mail.as_bytes(),
+                headers={"content-type": "message/rfc822"},
+            )
+
+        # Positive control: the webhook takes a message while its database works.
+        assert (await deliver("<first@example.org>")).status_code == 200
+        engine = make_engine(resolve_url(database))
+        try:
+            with engine.begin() as connection:
+                connection.execute(text("DROP TABLE inbound_messages"))
+        finally:
+            engine.dispose()
+        response = await deliver("<second@example.org>")
+    # A 4xx would make the provider drop the reply for good; a 503 makes it try again.
+    assert (response.status_code, response.json()["code"]) == (503, "storage-unavailable")
+    assert response.headers["retry-after"] == "5"
