@@ -96,12 +96,6 @@ __all__ = [
     "start_run",
 ]
 
-#: How long one workflow task may take (Temporal's default is 10 s). A worker that lost a
-#: run from its cache replays the run's history in one task, and a run that has taken
-#: thousands of signals takes seconds to replay on a busy worker: past the timeout the
-#: task would be retried, and time out, for ever. Runs continue as new (and carry the
-#: timeout) long before that, so this is a margin, not a budget.
-WORKFLOW_TASK_TIMEOUT: Final = timedelta(seconds=60)
 #: How long a state query waits for a worker to answer before DEE looks elsewhere.
 QUERY_TIMEOUT: Final = timedelta(seconds=10)
 
@@ -240,7 +234,6 @@ async def start_run(
             # A finished run's id may be used again; an active one may not.
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-            task_timeout=WORKFLOW_TASK_TIMEOUT,
             search_attributes=TypedSearchAttributes(
                 [
                     SearchAttributePair(PLAN_ID_ATTRIBUTE, plan.id),

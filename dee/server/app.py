@@ -31,6 +31,7 @@ from dee.server import (
     twilio_routes,
 )
 from dee.server._http import install_error_answers
+from dee.server.access_log import AccessLog, quiet_uvicorn_access_log
 from dee.server.state import ServerState
 from dee.settings import Settings
 
@@ -75,6 +76,9 @@ def create_app(
     for module in (*api, tracking_routes, inbound_routes, twilio_routes):
         app.include_router(module.router)
     install_error_answers(app)
+    # Outermost, so it sees every answer, refusals by the body limit included.
+    app.add_middleware(AccessLog)
+    quiet_uvicorn_access_log()
     if extra_setup is not None:
         extra_setup(app)
     return app

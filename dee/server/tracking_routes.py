@@ -169,7 +169,7 @@ async def _signal(
         )
     except (RunClosedError, RunNotFoundError):
         # Nobody left to tell; the hit is kept and the key stays taken.
-        logger.debug("%s of run %s not signalled: the run has ended", claim.kind, claim.run_id)
+        logger.debug("%s of step %s not signalled: the run has ended", claim.kind, claim.step_id)
     except Exception as exc:
         logger.warning("%s not signalled, a later hit will retry: %s", claim.kind, exc)
         try:

@@ -278,7 +278,8 @@ async def _signal(
         raise ApiError(
             503, "temporal-unavailable", f"the event could not reach the run: {exc.message}"
         ) from exc
-    logger.info("%s for run %r step %r (call %s)", event_type, call.run_id, call.step_id, sid)
+    # Run ids hold contact ids (by default email addresses): the call SID names the call.
+    logger.info("%s for step %r (call %s)", event_type, call.step_id, sid)
 
 
 async def _leave_voicemail(state: ServerState, call: _Call, sid: str) -> str:
@@ -315,7 +316,7 @@ async def _leave_voicemail(state: ServerState, call: _Call, sid: str) -> str:
             await asyncio.to_thread(ledger.mark_sent, message_id, provider_id=sid)
         except LedgerError as exc:
             logger.warning("voicemail for call %s left but not recorded: %s", sid, exc)
-    logger.info("voicemail left on call %s for run %r step %r", sid, call.run_id, call.step_id)
+    logger.info("voicemail left on call %s for step %r", sid, call.step_id)
     return "sent"
 
 
