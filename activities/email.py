@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import email.policy
 import email.utils
 import re
 import uuid
 from collections.abc import Callable
-from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
+from email.headerregistry import Address
 from email.message import EmailMessage
-from email.policy import Policy
 from html.parser import HTMLParser
 from typing import Final
 
@@ -41,6 +39,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities._attempt import heartbeating, permanent
+from activities._headers import POLICY, set_header
 from activities._smtp import SmtpConfig, SmtpUrlError, parse_smtp_url, send_message
 from dee.errors import ContentError
 from dee.plans.content import PlanContent, RenderedEmail, render_email
@@ -241,56 +240,6 @@ def _id_domain(domain: str) -> str:
         return "dee.invalid"
 
 
-class _UnfoldedHeader(UnstructuredHeader, BaseHeader):
-    """A header whose value must reach the reader as written.
-
-    The standard folding turns a long unbreakable token (a URL in List-Unsubscribe, a long
-    run id) into RFC 2047 encoded words, which unsubscribe handlers do not decode. These
-    values are ASCII and single-line (the policy refuses CR and LF), so they are folded
-    only after commas, never inside a URL.
-    """
-
-    def fold(self, *, policy: Policy) -> str:
-        value = str(self)
-        if not value.isascii():
-            return super().fold(policy=policy)
-        return f"{self.name}: " + f",{policy.linesep} ".join(value.split(", ")) + policy.linesep
-
-
-_HEADER_FACTORY = HeaderRegistry()
-for _name in ("list-unsubscribe", "x-dee-run", "x-dee-step"):
-    _HEADER_FACTORY.map_to_type(_name, _UnfoldedHeader)
-_POLICY: Final = email.policy.SMTP.clone(header_factory=_HEADER_FACTORY)
-
-
-#: What no header may hold once its value is parsed, encoded words (RFC 2047) decoded: line
-#: breaks, NUL, the other C0 controls and DEL.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _set_header(message: EmailMessage, name: str, value: str, *, step_id: str) -> None:
-    """Set one header, refusing any value that could end it early.
-
-    The policy refuses raw CR and LF, but the header registry decodes encoded words
-    (``=?utf-8?q?...=0D=0A...?=``, ``=?utf-8?b?...?=``) and would write the line breaks they
-    hold out as real ones, adding headers or a body of the sender's choosing. So the value
-    is checked as parsed, not as given.
-    """
-    try:
-        message[name] = value
-    except ValueError as exc:
-        raise permanent(
-            f"step {step_id!r}: the {name} header cannot be built: {exc}", "InvalidHeader"
-        ) from None
-    if _CONTROL.search(str(message[name])):
-        raise permanent(
-            f"step {step_id!r}: the {name} header would hold a line break or control "
-            "character once its encoded words (=?...?=) are decoded; remove them from the "
-            "contact, variable or template it comes from",
-            "InvalidHeader",
-        )
-
-
 def _build_message(
     input: SendEmailInput,
     rendered: RenderedEmail,
@@ -343,7 +292,7 @@ def _build_message(
         sender.addr_spec, secret=secret, run_id=input.run_id, email=recipient.addr_spec
     )
 
-    message = EmailMessage(policy=_POLICY)
+    message = EmailMessage(policy=POLICY)
     headers = [
         ("From", sender.addr_spec),
         ("To", recipient.addr_spec),
@@ -357,7 +306,7 @@ def _build_message(
         ("X-DEE-Step", step.id),
     ]
     for name, value in headers:
-        _set_header(message, name, value, step_id=step.id)
+        set_header(message, name, value, step_id=step.id)
     message.set_content(text)
     message.add_alternative(html, subtype="html")
     return message
