@@ -65,6 +65,7 @@ __all__ = [
     "reply_token",
     "rewrite_links",
     "sign_token",
+    "signing_keys",
     "unsubscribe_mailto",
     "unsubscribe_token",
     "unsubscribe_url",
@@ -112,10 +113,18 @@ def _encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def _signature(encoded_payload: str, secret: str) -> str:
-    if not secret:
+def signing_keys(secret: str) -> list[str]:
+    """The keys in ``secret`` (``DEE_SECRET_KEY``): one, or several separated by commas
+    while a key is rotated. The first signs; every one verifies, so links signed with the
+    previous key (unsubscribe links in inboxes) keep working until it is dropped."""
+    keys = [key.strip() for key in secret.split(",") if key.strip()]
+    if not keys:
         raise TokenError("no secret key: set DEE_SECRET_KEY to sign and verify tokens")
-    digest = hmac.new(secret.encode(), _DOMAIN + encoded_payload.encode("ascii"), hashlib.sha256)
+    return keys
+
+
+def _signature(encoded_payload: str, key: str) -> str:
+    digest = hmac.new(key.encode(), _DOMAIN + encoded_payload.encode("ascii"), hashlib.sha256)
     return _encode(digest.digest())
 
 
@@ -125,7 +134,7 @@ def sign_token(payload: dict[str, Any], *, secret: str) -> str:
         raise TokenError('a token payload needs its kind as a string in "k"')
     data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
     encoded = _encode(data)
-    token = f"{encoded}.{_signature(encoded, secret)}"
+    token = f"{encoded}.{_signature(encoded, signing_keys(secret)[0])}"
     if len(token) > MAX_TOKEN_LENGTH:
         raise TokenError(
             f"the token would have {len(token):,} characters; the most is {MAX_TOKEN_LENGTH:,}"
@@ -142,8 +151,12 @@ def verify_token(token: str, *, secret: str, kind: str) -> dict[str, Any]:
         raise TokenError("the token is malformed")
     # Comparing the text, not decoded bytes, also refuses other spellings of the same
     # signature (base64's unused trailing bits), so each token has exactly one valid form.
-    expected = _signature(encoded, secret)
-    if not hmac.compare_digest(expected.encode("ascii"), signature.encode("ascii")):
+    # Every key is tried, whichever matches (so the time taken says nothing of which).
+    matches = [
+        hmac.compare_digest(_signature(encoded, key).encode("ascii"), signature.encode("ascii"))
+        for key in signing_keys(secret)
+    ]
+    if not any(matches):
         raise TokenError("the token's signature does not match: it was altered or forged")
     try:
         payload = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))

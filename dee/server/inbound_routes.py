@@ -128,7 +128,9 @@ def _check_key(state: ServerState, key: str | None) -> None:
         )
     if not key:
         raise ApiError(401, "missing-key", "add ?key=<DEE_INBOUND_SECRET> to the webhook URL")
-    if not hmac.compare_digest(key.encode(), secret.encode()):
+    # Several secrets, comma-separated, while one is rotated: any of them is accepted.
+    secrets = [value.strip() for value in secret.split(",") if value.strip()]
+    if not any([hmac.compare_digest(key.encode(), value.encode()) for value in secrets]):
         raise ApiError(403, "bad-key", "the key does not match DEE_INBOUND_SECRET")
 
 

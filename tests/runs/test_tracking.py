@@ -340,3 +340,21 @@ def test_open_pixel(html: str, expected: str) -> None:
 def test_unchanged_urls_leave_the_document_as_it_was() -> None:
     html = "<a HREF = 'https://example.com/?a=1&amp;b=2' >x</a>"
     assert rewrite_links(html, lambda url: url) == html
+
+
+def test_a_rotated_key_still_verifies_what_the_previous_one_signed() -> None:
+    payload = {"k": OPEN, "r": "p:c", "s": "intro", "v": 1}
+    before = sign_token(payload, secret="old-key")
+    # During the rotation DEE_SECRET_KEY is "new,old": the new key signs, both verify.
+    rotating = "new-key, old-key"
+    assert verify_token(before, secret=rotating, kind=OPEN) == payload
+    after = sign_token(payload, secret=rotating)
+    assert after == sign_token(payload, secret="new-key") != before
+    assert verify_token(after, secret="new-key", kind=OPEN) == payload
+    # Once the old key is dropped, what it signed no longer verifies; nor does a stranger's.
+    with pytest.raises(TokenError, match="altered or forged"):
+        verify_token(before, secret="new-key", kind=OPEN)
+    with pytest.raises(TokenError, match="altered or forged"):
+        verify_token(sign_token(payload, secret="other"), secret=rotating, kind=OPEN)
+    with pytest.raises(TokenError, match="no secret key"):
+        sign_token(payload, secret=" , ")
