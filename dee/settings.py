@@ -32,7 +32,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-__all__ = ["Settings"]
+__all__ = ["Settings", "split_keys"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +68,13 @@ class Settings:
             twilio_auth_token=env.get("TWILIO_AUTH_TOKEN") or None,
             twilio_api_url=get("DEE_TWILIO_API_URL", defaults.twilio_api_url).rstrip("/"),
             task_queue=get("DEE_TASK_QUEUE", defaults.task_queue),
-            api_keys=tuple(
-                key.strip() for key in env.get("DEE_API_KEYS", "").split(",") if key.strip()
-            ),
+            api_keys=split_keys(env.get("DEE_API_KEYS", "")),
             sendgrid_webhook_public_key=env.get("DEE_SENDGRID_WEBHOOK_PUBLIC_KEY") or None,
             inbound_secret=env.get("DEE_INBOUND_SECRET") or None,
         )
+
+
+def split_keys(value: str) -> tuple[str, ...]:
+    """The keys in a comma-separated setting (``DEE_API_KEYS``, and ``DEE_SECRET_KEY`` or
+    ``DEE_INBOUND_SECRET`` while they are rotated), trimmed, empty ones dropped."""
+    return tuple(key.strip() for key in value.split(",") if key.strip())

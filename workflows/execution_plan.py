@@ -55,7 +55,6 @@ with workflow.unsafe.imports_passed_through():
         UNSUBSCRIBED,
         VISIT_LIMIT,
         WORKFLOW_NAME,
-        EventCount,
         RunEvent,
         RunFailure,
         RunInput,
@@ -63,9 +62,9 @@ with workflow.unsafe.imports_passed_through():
         RunResult,
         RunState,
         StepVisit,
+        event_counts,
         event_digest,
         pack_digests,
-        unpack_digests,
     )
 
 __all__ = ["SEND_RETRY_POLICY", "ExecutionPlanWorkflow"]
@@ -124,19 +123,8 @@ class ExecutionPlanWorkflow:
         )
         carried = progress.events if progress else ()
         self._events: deque[RunEvent] = deque(carried, maxlen=MAX_SHOWN_EVENTS)
-        self._seen = (
-            unpack_digests(progress.seen)
-            if progress and progress.seen is not None
-            else {event_digest(event.event_id) for event in carried}
-        )
-        if progress and progress.counts is not None:
-            self._tally = EventTally()
-            for counted in progress.counts:
-                self._tally.add(counted.type, counted.step_id, counted.count)
-        else:
-            self._tally = EventTally(
-                (event.type, event.step_id) for event in carried if self._own(event)
-            )
+        self._seen = progress.seen_digests() if progress else set()
+        self._tally = progress.tally(self._execution) if progress else EventTally()
         self._dropped = progress.dropped if progress else 0
         self._foreign = progress.foreign if progress else 0
         self._unsubscribed = (progress is not None and progress.unsubscribed) or any(
@@ -194,7 +182,7 @@ class ExecutionPlanWorkflow:
             failure=result.failure if result else None,
             execution=self._execution,
             event_count=len(self._seen),
-            counts=self._counts(),
+            counts=event_counts(self._tally),
             dropped=self._dropped,
             foreign=self._foreign,
             continued=self._input.progress.continued if self._input.progress else 0,
@@ -204,12 +192,6 @@ class ExecutionPlanWorkflow:
         return (
             self._signals >= CONTINUE_AFTER_SIGNALS
             or workflow.info().is_continue_as_new_suggested()
-        )
-
-    def _counts(self) -> tuple[EventCount, ...]:
-        return tuple(
-            EventCount(type=event_type, step_id=step_id, count=count)
-            for event_type, step_id, count in self._tally.counts()
         )
 
     # -- the run -------------------------------------------------------------------------
@@ -461,7 +443,7 @@ class ExecutionPlanWorkflow:
             started_at=previous.started_at if previous else workflow.info().start_time,
             continued=(previous.continued + 1) if previous else 1,
             execution=self._execution,
-            counts=self._counts(),
+            counts=event_counts(self._tally),
             seen=pack_digests(self._seen),
             dropped=self._dropped,
             foreign=self._foreign,

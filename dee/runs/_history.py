@@ -27,14 +27,13 @@ from dee.runs.model import (
     CURRENT_STEP_ATTRIBUTE,
     EVENT_SIGNAL,
     FAILED,
-    EventCount,
     RunEvent,
     RunFailure,
     RunInput,
     RunResult,
     RunState,
+    event_counts,
     event_digest,
-    unpack_digests,
 )
 
 __all__ = [
@@ -126,22 +125,11 @@ async def state_from_history(
                 started = event.workflow_execution_started_event_attributes
                 execution = started.first_execution_run_id or None
                 (run_input,) = await converter.decode(started.input.payloads, [RunInput])
-                if run_input.progress is not None:
-                    events = list(run_input.progress.events)
-                    counts = run_input.progress.counts
-                    if counts is None:
-                        counts = tuple(
-                            EventCount(type=old.type, step_id=old.step_id, count=1)
-                            for old in events
-                        )
-                    for counted in counts:
-                        tally.add(counted.type, counted.step_id, counted.count)
-                    carried = run_input.progress.seen
-                    seen = (
-                        unpack_digests(carried)
-                        if carried is not None
-                        else {event_digest(event.event_id) for event in events}
-                    )
+                progress = run_input.progress
+                if progress is not None:
+                    events = list(progress.events)
+                    tally = progress.tally(progress.execution or execution)
+                    seen = progress.seen_digests()
             case EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
                 received = await _signalled_event(converter, event)
                 digest = event_digest(received.event_id) if received is not None else b""
@@ -180,10 +168,7 @@ async def state_from_history(
         failure=failure,
         execution=(progress.execution if progress else None) or execution,
         event_count=len(seen),
-        counts=tuple(
-            EventCount(type=event_type, step_id=step_id, count=count)
-            for event_type, step_id, count in tally.counts()
-        ),
+        counts=event_counts(tally),
         dropped=progress.dropped if progress else 0,
         foreign=progress.foreign if progress else 0,
         continued=progress.continued if progress else 0,

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 from temporalio.common import SearchAttributeKey
 
-from dee.plans.conditions import EVENT_TYPES
+from dee.plans.conditions import EVENT_TYPES, EventTally
 from dee.plans.content import PlanContent
 from dee.plans.decoding import TolerantModel
 from dee.plans.model import EMAIL_PATTERN, ID_PATTERN, PHONE_PATTERN, ExecutionPlan
@@ -44,6 +44,7 @@ __all__ = [
     "RunState",
     "StepVisit",
     "default_run_id",
+    "event_counts",
     "event_digest",
     "nesting_problem",
     "pack_digests",
@@ -257,6 +258,35 @@ class RunProgress(_Frozen):
     unsubscribed: bool = False
     #: When the run continued as new during a wait: the moment that wait ends.
     wait_until: datetime.datetime | None = None
+
+    def seen_digests(self) -> set[bytes]:
+        """The digests of every event id the run has seen (recomputed from ``events`` for
+        progress carried before the ids were)."""
+        if self.seen is not None:
+            return unpack_digests(self.seen)
+        return {event_digest(event.event_id) for event in self.events}
+
+    def tally(self, execution: str | None) -> EventTally:
+        """What the run's branches count (recounted from the events of ``execution`` for
+        progress carried before the counts were)."""
+        if self.counts is None:
+            return EventTally(
+                (event.type, event.step_id)
+                for event in self.events
+                if event.execution in (None, execution)
+            )
+        tally = EventTally()
+        for counted in self.counts:
+            tally.add(counted.type, counted.step_id, counted.count)
+        return tally
+
+
+def event_counts(tally: EventTally) -> tuple[EventCount, ...]:
+    """``tally`` as the counts a run carries and shows."""
+    return tuple(
+        EventCount(type=event_type, step_id=step_id, count=count)
+        for event_type, step_id, count in tally.counts()
+    )
 
 
 class RunInput(_Frozen):

@@ -46,6 +46,7 @@ from typing import Any, Final
 from urllib.parse import quote
 
 from dee.errors import DeeError
+from dee.settings import split_keys
 
 __all__ = [
     "CALL_AMD",
@@ -113,11 +114,11 @@ def _encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def signing_keys(secret: str) -> list[str]:
+def signing_keys(secret: str) -> tuple[str, ...]:
     """The keys in ``secret`` (``DEE_SECRET_KEY``): one, or several separated by commas
     while a key is rotated. The first signs; every one verifies, so links signed with the
     previous key (unsubscribe links in inboxes) keep working until it is dropped."""
-    keys = [key.strip() for key in secret.split(",") if key.strip()]
+    keys = split_keys(secret)
     if not keys:
         raise TokenError("no secret key: set DEE_SECRET_KEY to sign and verify tokens")
     return keys

@@ -66,6 +66,7 @@ from dee.server.sendgrid import (
     verify_signature,
 )
 from dee.server.state import ServerState, server_state
+from dee.settings import split_keys
 from dee.storage.store import Store
 
 __all__ = ["router"]
@@ -129,8 +130,8 @@ def _check_key(state: ServerState, key: str | None) -> None:
     if not key:
         raise ApiError(401, "missing-key", "add ?key=<DEE_INBOUND_SECRET> to the webhook URL")
     # Several secrets, comma-separated, while one is rotated: any of them is accepted.
-    secrets = [value.strip() for value in secret.split(",") if value.strip()]
-    if not any([hmac.compare_digest(key.encode(), value.encode()) for value in secrets]):
+    matches = [hmac.compare_digest(key.encode(), value.encode()) for value in split_keys(secret)]
+    if not any(matches):
         raise ApiError(403, "bad-key", "the key does not match DEE_INBOUND_SECRET")
 
 
