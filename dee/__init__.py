@@ -91,6 +91,7 @@ from dee.settings import Settings
 
 if TYPE_CHECKING:
     from dee.plans.registry import PlanRegistry, upgrade_database
+    from dee.runs.contacts import ContactIds, ContactIdsError
     from dee.runs.ledger import LedgerError, SendLedger
     from dee.runs.suppressions import InvalidContactValueError, SuppressionError, Suppressions
     from dee.server.app import create_app
@@ -105,6 +106,8 @@ __all__ = [
     "ConditionContext",
     "ConditionError",
     "Contact",
+    "ContactIds",
+    "ContactIdsError",
     "ContactSuppressedError",
     "ContentError",
     "DeeError",
@@ -195,6 +198,8 @@ __all__ = [
 _LAZY: dict[str, str] = {
     "PlanRegistry": "dee.plans.registry",
     "upgrade_database": "dee.plans.registry",
+    "ContactIds": "dee.runs.contacts",
+    "ContactIdsError": "dee.runs.contacts",
     "LedgerError": "dee.runs.ledger",
     "SendLedger": "dee.runs.ledger",
     "InvalidContactValueError": "dee.runs.suppressions",

@@ -114,7 +114,7 @@ async def test_python_api_and_plain_client_examples_start_real_runs(
                     _run_python, _python_block("Client.connect("), tmp_path, example_env
                 )
                 assert _finished(plain), plain.stderr
-                assert plain.stdout.strip() == "outbound-intro:bob@example.com"
+                assert plain.stdout.strip() == "outbound-intro:crm-4711"
                 # The plain client's run is a DEE run: its first email goes out.
                 async with asyncio.timeout(30):
                     while len(smtp.handler.messages) < 2:

@@ -33,6 +33,7 @@ from dee.plans.conditions import EVENT_TYPES
 from dee.plans.model import EMAIL_PATTERN, ID_PATTERN
 from dee.plans.registry import PlanRegistry
 from dee.runs.client import cancel_run, list_runs, run_state, send_event, start_run
+from dee.runs.contacts import ContactIds
 from dee.runs.model import DEFAULT_TASK_QUEUE, Contact, RunEvent
 from dee.runs.suppressions import Suppressions
 from dee.runs.temporal import connect
@@ -85,7 +86,7 @@ def _errors(error: ValidationError) -> str:
     )
 
 
-def _parse_contact(ctx: click.Context, param: click.Parameter, value: str) -> Contact:
+def _parse_contact(ctx: click.Context, param: click.Parameter, value: str) -> dict[str, Any]:
     text = value
     if value.startswith("@"):
         path = Path(value[1:])
@@ -100,9 +101,11 @@ def _parse_contact(ctx: click.Context, param: click.Parameter, value: str) -> Co
     if not isinstance(document, dict):
         raise click.BadParameter('expected a JSON object such as {"email": "ana@example.com"}')
     try:
-        return Contact.model_validate(document)
+        # Validated here for an early, precise error; its default id is given in `start`.
+        Contact.model_validate(document)
     except ValidationError as exc:
         raise click.BadParameter(_errors(exc)) from exc
+    return document
 
 
 def _parse_variables(
@@ -171,7 +174,7 @@ def start(
     ctx: click.Context,
     plan_id: str,
     version: int | None,
-    contact: Contact,
+    contact: dict[str, Any],
     variables: dict[str, str],
     run_id: str | None,
     sender: str | None,
@@ -185,12 +188,17 @@ def start(
     """
     with PlanRegistry(database_of(ctx)) as registry:
         stored = registry.get(plan_id, version=version)
+    with ContactIds(database_of(ctx)) as contacts:
+        try:
+            person = Contact.model_validate(contacts.complete(contact))
+        except ValidationError as exc:
+            raise click.BadParameter(_errors(exc), param_hint="--contact") from exc
     with Suppressions(database_of(ctx)) as suppressions:
         started = with_client(
             lambda client: start_run(
                 client,
                 stored,
-                contact=contact,
+                contact=person,
                 variables=variables,
                 run_id=run_id,
                 sender=sender,
@@ -221,8 +229,9 @@ def event(
         sent = await send_event(client, run_id, type=event_type, step_id=step_id, event_id=event_id)
         if event_type != "unsubscribe":
             return sent, None
-        with Suppressions(database_of(ctx)) as suppressions:
-            return sent, await unsubscribe_run(client, suppressions, run_id, source="cli")
+        with Suppressions(database_of(ctx)) as suppressions, ContactIds(database_of(ctx)) as ids:
+            done = await unsubscribe_run(client, suppressions, run_id, source="cli", contacts=ids)
+            return sent, done
 
     sent, done = with_client(deliver)
     click.echo(sent.event_id)
@@ -257,11 +266,25 @@ def cancel(run_id: str) -> None:
 
 @runs.command(name="list")
 @click.option("--plan", "plan_id", metavar="ID", help="Only runs of this plan.")
+@click.option(
+    "--contact",
+    metavar="VALUE",
+    help="Only this contact's runs: its email address, phone number or contact id.",
+)
 @click.option("--limit", metavar="N", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as a JSON array.")
-def list_command(plan_id: str | None, limit: int, as_json: bool) -> None:
+@click.pass_context
+def list_command(
+    ctx: click.Context, plan_id: str | None, contact: str | None, limit: int, as_json: bool
+) -> None:
     """List runs, newest first."""
-    summaries = with_client(lambda client: list_runs(client, plan_id=plan_id, limit=limit))
+    contact_ids: tuple[str, ...] = ()
+    if contact is not None:
+        with ContactIds(database_of(ctx)) as contacts:
+            contact_ids = contacts.lookup(contact)
+    summaries = with_client(
+        lambda client: list_runs(client, plan_id=plan_id, contact_ids=contact_ids, limit=limit)
+    )
     if as_json:
         documents: list[dict[str, Any]] = [summary.model_dump(mode="json") for summary in summaries]
         click.echo(json.dumps(documents, indent=2, ensure_ascii=False))

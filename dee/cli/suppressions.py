@@ -20,6 +20,7 @@ import click
 
 from dee.cli import _format as fmt
 from dee.cli.runs import database_of, with_client
+from dee.runs.contacts import ContactIds
 from dee.runs.suppressions import (
     SUPPRESSION_REASONS,
     InvalidContactValueError,
@@ -60,10 +61,16 @@ def suppressions() -> None:
 def add(ctx: click.Context, value: str, reason: SuppressionReason) -> None:
     """Suppress VALUE (an email address or phone number) and end the contact's running
     runs; nothing more is sent to it or dialled, and no run for it starts."""
-    with Suppressions(database_of(ctx)) as store:
+    with Suppressions(database_of(ctx)) as store, ContactIds(database_of(ctx)) as contacts:
         done = with_client(
             lambda client: unsubscribe(
-                client, store, [value], reason=reason, source="cli", contact_ids=[value]
+                client,
+                store,
+                [value],
+                reason=reason,
+                source="cli",
+                contact_ids=[value],
+                contacts=contacts,
             )
         )
         found = store.suppression(value)

@@ -25,7 +25,7 @@ import datetime
 import json
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -83,7 +83,8 @@ from dee.runs.model import (
 from dee.runs.temporal import TemporalSetupError
 
 if TYPE_CHECKING:
-    # Only the type: ``import dee`` must not load the SQL stack the list is built on.
+    # Only the types: ``import dee`` must not load the SQL stack these are built on.
+    from dee.runs.contacts import ContactIds
     from dee.runs.suppressions import Suppressions
 
 __all__ = [
@@ -136,8 +137,28 @@ class RunSummary(BaseModel):
     closed_at: datetime.datetime | None = None
 
 
-def _contact(contact: Contact | Mapping[str, Any]) -> Contact:
-    return contact if isinstance(contact, Contact) else Contact.model_validate(dict(contact))
+def contact_query(contact_ids: Iterable[str]) -> str | None:
+    """The visibility filter ``DeeContactId IN (...)`` for ``contact_ids``, or ``None`` when
+    none can be quoted safely (contact ids may hold quotes, and backslashes escape: such
+    an id is left out, so it matches nothing rather than steering the query)."""
+    quoted = []
+    for contact_id in dict.fromkeys(contact_ids):
+        if "\\" in contact_id:
+            continue
+        if "'" not in contact_id:
+            quoted.append(f"'{contact_id}'")
+        elif '"' not in contact_id:
+            quoted.append(f'"{contact_id}"')
+    if not quoted:
+        return None
+    return f"{CONTACT_ID_ATTRIBUTE.name} IN ({', '.join(quoted)})"
+
+
+def _contact(contact: Contact | Mapping[str, Any], contact_ids: ContactIds | None) -> Contact:
+    if isinstance(contact, Contact):
+        return contact
+    given = dict(contact) if contact_ids is None else contact_ids.complete(contact)
+    return Contact.model_validate(given)
 
 
 def _summary(version: PlanVersion, contact: Contact) -> str:
@@ -174,6 +195,7 @@ async def start_run(
     task_queue: str = DEFAULT_TASK_QUEUE,
     max_visits_per_step: int = DEFAULT_MAX_VISITS_PER_STEP,
     suppressions: Suppressions | None = None,
+    contact_ids: ContactIds | None = None,
 ) -> str:
     """Start ``contact`` on plan ``version``; returns the run id.
 
@@ -184,7 +206,10 @@ async def start_run(
     Contact and variables together may take at most 64 KiB as JSON
     (:class:`~dee.runs.errors.RunInputTooLargeError`).
     A contact given as a mapping is validated as a :class:`~dee.runs.model.Contact` (pydantic's
-    ``ValidationError`` when it is not one).
+    ``ValidationError`` when it is not one). A mapping without an ``id`` gets, with
+    ``contact_ids`` (the server and the CLI pass theirs), the keyed hash of its address
+    (:mod:`dee.runs.contacts`), so the run id carries no address; without it, the address
+    itself.
 
     With ``suppressions`` (the server and the CLI pass theirs), a contact whose email
     address is suppressed is not started on a plan that sends email, nor one whose phone
@@ -193,7 +218,9 @@ async def start_run(
     client) the run starts, and both activities still refuse a suppressed contact at send
     time.
     """
-    person = _contact(contact)
+    if contact_ids is not None:
+        await asyncio.to_thread(getattr, contact_ids, "key")  # read once, off the loop
+    person = _contact(contact, contact_ids)
     given = dict(variables or {})
     plan = version.plan
     check_variables(plan, version.content, contact=person.attributes(), variables=given)
@@ -381,15 +408,27 @@ async def cancel_run(client: Client, run_id: str) -> None:
 
 
 async def list_runs(
-    client: Client, *, plan_id: str | None = None, limit: int = 100
+    client: Client,
+    *,
+    plan_id: str | None = None,
+    contact_ids: Iterable[str] = (),
+    limit: int = 100,
 ) -> list[RunSummary]:
-    """Runs in the client's namespace, newest first; only plan ``plan_id``'s when given."""
+    """Runs in the client's namespace, newest first; only plan ``plan_id``'s when given,
+    and only those whose contact id is one of ``contact_ids`` when any are given
+    (:meth:`~dee.runs.contacts.ContactIds.lookup` gives a contact's)."""
     query = f"WorkflowType = '{WORKFLOW_NAME}'"
     if plan_id is not None:
         # Plan ids are slugs, so one that is not cannot match and is never quoted into SQL.
         if not re.fullmatch(ID_PATTERN, plan_id):
             return []
         query += f" AND {PLAN_ID_ATTRIBUTE.name} = '{plan_id}'"
+    wanted = tuple(contact_ids)
+    if wanted:
+        among = contact_query(wanted)
+        if among is None:
+            return []
+        query += f" AND {among}"
     summaries = []
     async for execution in client.list_workflows(query, limit=limit):
         attributes = execution.typed_search_attributes

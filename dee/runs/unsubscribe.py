@@ -29,11 +29,12 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from dee.runs._history import not_found, run_input
-from dee.runs.client import send_event
+from dee.runs.client import contact_query, send_event
 from dee.runs.errors import RunClosedError, RunNotFoundError
 from dee.runs.model import CONTACT_ID_ATTRIBUTE, WORKFLOW_NAME, Contact
 
 if TYPE_CHECKING:
+    from dee.runs.contacts import ContactIds
     from dee.runs.suppressions import SuppressionReason, Suppressions, SuppressionSource
 
 __all__ = [
@@ -91,17 +92,24 @@ async def unsubscribe(
     source: SuppressionSource,
     run_id: str | None = None,
     contact_ids: Iterable[str] = (),
+    contacts: ContactIds | None = None,
 ) -> Unsubscribed:
     """Suppress ``values`` (addresses and numbers), then end ``run_id`` and every running
-    run of its contact and of ``contact_ids``. The list is written first: if Temporal
-    cannot be reached the ``RPCError`` propagates, and nothing more is sent anyway."""
+    run of its contact and of ``contact_ids``, and with ``contacts`` of every contact id
+    each value can have (:meth:`~dee.runs.contacts.ContactIds.lookup`: its hashed id and
+    the value itself). The list is written first: if Temporal cannot be reached the
+    ``RPCError`` propagates, and nothing more is sent anyway."""
+    wanted = list(contact_ids)
+    if contacts is not None:
+        for value in values:
+            wanted.extend(await asyncio.to_thread(contacts.lookup, value))
     added = []
     for value in values:
         if await asyncio.to_thread(
             suppressions.suppress, value, reason=reason, source=source, run_id=run_id
         ):
             added.append(value)
-    ended = await end_contact_runs(client, run_id=run_id, contact_ids=contact_ids)
+    ended = await end_contact_runs(client, run_id=run_id, contact_ids=wanted)
     return Unsubscribed(suppressed=tuple(added), runs_ended=ended)
 
 
@@ -112,7 +120,12 @@ async def run_contact(client: Client, run_id: str) -> Contact:
 
 
 async def unsubscribe_run(
-    client: Client, suppressions: Suppressions, run_id: str, *, source: SuppressionSource
+    client: Client,
+    suppressions: Suppressions,
+    run_id: str,
+    *,
+    source: SuppressionSource,
+    contacts: ContactIds | None = None,
 ) -> Unsubscribed:
     """The contact of run ``run_id`` asked to hear no more (an ``unsubscribe`` event given
     by hand, through the API or the CLI): suppress its email address *and* phone number,
@@ -128,6 +141,7 @@ async def unsubscribe_run(
         source=source,
         run_id=run_id,
         contact_ids=[contact.id],
+        contacts=contacts,
     )
 
 
@@ -143,10 +157,8 @@ async def end_contact_runs(
         found = await _contact_id(client, run_id)
         if found:
             wanted.add(found)
-    for contact_id in sorted(wanted):
-        query = _running_runs_query(contact_id)
-        if query is None:
-            continue
+    query = _running_runs_query(sorted(wanted))
+    if query is not None:
         async for execution in client.list_workflows(query, limit=MAX_CONTACT_RUNS):
             targets.add(execution.id)
     told = []
@@ -177,18 +189,10 @@ async def _contact_id(client: Client, run_id: str) -> str | None:
     return contact if colon and contact else None
 
 
-def _running_runs_query(contact_id: str) -> str | None:
-    """The visibility query for ``contact_id``'s running runs; ``None`` when the id cannot
-    be quoted safely (contact ids may hold quotes, and backslashes escape)."""
-    if "\\" in contact_id:
+def _running_runs_query(contact_ids: Iterable[str]) -> str | None:
+    """The visibility query for the running runs of ``contact_ids``; ``None`` when no id
+    can be quoted safely."""
+    among = contact_query(contact_ids)
+    if among is None:
         return None
-    if "'" not in contact_id:
-        quoted = f"'{contact_id}'"
-    elif '"' not in contact_id:
-        quoted = f'"{contact_id}"'
-    else:
-        return None
-    return (
-        f"WorkflowType = '{WORKFLOW_NAME}' AND {CONTACT_ID_ATTRIBUTE.name} = {quoted} "
-        "AND ExecutionStatus = 'Running'"
-    )
+    return f"WorkflowType = '{WORKFLOW_NAME}' AND {among} AND ExecutionStatus = 'Running'"

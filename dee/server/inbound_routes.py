@@ -37,6 +37,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, JsonValue
 
 from dee.runs.client import send_event
+from dee.runs.contacts import ContactIds
 from dee.runs.errors import RunClosedError, RunNotFoundError
 from dee.runs.ledger import SendLedger
 from dee.runs.suppressions import InvalidContactValueError, Suppressions, normalize_address
@@ -290,7 +291,7 @@ async def _unsubscribe_by_mail(
         reason="unsubscribe",
         source="mailto",
         run_id=request.run_id,
-        contact_ids=[request.address],
+        contacts=await state.store(ContactIds),
     )
     return "signalled" if request.run_id in done.runs_ended else "run-closed"
 
@@ -436,7 +437,7 @@ async def _sendgrid_event(
                     reason=reason,
                     source="sendgrid",
                     run_id=run_id,
-                    contact_ids=[event.email],
+                    contacts=await state.store(ContactIds),
                 )
             else:
                 await asyncio.to_thread(

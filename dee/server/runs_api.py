@@ -37,6 +37,7 @@ from dee.runs.client import (
     send_event,
     start_run,
 )
+from dee.runs.contacts import ContactIds
 from dee.runs.errors import (
     ContactSuppressedError,
     RunAlreadyStartedError,
@@ -291,8 +292,10 @@ async def start(body: StartRunRequest, state: State) -> RunStarted:
     address (for a plan that sends email) or phone number (for one that calls) is on the
     suppression list (`409 contact-suppressed`; lift it with `DELETE /v1/suppressions/{value}`).
     """
+    contacts = await state.store(ContactIds)
     try:
-        contact = Contact.model_validate(body.contact)
+        given = await asyncio.to_thread(contacts.complete, body.contact)
+        contact = Contact.model_validate(given)
     except ValidationError as exc:
         details = "; ".join(
             f"{'.'.join(str(part) for part in error['loc']) or 'contact'}: {error['msg']}"
@@ -342,11 +345,24 @@ async def start(body: StartRunRequest, state: State) -> RunStarted:
 async def runs(
     state: State,
     plan_id: Annotated[str | None, Query(alias="planId", max_length=100)] = None,
+    contact: Annotated[
+        str | None,
+        Query(
+            max_length=320,
+            description="Only this contact's runs: its email address, phone number or id",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[RunSummaryBody]:
     """Runs, newest first, from Temporal's visibility store (which can lag a second)."""
+    contact_ids: tuple[str, ...] = ()
+    if contact is not None:
+        contacts = await state.store(ContactIds)
+        contact_ids = await asyncio.to_thread(contacts.lookup, contact)
     with _temporal_errors():
-        summaries = await list_runs(state.client, plan_id=plan_id, limit=limit)
+        summaries = await list_runs(
+            state.client, plan_id=plan_id, contact_ids=contact_ids, limit=limit
+        )
     return [RunSummaryBody.model_validate(summary.model_dump()) for summary in summaries]
 
 
@@ -407,7 +423,10 @@ async def post_event(
         )
         if body.type == "unsubscribe":
             suppressions = await state.store(Suppressions)
-            await unsubscribe_run(state.client, suppressions, run_id, source="api")
+            contacts = await state.store(ContactIds)
+            await unsubscribe_run(
+                state.client, suppressions, run_id, source="api", contacts=contacts
+            )
     return _event_body(event)
 
 

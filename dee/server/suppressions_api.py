@@ -25,6 +25,7 @@ from fastapi import Path, Query, Response
 from pydantic import Field
 from temporalio.service import RPCError
 
+from dee.runs.contacts import ContactIds
 from dee.runs.suppressions import (
     Channel,
     InvalidContactValueError,
@@ -157,7 +158,8 @@ async def add_suppression(
             [address],
             reason=body.reason,
             source="api",
-            contact_ids=dict.fromkeys([body.value.strip(), address]),
+            contact_ids=[body.value.strip()],
+            contacts=await state.store(ContactIds),
         )
     except RPCError as exc:
         raise ApiError(

@@ -35,7 +35,8 @@ async def test_suppressing_by_hand_ends_runs_and_start_refuses(
     start = ("runs", "start", "outbound-intro", "--var", "product=DEE", "--contact")
     # Positive control: Ana starts while nothing is suppressed; her run waits 3.5 days.
     run_id = (await cli(*start, ANA)).stdout.strip()
-    found = await eventually(lambda: listed(dev_env, ANA_EMAIL), lambda ids: ids != [])
+    contact_id = run_id.partition(":")[2]
+    found = await eventually(lambda: listed(dev_env, contact_id), lambda ids: ids != [])
     assert found == [run_id]
 
     added = await cli("suppressions", "add", f" {ANA_EMAIL.upper()} ")

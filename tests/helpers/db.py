@@ -18,6 +18,7 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from dee.plans.registry import PlanRegistry, upgrade_database
+from dee.runs.contacts import ContactIds
 from tests.helpers.plans import simple_plan
 from tests.helpers.postgres import throwaway_postgres
 
@@ -119,3 +120,14 @@ def upgrade_in_process(url: str, start_at: float) -> str | None:
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def contact_id_in_process(url: str, value: str, start_at: float) -> str:
+    """The contact id of ``value`` that a new process computes (making the key if none is
+    there yet); the error as text."""
+    try:
+        with ContactIds(url) as contacts:
+            _wait_until(start_at)
+            return contacts.id_for(value)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"

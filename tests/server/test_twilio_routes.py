@@ -34,6 +34,7 @@ from dee.runs.model import EVENT_SIGNAL, Contact, RunEvent, RunInput, RunResult
 from dee.runs.tracking import sign_token, verify_token
 from dee.settings import Settings
 from tests.helpers.engine import CONTACT, Engine, engine
+from tests.helpers.logs import captured_logs
 from tests.helpers.plans import simple_plan
 from tests.helpers.server import RunningServer, running_server
 from tests.helpers.smtp import SmtpServer
@@ -647,24 +648,31 @@ async def test_a_call_through_a_run(
     outcome: str,
     events: list[str],
 ) -> None:
-    before_creates, before_updates = len(twilio.creates), len(twilio.updates)
-    known = {call["sid"] for call in twilio.calls}
-    plan, content = call_plan(f"call-{uuid.uuid4().hex[:8]}")
-    handle = await dee.start(dee.version(plan, content))
-    sid, status_url, amd_url = await placed_call(twilio, before_creates, known)
+    with captured_logs() as logs:
+        before_creates, before_updates = len(twilio.creates), len(twilio.updates)
+        known = {call["sid"] for call in twilio.calls}
+        plan, content = call_plan(f"call-{uuid.uuid4().hex[:8]}")
+        handle = await dee.start(dee.version(plan, content))
+        sid, status_url, amd_url = await placed_call(twilio, before_creates, known)
 
-    for hook, value in callbacks:
-        if hook == "amd":
-            twilio.set_status(sid, "in-progress")
-            params, url = amd_params(twilio, sid, value), amd_url
-        else:
-            extra = {"CallDuration": "42"} if value == "completed" else {}
-            params, url = status_params(twilio, sid, value, **extra), status_url
-        # Every callback twice, as Twilio retries: each counts once.
-        await callback(server, twilio, url, params)
-        await callback(server, twilio, url, params)
+        for hook, value in callbacks:
+            if hook == "amd":
+                twilio.set_status(sid, "in-progress")
+                params, url = amd_params(twilio, sid, value), amd_url
+            else:
+                extra = {"CallDuration": "42"} if value == "completed" else {}
+                params, url = status_params(twilio, sid, value, **extra), status_url
+            # Every callback twice, as Twilio retries: each counts once.
+            await callback(server, twilio, url, params)
+            await callback(server, twilio, url, params)
 
-    result: RunResult = await handle.result()
+        result: RunResult = await handle.result()
+    # Positive control: the capture saw the call's callbacks; and no line of it holds the
+    # contact's number or address, the secret, or a callback token.
+    assert len(logs.containing("POST /webhooks/twilio/status")) >= 2
+    tokens = [url.partition("?token=")[2] for url in (status_url, amd_url)]
+    leaked = logs.containing(CONTACT["phone"], CONTACT["email"], SECRET, *tokens)
+    assert leaked == []
     assert result.outcome == outcome
     state = await handle.query(ExecutionPlanWorkflow.state)
     assert sorted(event.type for event in state.events) == events

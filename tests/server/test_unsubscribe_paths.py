@@ -538,3 +538,31 @@ async def test_a_run_a_plain_temporal_client_started_is_found_by_its_contact(
     assert added.status_code == 201, added.text
     assert added.json()["runsEnded"] == [run_id]
     assert await outcome(stack.env, run_id) == "unsubscribed"
+
+
+async def test_a_contact_is_found_under_its_hashed_id_and_its_address(stack: Stack) -> None:
+    contact = new_contact()
+    address = contact["email"]
+    # Through the API the contact gets the keyed hash of its address as its id...
+    version = stack.version(waiting_plan)
+    started = await stack.server.http.post(
+        "/v1/runs", json={"planId": version.plan.id, "contact": contact}, headers=AUTH
+    )
+    assert started.status_code == 201, started.text
+    hashed: str = started.json()["runId"]
+    assert address not in hashed and hashed.startswith(f"{version.plan.id}:c-")
+    # ...while a run from before (start_run without ContactIds) carries the address itself.
+    legacy = await stack.start(contact, waiting_plan)
+    assert legacy.endswith(f":{address}")
+
+    async def found() -> set[str]:
+        answer = await stack.server.http.get(
+            "/v1/runs", params={"contact": address.upper()}, headers=AUTH
+        )
+        return {run["runId"] for run in answer.json() if run["status"] == "running"}
+
+    assert await eventually(found, lambda runs: runs == {hashed, legacy}) == {hashed, legacy}
+    added = await stack.server.http.post("/v1/suppressions", json={"value": address}, headers=AUTH)
+    assert added.status_code == 201, added.text
+    assert sorted(added.json()["runsEnded"]) == sorted([hashed, legacy])
+    assert await outcome(stack.env, hashed) == await outcome(stack.env, legacy) == "unsubscribed"
