@@ -13,7 +13,7 @@ import functools
 import logging
 from typing import Any
 
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
@@ -30,11 +30,12 @@ from temporalio.converter import (
     JSONPlainPayloadConverter,
 )
 from temporalio.envconfig import ClientConfig
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from dee.errors import DeeError
 from dee.plans.decoding import DECODING
-from dee.runs.model import SEARCH_ATTRIBUTES
+from dee.runs.model import SEARCH_ATTRIBUTES, RunInput
 
 __all__ = ["TemporalSetupError", "connect", "data_converter", "ensure_search_attributes"]
 
@@ -52,7 +53,12 @@ def _adapter(type_hint: Any) -> TypeAdapter[Any]:
 
 class _TolerantJSONConverter(PydanticJSONPlainPayloadConverter):
     """pydantic's JSON payloads, decoded in the ``DECODING`` context (see
-    :mod:`dee.plans.decoding`)."""
+    :mod:`dee.plans.decoding`).
+
+    A run's input that does not decode (a plain Temporal client's contact nested past what
+    the JSON decoder takes, a field of the wrong type) raises a non-retryable
+    ``ApplicationError`` of type ``InvalidRunInput``: the SDK fails the run with it, where
+    any other error would fail the workflow task again on every retry, for good."""
 
     def from_payload(self, payload: Payload, type_hint: type | None = None) -> Any:
         hint = type_hint if type_hint is not None else Any
@@ -60,7 +66,36 @@ class _TolerantJSONConverter(PydanticJSONPlainPayloadConverter):
             adapter = _adapter(hint)
         except TypeError:  # an unhashable hint: not cached
             adapter = TypeAdapter(hint)
-        return adapter.validate_json(payload.data, context=DECODING)
+        if not _is_run_input(hint):
+            return adapter.validate_json(payload.data, context=DECODING)
+        try:
+            return adapter.validate_json(payload.data, context=DECODING)
+        except (ValueError, RecursionError) as exc:
+            raise ApplicationError(
+                f"the run's input is not one DEE can run: {_first_line(exc)}; start runs with "
+                "`dee runs start`, POST /v1/runs or dee.start_run, which check it first",
+                type="InvalidRunInput",
+                non_retryable=True,
+            ) from None
+
+
+def _is_run_input(hint: Any) -> bool:
+    # By name: a workflow sandbox that does not pass ``dee`` through has its own class.
+    return hint is RunInput or (
+        getattr(hint, "__qualname__", None) == RunInput.__qualname__
+        and getattr(hint, "__module__", None) == RunInput.__module__
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    """The start of an error's message: pydantic's can be long, and may quote the input."""
+    if isinstance(error, ValidationError):
+        where = [
+            f"{'.'.join(str(part) for part in item['loc']) or 'input'}: {item['msg']}"
+            for item in error.errors(include_input=False)[:3]
+        ]
+        return "; ".join(where)[:500]
+    return str(error).splitlines()[0][:200] if str(error) else type(error).__name__
 
 
 class PayloadConverter(CompositePayloadConverter):
