@@ -11,7 +11,7 @@ kind     payload                                          URL
 =======  ==============================================  ===============================
 open     ``{"k":"o","r":run,"s":step,"v":visit}``         ``{public_url}/t/o/{token}``
 click    the same plus ``"u"``, the original URL          ``{public_url}/t/c/{token}``
-unsub.   ``{"k":"u","r":run,"e":email}``                  ``{public_url}/u/{token}``, and the
+unsub.   ``{"k":"u","r":run,"a":sealed address}``         ``{public_url}/u/{token}``, and the
                                                           subject of the ``mailto:``
 reply    ``{"k":"r","r":run,"s":step,"v":visit}``         ``{local}+{token}@{domain}``
 call     ``{"k":"call","r":run,"s":step,"v":visit}``      ``.../webhooks/twilio/status?token=``
@@ -23,10 +23,19 @@ Every kind but unsubscribe may also carry ``"x"``, the run execution that sent i
 of a previous run that had the same run id is recorded as that run's, never counted in the
 new one. Tokens made before executions were tracked lack it; they verify as before.
 
-Tokens are signed, not encrypted: anyone holding one can read its payload (the run id and,
-for unsubscribe links, the recipient's own address), but nobody without the key can make or
-change one. :func:`verify_token` refuses anything forged, altered, of another kind,
-malformed or longer than :data:`MAX_TOKEN_LENGTH` with a :class:`TokenError`.
+Every token made now also carries ``"i"``, the id of the key that signed it (8 characters of
+a hash of the key, never the key): verifying takes that key alone, and a token whose key has
+been dropped from ``DEE_SECRET_KEY`` says so. Tokens made before key ids verify against
+every configured key.
+
+Tokens are signed, not encrypted: anyone holding one can read its payload (the run id, whose
+contact id is a keyed hash by default), but nobody without the key can make or change one.
+The address an unsubscribe link unsubscribes is sealed in it (``"a"``: AES-GCM under a key
+derived from the signing key, bound to the run id), so a forwarded or logged link shows no
+address; links from before carry it readable as ``"e"`` and still work.
+
+:func:`verify_token` refuses anything forged, altered, of another kind, malformed or longer
+than :data:`MAX_TOKEN_LENGTH` with a :class:`TokenError`.
 
 :func:`rewrite_links` and :func:`add_open_pixel` put the URLs into an email's HTML.
 """
@@ -45,6 +54,9 @@ from html.parser import HTMLParser
 from typing import Any, Final
 from urllib.parse import quote
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from dee.errors import DeeError
 from dee.settings import split_keys
 
@@ -61,12 +73,14 @@ __all__ = [
     "add_open_pixel",
     "click_url",
     "execution_of",
+    "key_id",
     "open_pixel_url",
     "reply_address",
     "reply_token",
     "rewrite_links",
     "sign_token",
     "signing_keys",
+    "unsubscribe_address",
     "unsubscribe_mailto",
     "unsubscribe_token",
     "unsubscribe_url",
@@ -92,13 +106,18 @@ _DOMAIN: Final = b"dee-token-v1."
 _BASE64URL = re.compile(r"^[A-Za-z0-9_-]+$")
 #: The optional payload field naming the run execution a token belongs to.
 EXECUTION: Final = "x"
+#: The payload field naming the key that signed the token.
+KEY_ID: Final = "i"
+_KEY_ID_DOMAIN: Final = b"dee-key-id."
+_SEAL_DOMAIN: Final = b"dee-token-address."
+_NONCE_BYTES: Final = 12
 #: Temporal run ids are UUIDs; anything of this shape is accepted, nothing longer.
 _EXECUTION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: Fields each known kind must carry, with their types.
 _FIELDS: Final[dict[str, dict[str, type]]] = {
     OPEN: {"r": str, "s": str, "v": int},
     CLICK: {"r": str, "s": str, "v": int, "u": str},
-    UNSUBSCRIBE: {"r": str, "e": str},
+    UNSUBSCRIBE: {"r": str},
     REPLY: {"r": str, "s": str, "v": int},
     CALL_STATUS: {"r": str, "s": str, "v": int},
     CALL_AMD: {"r": str, "s": str, "v": int},
@@ -124,6 +143,11 @@ def signing_keys(secret: str) -> tuple[str, ...]:
     return keys
 
 
+def key_id(key: str) -> str:
+    """The id tokens signed with ``key`` carry: 8 characters of a hash of it."""
+    return _encode(hashlib.sha256(_KEY_ID_DOMAIN + key.encode()).digest()[:6])
+
+
 def _signature(encoded_payload: str, key: str) -> str:
     digest = hmac.new(key.encode(), _DOMAIN + encoded_payload.encode("ascii"), hashlib.sha256)
     return _encode(digest.digest())
@@ -133,9 +157,11 @@ def sign_token(payload: dict[str, Any], *, secret: str) -> str:
     """A URL-safe token carrying ``payload`` (JSON-ready, with its kind in ``"k"``)."""
     if not isinstance(payload.get("k"), str):
         raise TokenError('a token payload needs its kind as a string in "k"')
-    data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    key = signing_keys(secret)[0]
+    signed = {**payload, KEY_ID: key_id(key)}
+    data = json.dumps(signed, separators=(",", ":"), ensure_ascii=False).encode()
     encoded = _encode(data)
-    token = f"{encoded}.{_signature(encoded, signing_keys(secret)[0])}"
+    token = f"{encoded}.{_signature(encoded, key)}"
     if len(token) > MAX_TOKEN_LENGTH:
         raise TokenError(
             f"the token would have {len(token):,} characters; the most is {MAX_TOKEN_LENGTH:,}"
@@ -150,20 +176,31 @@ def verify_token(token: str, *, secret: str, kind: str) -> dict[str, Any]:
     encoded, dot, signature = token.partition(".")
     if not dot or not _BASE64URL.match(encoded) or not _BASE64URL.match(signature):
         raise TokenError("the token is malformed")
+    keys = signing_keys(secret)
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+    except (binascii.Error, ValueError):
+        payload = None  # refused below, after the signature: a forgery learns nothing more
+    named = payload.get(KEY_ID) if isinstance(payload, dict) else None
+    if named is not None:
+        keys = tuple(key for key in keys if key_id(key) == named)
+        if not keys:
+            raise TokenError(
+                f"the token was signed with key {str(named)[:16]!r}, which DEE_SECRET_KEY no "
+                "longer holds: it was rotated out, or the token is forged"
+            )
     # Comparing the text, not decoded bytes, also refuses other spellings of the same
     # signature (base64's unused trailing bits), so each token has exactly one valid form.
-    # Every key is tried, whichever matches (so the time taken says nothing of which).
+    # Without a key id (older tokens) every key is tried, whichever matches.
     matches = [
         hmac.compare_digest(_signature(encoded, key).encode("ascii"), signature.encode("ascii"))
-        for key in signing_keys(secret)
+        for key in keys
     ]
     if not any(matches):
         raise TokenError("the token's signature does not match: it was altered or forged")
-    try:
-        payload = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
-    except (binascii.Error, ValueError) as exc:
+    if payload is None:
         # Signed by DEE yet unreadable: only a key shared with something else could do it.
-        raise TokenError("the token's payload is not JSON") from exc
+        raise TokenError("the token's payload is not JSON")
     if not isinstance(payload, dict):
         raise TokenError("the token's payload is not an object")
     if payload.get("k") != kind:
@@ -173,12 +210,49 @@ def verify_token(token: str, *, secret: str, kind: str) -> dict[str, Any]:
         # bool is an int to isinstance, and never a visit number.
         if not isinstance(value, expected_type) or isinstance(value, bool):
             raise TokenError(f"the token lacks {name!r} ({expected_type.__name__})")
+    if kind == UNSUBSCRIBE and not (
+        isinstance(payload.get("a"), str) or isinstance(payload.get("e"), str)
+    ):
+        raise TokenError("the token lacks the address it unsubscribes")
     execution = payload.get(EXECUTION)
     if execution is not None and not (
         isinstance(execution, str) and _EXECUTION_ID.match(execution)
     ):
         raise TokenError(f"the token's {EXECUTION!r} is not an execution id")
     return payload
+
+
+def _sealing_key(key: str) -> AESGCM:
+    return AESGCM(hashlib.sha256(_SEAL_DOMAIN + key.encode()).digest())
+
+
+def _seal(address: str, *, key: str, run_id: str) -> str:
+    # The nonce is a MAC of what is sealed: one run and address always seal alike (a retried
+    # send renders the same links, the https and mailto forms carry one token), and a nonce
+    # repeats only with the very same plaintext, which is all GCM needs.
+    material = _SEAL_DOMAIN + run_id.encode() + b"\x00" + address.encode()
+    nonce = hmac.new(key.encode(), material, hashlib.sha256).digest()[:_NONCE_BYTES]
+    sealed = _sealing_key(key).encrypt(nonce, address.encode(), run_id.encode())
+    return _encode(nonce + sealed)
+
+
+def unsubscribe_address(payload: dict[str, Any], *, secret: str) -> str:
+    """The address a verified unsubscribe token's payload unsubscribes: unsealed with the
+    key that signed it, or as an older link carries it."""
+    sealed = payload.get("a")
+    if not isinstance(sealed, str):
+        readable = payload.get("e")
+        if not isinstance(readable, str):
+            raise TokenError("the token lacks the address it unsubscribes")
+        return readable
+    keys = [key for key in signing_keys(secret) if key_id(key) == payload.get(KEY_ID)]
+    try:
+        raw = base64.urlsafe_b64decode(sealed + "=" * (-len(sealed) % 4))
+        nonce, body = raw[:_NONCE_BYTES], raw[_NONCE_BYTES:]
+        opened = _sealing_key(keys[0]).decrypt(nonce, body, str(payload["r"]).encode())
+        return opened.decode()
+    except (IndexError, binascii.Error, ValueError, InvalidTag) as exc:
+        raise TokenError("the token's address cannot be unsealed") from exc
 
 
 def execution_of(payload: dict[str, Any]) -> str | None:
@@ -226,8 +300,10 @@ def click_url(
 
 
 def unsubscribe_token(*, secret: str, run_id: str, email: str) -> str:
-    """The signed token that unsubscribes ``email`` (kind :data:`UNSUBSCRIBE`)."""
-    return sign_token({"k": UNSUBSCRIBE, "r": run_id, "e": email}, secret=secret)
+    """The signed token that unsubscribes ``email`` (kind :data:`UNSUBSCRIBE`), the address
+    sealed (:func:`unsubscribe_address` reads it)."""
+    sealed = _seal(email, key=signing_keys(secret)[0], run_id=run_id)
+    return sign_token({"k": UNSUBSCRIBE, "r": run_id, "a": sealed}, secret=secret)
 
 
 def unsubscribe_url(public_url: str, *, secret: str, run_id: str, email: str) -> str:

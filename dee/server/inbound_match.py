@@ -39,7 +39,14 @@ from typing import Final
 from dee.plans.model import ID_PATTERN
 from dee.runs.ledger import SendRecord, key_of_message_id
 from dee.runs.suppressions import InvalidContactValueError, normalize_address
-from dee.runs.tracking import REPLY, UNSUBSCRIBE, TokenError, execution_of, verify_token
+from dee.runs.tracking import (
+    REPLY,
+    UNSUBSCRIBE,
+    TokenError,
+    execution_of,
+    unsubscribe_address,
+    verify_token,
+)
 from dee.server.inbound_mail import InboundMail
 
 __all__ = ["Match", "UnsubscribeRequest", "match_message", "unsubscribe_request"]
@@ -82,7 +89,8 @@ def unsubscribe_request(mail: InboundMail, *, secret: str | None) -> Unsubscribe
     for token in _UNSUBSCRIBE_SUBJECT.findall(mail.subject):
         try:
             payload = verify_token(token, secret=secret, kind=UNSUBSCRIBE)
-            return UnsubscribeRequest(run_id=payload["r"], address=normalize_address(payload["e"]))
+            address = unsubscribe_address(payload, secret=secret)
+            return UnsubscribeRequest(run_id=payload["r"], address=normalize_address(address))
         except (TokenError, InvalidContactValueError):
             continue
     return None

@@ -41,9 +41,18 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from dee.runs.client import send_event
+from dee.runs.contacts import ContactIds
 from dee.runs.errors import RunClosedError, RunNotFoundError
 from dee.runs.suppressions import InvalidContactValueError, normalize_address
-from dee.runs.tracking import CLICK, OPEN, UNSUBSCRIBE, TokenError, execution_of, verify_token
+from dee.runs.tracking import (
+    CLICK,
+    OPEN,
+    UNSUBSCRIBE,
+    TokenError,
+    execution_of,
+    unsubscribe_address,
+    verify_token,
+)
 from dee.runs.unsubscribe import unsubscribe as unsubscribe_contact
 from dee.server._http import ApiError
 from dee.server.hits import (
@@ -74,7 +83,7 @@ _NO_STORE: Final = {
     "Pragma": "no-cache",
     "X-Robots-Tag": "noindex, nofollow",
 }
-#: The token holds the run id (and so often the address): never pass it on as a Referer.
+#: The token holds the run id: never pass it on as a Referer.
 _NO_REFERRER: Final = {**_NO_STORE, "Referrer-Policy": "no-referrer"}
 
 
@@ -92,6 +101,15 @@ def _verify(state: ServerState, token: str, kind: str) -> dict[str, Any]:
         raise ApiError(
             404, "invalid-token", "this link is not valid: it was altered or not made here"
         ) from None
+
+
+def _address(state: ServerState, payload: dict[str, Any]) -> str:
+    """The address a verified unsubscribe token unsubscribes (see :func:`_verify`)."""
+    try:
+        return unsubscribe_address(payload, secret=state.settings.secret_key or "")
+    except TokenError as exc:
+        logger.debug("refused an unsubscribe token: %s", exc)
+        raise ApiError(404, "invalid-token", "this link names no address") from None
 
 
 # -- opens and clicks -------------------------------------------------------------------------
@@ -184,7 +202,7 @@ async def _signal(
 @router.get("/u/{token}")
 async def unsubscribe_page(token: str, state: State) -> HTMLResponse:
     payload = _verify(state, token, UNSUBSCRIBE)
-    address = html.escape(payload["e"])
+    address = html.escape(_address(state, payload))
     # No action: the form posts back to this very URL, token and all.
     body = (
         f"<p>Stop all emails to <strong>{address}</strong>?</p>"
@@ -209,7 +227,7 @@ async def unsubscribe(token: str, request: Request, state: State) -> Response:
         )
     run_id: str = payload["r"]
     try:
-        address = normalize_address(payload["e"])
+        address = normalize_address(_address(state, payload))
     except InvalidContactValueError:
         raise ApiError(404, "invalid-token", "this link names no address") from None
     try:
@@ -227,6 +245,7 @@ async def unsubscribe(token: str, request: Request, state: State) -> Response:
             reason="unsubscribe",
             source="one-click",
             run_id=run_id,
+            contacts=await state.store(ContactIds),
         )
     except HitStoreError as exc:
         logger.error("an unsubscribe was not recorded: %s", exc)

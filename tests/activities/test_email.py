@@ -25,7 +25,14 @@ from dee.plans.model import SendEmailStep, Tracking
 from dee.runs.channels import SendEmailInput, SendEmailResult
 from dee.runs.ledger import LedgerError, SendLedger, email_key
 from dee.runs.model import Contact
-from dee.runs.tracking import CLICK, OPEN, UNSUBSCRIBE, verify_token
+from dee.runs.tracking import (
+    CLICK,
+    OPEN,
+    UNSUBSCRIBE,
+    key_id,
+    unsubscribe_address,
+    verify_token,
+)
 from dee.settings import Settings
 from dee.storage.database import make_engine, resolve_url
 from tests.helpers.smtp import Received, SmtpServer, free_port, smtp_server
@@ -228,12 +235,14 @@ async def test_tracking_pixel_and_links(smtp: SmtpServer, ledger: SendLedger) ->
         "r": "welcome:ana",
         "s": "intro-email",
         "v": 3,
+        "i": key_id(SECRET),
     }
     assert html.index("<img") < html.index("</body>")
 
     tracked, mailto, anchor = found.hrefs
     assert tracked.startswith(f"{PUBLIC_URL}/t/c/")
     payload = verify_token(tracked.removeprefix(f"{PUBLIC_URL}/t/c/"), secret=SECRET, kind=CLICK)
+    assert payload.pop("i") == key_id(SECRET)
     assert payload == {
         "k": "c",
         "r": "welcome:ana",
@@ -262,11 +271,11 @@ async def test_unsubscribe_headers(smtp: SmtpServer, ledger: SendLedger) -> None
     )
     assert https_link.startswith(f"{PUBLIC_URL}/u/")
     token = https_link.removeprefix(f"{PUBLIC_URL}/u/")
-    assert verify_token(token, secret=SECRET, kind=UNSUBSCRIBE) == {
-        "k": "u",
-        "r": "welcome:ana",
-        "e": "ana@recipient.example",
-    }
+    payload = verify_token(token, secret=SECRET, kind=UNSUBSCRIBE)
+    assert (payload["k"], payload["r"]) == ("u", "welcome:ana")
+    # The address is sealed in the link, not readable in it.
+    assert unsubscribe_address(payload, secret=SECRET) == "ana@recipient.example"
+    assert "recipient" not in str(message["List-Unsubscribe"])
     # The mail form carries the same signed token, in the subject the client sends.
     assert mailto == f"mailto:dee@sender.example?subject=unsubscribe%20{token}"
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
+import re
 from html.parser import HTMLParser
 from typing import Any
 
@@ -18,9 +21,11 @@ from dee.runs.tracking import (
     TokenError,
     add_open_pixel,
     click_url,
+    key_id,
     open_pixel_url,
     rewrite_links,
     sign_token,
+    unsubscribe_address,
     unsubscribe_url,
     verify_token,
 )
@@ -40,9 +45,27 @@ def decode(part: str) -> bytes:
 # -- tokens ---------------------------------------------------------------------------------
 
 
+def signed(payload: dict[str, Any], secret: str = SECRET) -> dict[str, Any]:
+    """``payload`` as it reads back: with the id of the key that signed it."""
+    return {**payload, "i": key_id(secret)}
+
+
 def test_round_trip() -> None:
     token = sign_token(OPEN_PAYLOAD, secret=SECRET)
-    assert verify_token(token, secret=SECRET, kind=OPEN) == OPEN_PAYLOAD
+    assert verify_token(token, secret=SECRET, kind=OPEN) == signed(OPEN_PAYLOAD)
+    # The key id is a hash of the key: it tells nothing of the key.
+    assert re.fullmatch(r"[A-Za-z0-9_-]{8}", key_id(SECRET)) and SECRET not in token
+    assert key_id("another-key") != key_id(SECRET)
+
+
+def test_tokens_from_before_key_ids_still_verify() -> None:
+    # A token as DEE made them before it named its key: no "i", every key is tried.
+    encoded = encode(json.dumps(OPEN_PAYLOAD, separators=(",", ":")).encode())
+    mac = hmac.new(b"old-key", b"dee-token-v1." + encoded.encode(), hashlib.sha256).digest()
+    token = f"{encoded}.{encode(mac)}"
+    assert verify_token(token, secret="new-key,old-key", kind=OPEN) == OPEN_PAYLOAD
+    with pytest.raises(TokenError, match="signature does not match"):
+        verify_token(token, secret="new-key", kind=OPEN)
 
 
 def test_tokens_are_url_safe_without_padding() -> None:
@@ -99,8 +122,8 @@ def unsigned_forgery() -> str:
         (other_spelling_of_signature, OPEN, SECRET, "signature does not match"),
         # Made by someone without the key.
         (unsigned_forgery, OPEN, SECRET, "signature does not match"),
-        # Signed with another key.
-        (lambda: sign_token(OPEN_PAYLOAD, secret="another-key"), OPEN, SECRET, "does not match"),
+        # Signed with another key: its key id names no configured key.
+        (lambda: sign_token(OPEN_PAYLOAD, secret="another-key"), OPEN, SECRET, "no longer holds"),
         # An open token offered as a click token.
         (lambda: sign_token(OPEN_PAYLOAD, secret=SECRET), CLICK, SECRET, "kind 'o'"),
         # An open token offered as an unsubscribe token.
@@ -167,12 +190,14 @@ def test_open_pixel_url() -> None:
         "https://dee.example/", secret=SECRET, run_id="welcome:ana", step_id="hello", visit=2
     )
     token = token_of(url, "https://dee.example/t/o/")
-    assert verify_token(token, secret=SECRET, kind=OPEN) == {
-        "k": "o",
-        "r": "welcome:ana",
-        "s": "hello",
-        "v": 2,
-    }
+    assert verify_token(token, secret=SECRET, kind=OPEN) == signed(
+        {
+            "k": "o",
+            "r": "welcome:ana",
+            "s": "hello",
+            "v": 2,
+        }
+    )
 
 
 def test_click_url() -> None:
@@ -187,7 +212,7 @@ def test_click_url() -> None:
     )
     token = token_of(url, "https://dee.example/t/c/")
     payload = verify_token(token, secret=SECRET, kind=CLICK)
-    assert payload == {"k": "c", "r": "welcome:ana", "s": "hello", "v": 1, "u": target}
+    assert payload == signed({"k": "c", "r": "welcome:ana", "s": "hello", "v": 1, "u": target})
 
 
 def test_unsubscribe_url() -> None:
@@ -196,7 +221,39 @@ def test_unsubscribe_url() -> None:
     )
     token = token_of(url, "http://127.0.0.1:8000/u/")
     payload = verify_token(token, secret=SECRET, kind=UNSUBSCRIBE)
-    assert payload == {"k": "u", "r": "welcome:ana", "e": "ana@example.com"}
+    assert sorted(payload) == ["a", "i", "k", "r"]
+    assert (payload["k"], payload["r"]) == ("u", "welcome:ana")
+    # The address is sealed: the link, readable by anyone who holds it, shows none of it.
+    readable = decode(token.split(".")[0]).decode()
+    assert "ana" not in readable.replace("welcome:ana", "") and "example" not in readable
+    assert unsubscribe_address(payload, secret=SECRET) == "ana@example.com"
+    # One run and address always give one link (a retried send renders the same email);
+    # another run's link for the same address shares nothing with it.
+    again = unsubscribe_url(
+        "http://127.0.0.1:8000", secret=SECRET, run_id="welcome:ana", email="ana@example.com"
+    )
+    other = unsubscribe_url(
+        "http://127.0.0.1:8000", secret=SECRET, run_id="welcome:bo", email="ana@example.com"
+    )
+    sealed = verify_token(token_of(other, "http://127.0.0.1:8000/u/"), secret=SECRET, kind="u")
+    assert again == url and sealed["a"] != payload["a"]
+
+
+def test_unsubscribe_links_from_before_and_broken_seals() -> None:
+    # A link from before sealing carries the address readable; it still unsubscribes.
+    legacy = sign_token({"k": "u", "r": "p:c", "e": "ana@example.com"}, secret=SECRET)
+    payload = verify_token(legacy, secret=SECRET, kind=UNSUBSCRIBE)
+    assert unsubscribe_address(payload, secret=SECRET) == "ana@example.com"
+    # Signed, but the seal is not one: refused, as is a link with no address at all.
+    broken = verify_token(
+        sign_token({"k": "u", "r": "p:c", "a": encode(b"x" * 40)}, secret=SECRET),
+        secret=SECRET,
+        kind=UNSUBSCRIBE,
+    )
+    with pytest.raises(TokenError, match="cannot be unsealed"):
+        unsubscribe_address(broken, secret=SECRET)
+    with pytest.raises(TokenError, match="lacks the address"):
+        verify_token(sign_token({"k": "u", "r": "p:c"}, secret=SECRET), secret=SECRET, kind="u")
 
 
 # -- link rewriting -------------------------------------------------------------------------
@@ -347,14 +404,18 @@ def test_a_rotated_key_still_verifies_what_the_previous_one_signed() -> None:
     before = sign_token(payload, secret="old-key")
     # During the rotation DEE_SECRET_KEY is "new,old": the new key signs, both verify.
     rotating = "new-key, old-key"
-    assert verify_token(before, secret=rotating, kind=OPEN) == payload
+    assert verify_token(before, secret=rotating, kind=OPEN) == signed(payload, "old-key")
     after = sign_token(payload, secret=rotating)
     assert after == sign_token(payload, secret="new-key") != before
-    assert verify_token(after, secret="new-key", kind=OPEN) == payload
+    assert verify_token(after, secret="new-key", kind=OPEN) == signed(payload, "new-key")
+    # An unsubscribe link sealed under the old key still unseals while it is listed.
+    link = unsubscribe_url("https://d.example", secret="old-key", run_id="p:c", email="a@b.example")
+    sealed = verify_token(link.rsplit("/", 1)[1], secret=rotating, kind=UNSUBSCRIBE)
+    assert unsubscribe_address(sealed, secret=rotating) == "a@b.example"
     # Once the old key is dropped, what it signed no longer verifies; nor does a stranger's.
-    with pytest.raises(TokenError, match="altered or forged"):
+    with pytest.raises(TokenError, match="no longer holds"):
         verify_token(before, secret="new-key", kind=OPEN)
-    with pytest.raises(TokenError, match="altered or forged"):
+    with pytest.raises(TokenError, match="no longer holds"):
         verify_token(sign_token(payload, secret="other"), secret=rotating, kind=OPEN)
     with pytest.raises(TokenError, match="no secret key"):
         sign_token(payload, secret=" , ")
