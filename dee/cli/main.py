@@ -15,7 +15,7 @@
 
 Exit status: 0 when the command did what was asked; 1 when the plan has problems or the
 registry refuses (no such plan, ...); 2 when a plan file cannot be read or parsed, or the
-command line is wrong. Problems are printed one per line as
+command line or a setting in the environment is wrong. Problems are printed one per line as
 ``FILE: STEP: CODE: MESSAGE`` (``STEP`` is ``(plan)`` for plan-wide problems), so editors
 and ``grep`` can work with them.
 """
@@ -268,7 +268,10 @@ dee.add_command(suppressions)
 
 
 def _settings(ctx: click.Context) -> Settings:
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        _fail(f"error: {exc}", status=2)
     found = ctx.find_object(_Settings)
     if found is not None and found.database:
         settings = dataclasses.replace(settings, database_url=found.database)

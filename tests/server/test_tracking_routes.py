@@ -30,7 +30,7 @@ from dee.runs.client import run_state, start_run
 from dee.runs.ledger import SendLedger
 from dee.runs.model import CONTACT_ID_ATTRIBUTE, WORKFLOW_NAME, RunEvent
 from dee.runs.tracking import click_url, open_pixel_url, sign_token, unsubscribe_url
-from dee.server.hits import HitStore
+from dee.server.hits import HitStore, SignalKind, SignalOutcome, SignalStatus
 from dee.settings import Settings
 from tests.helpers.plans import email_content, email_plan
 from tests.helpers.server import RunningServer, running_server
@@ -198,6 +198,20 @@ async def signal_count(client: Client, run_id: str) -> int:
     )
 
 
+async def outcome(
+    hits: HitStore, run_id: str, kind: SignalKind, *, execution: str | None = None
+) -> SignalOutcome | None:
+    """How the signal of the run's first email's ``kind`` ended, once the server says."""
+
+    async def read() -> SignalStatus | None:
+        return await asyncio.to_thread(
+            hits.signal_status, run_id, step_id="intro", visit=1, kind=kind, execution=execution
+        )
+
+    status = await eventually(read, lambda found: found is not None and found.outcome is not None)
+    return status.outcome if status is not None else None
+
+
 def path_of(url: str, server: RunningServer) -> str:
     assert url.startswith(server.url + "/"), url
     return url.removeprefix(server.url)
@@ -244,6 +258,8 @@ async def test_fifty_pixel_fetches_make_fifty_hits_and_one_open(setup: Setup) ->
     found = await positive_control(setup, run_id, link, "click")
     assert [e.type for e in found] == ["open", "click"]
     assert await signal_count(setup.client, run_id) == 2
+    # The server recorded that the signal went out: no sweeper sends it again.
+    assert await outcome(setup.hits, run_id, "open", execution=execution) == "signalled"
 
     hits = [hit for hit in setup.hits.hits(run_id) if hit.kind == "open"]
     assert len(hits) == 50
@@ -361,6 +377,7 @@ async def test_a_hit_for_an_ended_run_is_kept_and_still_answered(
                 while "not signalled: the run has ended" not in caplog.text:
                     await asyncio.sleep(0.05)
             assert hits.is_signalled(run_id, step_id="intro", visit=1, kind="open")
+            assert await outcome(hits, run_id, "open") == "run-not-found"
 
 
 async def test_when_temporal_is_unreachable_the_key_is_given_back(
