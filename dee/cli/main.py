@@ -9,6 +9,7 @@
     dee plans graph ID_OR_FILE [--version N]
     dee runs start|event|show|cancel|list ...   (see dee.cli.runs)
     dee suppressions add|remove|list ...        (see dee.cli.suppressions)
+    dee tracking sweep [--older-than SECONDS]   (see dee.cli.tracking)
     dee worker
     dee serve [--host 127.0.0.1] [--port 8000]
     dee dev [--port 7233] [--ui-port 8233] [--smtp-port 1025] [--api-port 8000] [--no-worker]
@@ -41,6 +42,7 @@ import click
 from dee.cli import _format as fmt
 from dee.cli.runs import run_async, runs, used_temporal
 from dee.cli.suppressions import suppressions
+from dee.cli.tracking import tracking
 from dee.errors import DeeError, PlanInvalidError, PlanLoadError, Problem
 from dee.plans.content import PlanContent, load_content
 from dee.plans.graph import to_mermaid
@@ -265,6 +267,7 @@ def graph(ctx: click.Context, source: str, version: int | None) -> None:
 
 dee.add_command(runs)
 dee.add_command(suppressions)
+dee.add_command(tracking)
 
 
 def _settings(ctx: click.Context) -> Settings:
