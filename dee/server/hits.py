@@ -273,22 +273,26 @@ class HitStore(Suppressions):
         lease: float,
         limit: int = 100,
         now: datetime.datetime | None = None,
+        due_at: datetime.datetime | None = None,
     ) -> list[SignalClaim]:
-        """Take up to ``limit`` pending keys, oldest first, whose hit is ``older_than``
-        seconds old and that no one has tried for ``lease`` seconds, and hold them for
-        ``lease`` seconds: a sweeper that takes a key is the one to signal it, until it
-        settles or postpones the key, or the lease runs out (it died meanwhile).
+        """Take up to ``limit`` pending keys, oldest first, that are due at ``due_at``
+        (default: ``now``, default: now): whose hit was ``older_than`` seconds before, that
+        no sweeper holds and no failed try postponed past it. Hold them for ``lease``
+        seconds from ``now``: a sweeper that takes a key is the one to signal it, until it
+        settles or postpones the key, or the lease runs out (it died meanwhile). A sweep
+        gives its start as ``due_at``, so it takes no key twice however long it lasts.
 
         Taking is a conditional update: on SQLite under the write lock, on PostgreSQL of
         rows locked ``FOR UPDATE SKIP LOCKED``, so sweepers on one database take disjoint
         keys. Each taken claim counts an attempt.
         """
         now = now or datetime.datetime.now(datetime.UTC)
+        due_at = due_at or now
         signals = tracking_signals.c
         due = (
             signals.done_at.is_(None),
-            signals.at <= now - datetime.timedelta(seconds=older_than),
-            or_(signals.retry_at.is_(None), signals.retry_at <= now),
+            signals.at <= due_at - datetime.timedelta(seconds=older_than),
+            or_(signals.retry_at.is_(None), signals.retry_at <= due_at),
         )
         # A read first: most sweeps find nothing, and need not queue for the write lock.
         with self._engine.connect() as connection:

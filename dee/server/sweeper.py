@@ -173,14 +173,15 @@ async def sweep(
     batch_size: int = BATCH_SIZE,
     lease: float = LEASE,
 ) -> SweepReport:
-    """Signal every claim still pending ``older_than`` seconds after its hit, batch by
-    batch, until no due claim is left. A claim is taken once a sweep: one that fails waits
-    for a later sweep."""
+    """Signal every claim pending ``older_than`` seconds after its hit, batch by batch,
+    until none that was due when the sweep started is left. A claim is taken once a sweep:
+    one that fails waits for a later sweep."""
     report = SweepReport()
     retry_after = max(older_than, 1.0)
+    started = datetime.datetime.now(datetime.UTC)
     while True:
         claims = await asyncio.to_thread(
-            store.take_due, older_than=older_than, lease=lease, limit=batch_size
+            store.take_due, older_than=older_than, lease=lease, limit=batch_size, due_at=started
         )
         if claims:
             report += await signal_batch(client, store, claims, retry_after=retry_after)

@@ -314,6 +314,12 @@ def test_a_postponed_key_waits_until_its_time(store: HitStore) -> None:
     assert store.take_due(older_than=0, lease=600, now=now + datetime.timedelta(seconds=29)) == []
     [retried] = store.take_due(older_than=0, lease=600, now=now + datetime.timedelta(seconds=31))
     assert retried == claim and retried.attempts == 2
+    # Its try failed again, to be retried at +40 s. A sweep that started at +35 s does not
+    # take it in a batch at +50 s (it took it once already); a sweep started later does.
+    store.postpone([(retried, now + datetime.timedelta(seconds=40))])
+    started, later = (now + datetime.timedelta(seconds=s) for s in (35, 50))
+    assert store.take_due(older_than=0, lease=600, now=later, due_at=started) == []
+    assert store.take_due(older_than=0, lease=600, now=later) == [claim]
     # A settled key is never postponed back into the queue.
     store.settle([(retried, "run-not-found")])
     store.postpone([(retried, now)])
