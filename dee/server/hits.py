@@ -276,11 +276,12 @@ class HitStore(Suppressions):
         due_at: datetime.datetime | None = None,
     ) -> list[SignalClaim]:
         """Take up to ``limit`` pending keys, oldest first, that are due at ``due_at``
-        (default: ``now``, default: now): whose hit was ``older_than`` seconds before, that
-        no sweeper holds and no failed try postponed past it. Hold them for ``lease``
-        seconds from ``now``: a sweeper that takes a key is the one to signal it, until it
-        settles or postpones the key, or the lease runs out (it died meanwhile). A sweep
-        gives its start as ``due_at``, so it takes no key twice however long it lasts.
+        (default ``now``, itself the present by default): whose hit was ``older_than``
+        seconds before, that no sweeper holds and no failed try postponed past it. Hold
+        them for ``lease`` seconds from ``now``: a sweeper that takes a key is the one to
+        signal it, until it settles or postpones the key, or the lease runs out (it died
+        meanwhile). A sweep gives its start as ``due_at``, so it takes no key twice however
+        long it lasts.
 
         Taking is a conditional update: on SQLite under the write lock, on PostgreSQL of
         rows locked ``FOR UPDATE SKIP LOCKED``, so sweepers on one database take disjoint

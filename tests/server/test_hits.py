@@ -302,6 +302,8 @@ def test_due_keys_are_taken_oldest_first_and_held_for_a_lease(store: HitStore) -
     again = store.take_due(older_than=0, lease=60, now=later)
     assert again == [click, opened] and [c.attempts for c in again] == [2, 2]
     assert store.take_due(older_than=0, lease=60, limit=1) == []
+    # Settled in one go, the one settled before left as it was.
+    assert store.settle([(c, "signalled") for c in (click, opened, settled)]) == 2
 
 
 def test_a_postponed_key_waits_until_its_time(store: HitStore) -> None:
