@@ -19,6 +19,9 @@ variable                   meaning                                        defaul
 ``PUBLIC_KEY``             (base64 DER, from SendGrid's settings)
 ``DEE_INBOUND_SECRET``     shared secret in the inbound-mail webhook URL  none: inbound refuses
                            (``/webhooks/inbound/...?key=...``)
+``DEE_TRACKING_SWEEP_``    seconds after a tracking hit that the server's ``30``
+``AFTER``                  sweeper sends its signal if it has not gone
+                           out (:mod:`dee.server.sweeper`)
 =========================  =============================================  ==========================
 
 Temporal itself is configured the way every Temporal client is (``TEMPORAL_ADDRESS``,
@@ -28,6 +31,7 @@ Temporal itself is configured the way every Temporal client is (``TEMPORAL_ADDRE
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,6 +53,7 @@ class Settings:
     api_keys: tuple[str, ...] = ()
     sendgrid_webhook_public_key: str | None = None
     inbound_secret: str | None = None
+    tracking_sweep_after: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -57,6 +62,18 @@ class Settings:
 
         def get(name: str, default: str) -> str:
             return env.get(name) or default
+
+        def seconds(name: str, default: float) -> float:
+            text = env.get(name)
+            if not text:
+                return default
+            try:
+                value = float(text)
+            except ValueError:
+                value = math.nan
+            if not 0 < value < math.inf:
+                raise ValueError(f"{name} must be a number of seconds above 0, not {text!r}")
+            return value
 
         return cls(
             database_url=env.get("DEE_DATABASE_URL") or None,
@@ -71,6 +88,7 @@ class Settings:
             api_keys=split_keys(env.get("DEE_API_KEYS", "")),
             sendgrid_webhook_public_key=env.get("DEE_SENDGRID_WEBHOOK_PUBLIC_KEY") or None,
             inbound_secret=env.get("DEE_INBOUND_SECRET") or None,
+            tracking_sweep_after=seconds("DEE_TRACKING_SWEEP_AFTER", defaults.tracking_sweep_after),
         )
 
 

@@ -9,13 +9,14 @@
     dee plans graph ID_OR_FILE [--version N]
     dee runs start|event|show|cancel|list ...   (see dee.cli.runs)
     dee suppressions add|remove|list ...        (see dee.cli.suppressions)
+    dee tracking sweep [--older-than SECONDS]   (see dee.cli.tracking)
     dee worker
     dee serve [--host 127.0.0.1] [--port 8000]
     dee dev [--port 7233] [--ui-port 8233] [--smtp-port 1025] [--api-port 8000] [--no-worker]
 
 Exit status: 0 when the command did what was asked; 1 when the plan has problems or the
 registry refuses (no such plan, ...); 2 when a plan file cannot be read or parsed, or the
-command line is wrong. Problems are printed one per line as
+command line or a setting in the environment is wrong. Problems are printed one per line as
 ``FILE: STEP: CODE: MESSAGE`` (``STEP`` is ``(plan)`` for plan-wide problems), so editors
 and ``grep`` can work with them.
 """
@@ -41,6 +42,7 @@ import click
 from dee.cli import _format as fmt
 from dee.cli.runs import run_async, runs, used_temporal
 from dee.cli.suppressions import suppressions
+from dee.cli.tracking import tracking
 from dee.errors import DeeError, PlanInvalidError, PlanLoadError, Problem
 from dee.plans.content import PlanContent, load_content
 from dee.plans.graph import to_mermaid
@@ -265,10 +267,14 @@ def graph(ctx: click.Context, source: str, version: int | None) -> None:
 
 dee.add_command(runs)
 dee.add_command(suppressions)
+dee.add_command(tracking)
 
 
 def _settings(ctx: click.Context) -> Settings:
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        _fail(f"error: {exc}", status=2)
     found = ctx.find_object(_Settings)
     if found is not None and found.database:
         settings = dataclasses.replace(settings, database_url=found.database)

@@ -10,7 +10,8 @@
   SendGrid events, Twilio call status and answering-machine callbacks.
 
 Everything the routes need lives on ``app.state`` as one :class:`ServerState`, reached
-through :func:`server_state` so routes can be tested against a real app.
+through :func:`server_state` so routes can be tested against a real app. While the app runs,
+its lifespan sweeps tracking signals that never went out (:mod:`dee.server.sweeper`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from dee.server import (
 )
 from dee.server._http import install_error_answers
 from dee.server.access_log import AccessLog, quiet_uvicorn_access_log
+from dee.server.hits import HitStore
 from dee.server.state import ServerState
+from dee.server.sweeper import sweeping
 from dee.settings import Settings
 
 __all__ = ["create_app"]
@@ -53,10 +56,14 @@ def create_app(
         registry=registry if registry is not None else PlanRegistry(settings.database_url),
     )
 
+    async def hit_store() -> HitStore:
+        return await state.store(HitStore)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
-            yield
+            async with sweeping(state.client, hit_store, older_than=settings.tracking_sweep_after):
+                yield
         finally:
             for store in state.stores.values():
                 store.close()

@@ -23,6 +23,17 @@ sent an email since the key was taken (the send ledger's ``sends`` table, in the
 database, says when), so the later run hears of its opens too. A run that loops through
 the step may so get one more signal for an earlier visit, which it drops by its id.
 
+A key also says whether its signal went out. The server signals after the transaction that
+took the key, so a server that dies in between would leave a key taken and its signal never
+sent, and every later hit of the key collapsed into it: the hit lost for good. So a key stays
+*pending* until it is settled (:meth:`HitStore.settle`): ``signalled`` once Temporal has
+accepted the signal, ``run-closed`` or ``run-not-found`` when there is no one left to tell.
+Keys still pending a while after their hit are taken by the sweeper
+(:meth:`HitStore.take_due`, :mod:`dee.server.sweeper`) in batches, each for a lease, with a
+conditional update, so that of several servers sweeping one database one signals each key;
+one that fails is tried again later (:meth:`HitStore.postpone`). A key is therefore signalled
+at least once, and the run, dropping repeats by event id, counts it once.
+
 A :class:`HitStore` is also the suppression list (:class:`dee.runs.suppressions.Suppressions`),
 so an unsubscribe is kept as a hit and suppresses its address on the same connections.
 """
@@ -31,22 +42,17 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal, TypeAlias
 
 from sqlalchemy import (
-    BigInteger,
-    CheckConstraint,
-    Column,
-    DateTime,
-    Index,
-    Integer,
-    String,
-    Table,
-    Text,
+    bindparam,
     delete,
     func,
     insert,
+    literal,
+    or_,
     select,
     update,
 )
@@ -54,7 +60,8 @@ from sqlalchemy import (
 from dee.runs.ledger import sends
 from dee.runs.suppressions import SuppressionError, Suppressions
 from dee.runs.unsubscribe import event_id
-from dee.storage.database import as_utc, insert_if_absent, metadata
+from dee.server._tracking_tables import tracking_hits, tracking_signals
+from dee.storage.database import as_utc, insert_if_absent
 from dee.storage.store import database_errors
 
 __all__ = [
@@ -64,46 +71,19 @@ __all__ = [
     "HitStoreError",
     "SignalClaim",
     "SignalKind",
+    "SignalOutcome",
+    "SignalStatus",
     "event_id",
 ]
 
 HitKind: TypeAlias = Literal["open", "click", "unsubscribe"]
 SignalKind: TypeAlias = Literal["open", "click"]
+#: How a key was settled: the run took the signal, or there was no run to take it.
+SignalOutcome: TypeAlias = Literal["signalled", "run-closed", "run-not-found"]
 
 HIT_KINDS: Final = ("open", "click", "unsubscribe")
 #: Longest user agent kept; the rest is cut.
 MAX_USER_AGENT: Final = 500
-
-#: Mirror migrations 0003 and 0006; change only together with a new migration.
-tracking_hits = Table(
-    "tracking_hits",
-    metadata,
-    Column(
-        "id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True
-    ),
-    Column("run_id", String(400), nullable=False),
-    Column("step_id", String(100), nullable=True),
-    Column("visit", Integer, nullable=True),
-    Column("kind", String(12), nullable=False),
-    Column("url", Text, nullable=True),
-    Column("user_agent", String(500), nullable=True),
-    Column("at", DateTime(timezone=True), nullable=False),
-    Column("execution", String(64), nullable=True),
-    CheckConstraint("kind IN ('open', 'click', 'unsubscribe')", name="ck_tracking_hits_kind"),
-    Index("ix_tracking_hits_run_id", "run_id", "id"),
-)
-tracking_signals = Table(
-    "tracking_signals",
-    metadata,
-    Column("run_id", String(400), primary_key=True),
-    Column("execution", String(64), primary_key=True),
-    Column("step_id", String(100), primary_key=True),
-    Column("visit", Integer, primary_key=True, autoincrement=False),
-    Column("kind", String(12), primary_key=True),
-    Column("claim", String(32), nullable=False),
-    Column("at", DateTime(timezone=True), nullable=False),
-    CheckConstraint("kind IN ('open', 'click')", name="ck_tracking_signals_kind"),
-)
 
 
 class HitStoreError(SuppressionError):
@@ -129,7 +109,8 @@ class Hit:
 @dataclass(frozen=True, slots=True)
 class SignalClaim:
     """The right to signal ``kind`` for one run execution, step and visit, held by one hit.
-    ``execution`` is ``""`` for a token that names none."""
+    ``execution`` is ``""`` for a token that names none. The hit's ``url`` (a click's link)
+    and time ``at`` are what the signal carries; ``attempts`` counts the sweeper's tries."""
 
     run_id: str
     step_id: str
@@ -137,10 +118,30 @@ class SignalClaim:
     kind: SignalKind
     claim: str
     execution: str = ""
+    url: str | None = field(default=None, compare=False)
+    at: datetime.datetime | None = field(default=None, compare=False)
+    attempts: int = field(default=0, compare=False)
 
     @property
     def event_id(self) -> str:
         return event_id(self.kind, self.run_id, self.step_id, self.visit, self.execution)
+
+    @property
+    def details(self) -> dict[str, Any]:
+        """The event's details: a click's link."""
+        return {"url": self.url} if self.url is not None else {}
+
+
+@dataclass(frozen=True, slots=True)
+class SignalStatus:
+    """Where one key's signal stands: pending while ``outcome`` is ``None``."""
+
+    claim: str
+    at: datetime.datetime
+    outcome: SignalOutcome | None
+    done_at: datetime.datetime | None
+    attempts: int
+    retry_at: datetime.datetime | None
 
 
 class HitStore(Suppressions):
@@ -184,11 +185,15 @@ class HitStore(Suppressions):
             "execution": execution,
         }
         with self._writing() as connection:
-            connection.execute(insert(tracking_hits).values(hit))
+            hit_id = connection.execute(
+                insert(tracking_hits).values(hit).returning(tracking_hits.c.id)
+            ).scalar_one()
             if kind == "unsubscribe":
                 return None
             assert step_id is not None and visit is not None
-            claim = SignalClaim(run_id, step_id, visit, kind, uuid.uuid4().hex, execution or "")
+            claim = SignalClaim(
+                run_id, step_id, visit, kind, uuid.uuid4().hex, execution or "", url=url, at=now
+            )
             key = _key(claim)
             row = {
                 "run_id": run_id,
@@ -198,6 +203,7 @@ class HitStore(Suppressions):
                 "kind": kind,
                 "claim": claim.claim,
                 "at": now,
+                "hit_id": hit_id,
             }
             keys = [
                 tracking_signals.c.run_id,
@@ -227,7 +233,7 @@ class HitStore(Suppressions):
             retaken = connection.execute(
                 update(tracking_signals)
                 .where(*key, tracking_signals.c.claim == held.claim)
-                .values(claim=claim.claim, at=now)
+                .values(claim=claim.claim, at=now, hit_id=hit_id, **_PENDING_AGAIN)
             )
             return claim if retaken.rowcount == 1 else None
 
@@ -243,6 +249,141 @@ class HitStore(Suppressions):
             )
 
     @database_errors
+    def settle(self, settled: Sequence[tuple[SignalClaim, SignalOutcome]]) -> int:
+        """Record how the signals of ``settled`` ended; the keys no longer wait for one. A
+        claim that another hit has taken since, or that is settled already, is left alone;
+        returns how many were settled now."""
+        if not settled:
+            return 0
+        now = datetime.datetime.now(datetime.UTC)
+        statement = (
+            update(tracking_signals)
+            .where(*_KEY_PARAMETERS, tracking_signals.c.done_at.is_(None))
+            .values(done_at=now, outcome=bindparam("k_outcome"))
+        )
+        rows = [{**_key_parameters(claim), "k_outcome": outcome} for claim, outcome in settled]
+        with self._writing() as connection:
+            return connection.execute(statement, rows).rowcount
+
+    @database_errors
+    def take_due(
+        self,
+        *,
+        older_than: float,
+        lease: float,
+        limit: int = 100,
+        now: datetime.datetime | None = None,
+        due_at: datetime.datetime | None = None,
+    ) -> list[SignalClaim]:
+        """Take up to ``limit`` pending keys, oldest first, that are due at ``due_at``
+        (default ``now``, itself the present by default): whose hit was ``older_than``
+        seconds before, that no sweeper holds and no failed try postponed past it. Hold
+        them for ``lease`` seconds from ``now``: a sweeper that takes a key is the one to
+        signal it, until it settles or postpones the key, or the lease runs out (it died
+        meanwhile). A sweep gives its start as ``due_at``, so it takes no key twice however
+        long it lasts.
+
+        Taking is a conditional update: on SQLite under the write lock, on PostgreSQL of
+        rows locked ``FOR UPDATE SKIP LOCKED``, so sweepers on one database take disjoint
+        keys. Each taken claim counts an attempt.
+        """
+        now = now or datetime.datetime.now(datetime.UTC)
+        due_at = due_at or now
+        signals = tracking_signals.c
+        due = (
+            signals.done_at.is_(None),
+            signals.at <= due_at - datetime.timedelta(seconds=older_than),
+            or_(signals.retry_at.is_(None), signals.retry_at <= due_at),
+        )
+        # A read first: most sweeps find nothing, and need not queue for the write lock.
+        with self._engine.connect() as connection:
+            if connection.execute(select(literal(1)).where(*due).limit(1)).first() is None:
+                return []
+        with self._writing() as connection:
+            rows = connection.execute(
+                select(tracking_signals, tracking_hits.c.url)
+                .outerjoin(tracking_hits, tracking_hits.c.id == signals.hit_id)
+                .where(*due)
+                .order_by(signals.at)
+                .limit(limit)
+                .with_for_update(of=tracking_signals, skip_locked=True)
+            ).all()
+            claims = [
+                SignalClaim(
+                    row.run_id,
+                    row.step_id,
+                    row.visit,
+                    row.kind,
+                    row.claim,
+                    row.execution,
+                    url=row.url,
+                    at=as_utc(row.at),
+                    attempts=row.attempts + 1,
+                )
+                for row in rows
+            ]
+            if claims:
+                until = now + datetime.timedelta(seconds=lease)
+                connection.execute(
+                    update(tracking_signals)
+                    .where(*_KEY_PARAMETERS)
+                    .values(attempts=signals.attempts + 1, retry_at=until),
+                    [_key_parameters(claim) for claim in claims],
+                )
+        return claims
+
+    @database_errors
+    def postpone(self, postponed: Sequence[tuple[SignalClaim, datetime.datetime]]) -> None:
+        """Let no sweeper take these pending keys again before the time given with each
+        (their signal failed, and may succeed later)."""
+        if not postponed:
+            return
+        statement = (
+            update(tracking_signals)
+            .where(*_KEY_PARAMETERS, tracking_signals.c.done_at.is_(None))
+            .values(retry_at=bindparam("k_retry_at"))
+        )
+        rows = [{**_key_parameters(claim), "k_retry_at": at} for claim, at in postponed]
+        with self._writing() as connection:
+            connection.execute(statement, rows)
+
+    @database_errors
+    def signal_status(
+        self,
+        run_id: str,
+        *,
+        step_id: str,
+        visit: int,
+        kind: SignalKind,
+        execution: str | None = None,
+    ) -> SignalStatus | None:
+        """Where the signal of key ``(run_id, execution, step_id, visit, kind)`` stands;
+        ``None`` when no hit holds the key."""
+        claim = SignalClaim(run_id, step_id, visit, kind, "", execution or "")
+        signals = tracking_signals.c
+        with self._engine.connect() as connection:
+            row = connection.execute(
+                select(
+                    signals.claim,
+                    signals.at,
+                    signals.outcome,
+                    signals.done_at,
+                    signals.attempts,
+                    signals.retry_at,
+                ).where(*_key(claim))
+            ).first()
+        if row is None:
+            return None
+        return SignalStatus(
+            claim=row.claim,
+            at=as_utc(row.at),
+            outcome=row.outcome,
+            done_at=as_utc(row.done_at) if row.done_at is not None else None,
+            attempts=row.attempts,
+            retry_at=as_utc(row.retry_at) if row.retry_at is not None else None,
+        )
+
+    @database_errors
     def is_signalled(
         self,
         run_id: str,
@@ -252,11 +393,12 @@ class HitStore(Suppressions):
         kind: SignalKind,
         execution: str | None = None,
     ) -> bool:
-        """Whether a hit holds the key ``(run_id, execution, step_id, visit, kind)``."""
-        claim = SignalClaim(run_id, step_id, visit, kind, "", execution or "")
-        with self._engine.connect() as connection:
-            found = connection.execute(select(tracking_signals.c.claim).where(*_key(claim)))
-            return found.first() is not None
+        """Whether a hit holds the key ``(run_id, execution, step_id, visit, kind)`` (its
+        signal may still be pending: see :meth:`signal_status`)."""
+        found = self.signal_status(
+            run_id, step_id=step_id, visit=visit, kind=kind, execution=execution
+        )
+        return found is not None
 
     @database_errors
     def hits(self, run_id: str, *, limit: int = 1000) -> list[Hit]:
@@ -282,6 +424,31 @@ class HitStore(Suppressions):
             )
             for values in (row._mapping for row in rows)
         ]
+
+
+#: A key taken again by a later run's hit waits for its signal afresh.
+_PENDING_AGAIN: Final = {"done_at": None, "outcome": None, "attempts": 0, "retry_at": None}
+
+#: A claim's key and token as bound parameters, for statements run once per claim.
+_KEY_PARAMETERS: Final = (
+    tracking_signals.c.run_id == bindparam("k_run_id"),
+    tracking_signals.c.execution == bindparam("k_execution"),
+    tracking_signals.c.step_id == bindparam("k_step_id"),
+    tracking_signals.c.visit == bindparam("k_visit"),
+    tracking_signals.c.kind == bindparam("k_kind"),
+    tracking_signals.c.claim == bindparam("k_claim"),
+)
+
+
+def _key_parameters(claim: SignalClaim) -> dict[str, Any]:
+    return {
+        "k_run_id": claim.run_id,
+        "k_execution": claim.execution,
+        "k_step_id": claim.step_id,
+        "k_visit": claim.visit,
+        "k_kind": claim.kind,
+        "k_claim": claim.claim,
+    }
 
 
 def _key(claim: SignalClaim) -> tuple[Any, ...]:

@@ -18,7 +18,9 @@ Every valid hit is kept with its user agent and time (:class:`dee.server.hits.Hi
 are collapsed: only the first hit of a run, step, visit and kind signals the run (see
 :mod:`dee.server.hits`). The signal goes after the answer, so the contact never waits on Temporal
 and always gets the GIF or the redirect: if the run has ended the hit is only kept; if
-Temporal cannot be reached the key is given back and a later hit signals.
+Temporal cannot be reached the key is given back and a later hit signals. The key records
+that its signal went out (or that the run had ended); if the server dies before, the
+sweeper (:mod:`dee.server.sweeper`) signals it later.
 
 An unsubscribe puts the address on the suppression list (source ``one-click``), then sends
 ``unsubscribe`` to the token's run and to every other running run of the same contact
@@ -40,9 +42,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from dee.runs.client import send_event
 from dee.runs.contacts import ContactIds
-from dee.runs.errors import RunClosedError, RunNotFoundError
 from dee.runs.suppressions import InvalidContactValueError, normalize_address
 from dee.runs.tracking import (
     CLICK,
@@ -62,6 +62,7 @@ from dee.server.hits import (
     SignalClaim,
 )
 from dee.server.state import ServerState, server_state
+from dee.server.sweeper import deliver
 
 __all__ = ["router"]
 
@@ -168,32 +169,29 @@ async def _hit(
         logger.error("a %s hit was not kept: %s", kind, exc)
         return
     if claim is not None:
-        details = {"url": url} if url is not None else {}
-        background.add_task(_signal, state.client, store, claim, details)
+        background.add_task(_signal, state.client, store, claim)
 
 
-async def _signal(
-    client: Client, store: HitStore, claim: SignalClaim, details: dict[str, Any]
-) -> None:
+async def _signal(client: Client, store: HitStore, claim: SignalClaim) -> None:
     try:
-        await send_event(
-            client,
-            claim.run_id,
-            type=claim.kind,
-            step_id=claim.step_id,
-            event_id=claim.event_id,
-            details=details,
-            execution=claim.execution or None,
+        outcome = await deliver(client, claim)
+    except Exception as exc:
+        # The key stays pending: the sweeper signals it once Temporal answers again, whether
+        # or not another hit comes. Only the error's type: its text may name the run.
+        logger.warning(
+            "a %s signal did not go out (%s); the sweeper retries it",
+            claim.kind,
+            type(exc).__name__,
         )
-    except (RunClosedError, RunNotFoundError):
+        return
+    if outcome != "signalled":
         # Nobody left to tell; the hit is kept and the key stays taken.
         logger.debug("%s of step %s not signalled: the run has ended", claim.kind, claim.step_id)
-    except Exception as exc:
-        logger.warning("%s not signalled, a later hit will retry: %s", claim.kind, exc)
-        try:
-            await asyncio.to_thread(store.release, claim)
-        except HitStoreError as released:
-            logger.error("the %s key could not be given back: %s", claim.kind, released)
+    try:
+        await asyncio.to_thread(store.settle, [(claim, outcome)])
+    except HitStoreError as exc:
+        # The sweeper signals the key again; the run drops the repeat by its event id.
+        logger.warning("a %s signal went out but was not recorded: %s", claim.kind, exc)
 
 
 # -- unsubscribes -----------------------------------------------------------------------------

@@ -99,18 +99,27 @@ class Cli:
         return result
 
 
+def cli_env(dev_env: WorkflowEnvironment, folder: Path, database: str) -> dict[str, str]:
+    """This process's environment pointed at the dev server (and no profile file) and at
+    ``database``."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("TEMPORAL_")}
+    env.update(
+        TEMPORAL_ADDRESS=dev_env.client.service_client.config.target_host,
+        TEMPORAL_NAMESPACE=dev_env.client.namespace,
+        TEMPORAL_CONFIG_FILE=str(folder / "no-temporal-profiles.toml"),
+        DEE_DATABASE_URL=database,
+    )
+    return env
+
+
 @pytest_asyncio.fixture
 async def cli(
     dev_env: WorkflowEnvironment, smtp: SmtpServer, tmp_path: Path, task_queue: str
 ) -> AsyncIterator[Cli]:
     """The ``dee`` command pointed at the dev server, with a worker running for it."""
     database = f"sqlite:///{tmp_path / 'dee.db'}"
-    env = {name: value for name, value in os.environ.items() if not name.startswith("TEMPORAL_")}
+    env = cli_env(dev_env, tmp_path, database)
     env.update(
-        TEMPORAL_ADDRESS=dev_env.client.service_client.config.target_host,
-        TEMPORAL_NAMESPACE=dev_env.client.namespace,
-        TEMPORAL_CONFIG_FILE=str(tmp_path / "no-temporal-profiles.toml"),
-        DEE_DATABASE_URL=database,
         DEE_SECRET_KEY="test-secret",
         DEE_SMTP_URL=smtp.url,
         DEE_TASK_QUEUE=task_queue,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +11,7 @@ import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from dee.runs.ledger import SendLedger
 from dee.runs.suppressions import Suppressions
@@ -18,11 +20,13 @@ from dee.server.hits import (
     HitStore,
     HitStoreError,
     SignalClaim,
+    SignalStatus,
     event_id,
 )
-from dee.storage.database import alembic_config, make_engine, resolve_url
+from dee.storage.database import alembic_config, make_engine, resolve_url, write_transaction
 
 RUN = "intro:ana@example.com"
+LINK = "https://example.com/pricing"
 
 
 @pytest.fixture
@@ -103,12 +107,17 @@ def test_a_released_key_is_taken_by_the_next_hit(store: HitStore) -> None:
 def test_a_later_run_with_the_same_id_signals_again(database_url: str) -> None:
     with HitStore(database_url) as store, SendLedger(database_url) as ledger:
         ledger.claim("m-first", run_id=RUN, step_id="intro", channel="email")
-        assert store.record_hit(RUN, kind="open", step_id="intro", visit=1) is not None
+        first = store.record_hit(RUN, kind="open", step_id="intro", visit=1)
+        assert first is not None
         assert store.record_hit(RUN, kind="open", step_id="intro", visit=1) is None
+        store.settle([(first, "signalled")])
         # The run ended; a new one under the same id sends the step's email again.
         ledger.claim("m-second", run_id=RUN, step_id="intro", channel="email")
         again = store.record_hit(RUN, kind="open", step_id="intro", visit=1)
         assert again is not None
+        # Taken again, the key waits for the later run's signal afresh.
+        assert _status(store, again).outcome is None
+        assert store.take_due(older_than=0, lease=60) == [again]
         assert store.record_hit(RUN, kind="open", step_id="intro", visit=1) is None
         # Another step's sends do not count.
         ledger.claim("m-other", run_id=RUN, step_id="follow-up", channel="email")
@@ -228,3 +237,171 @@ def test_database_failure_is_a_hit_store_error(store: HitStore, database_url: st
         engine.dispose()
     with pytest.raises(HitStoreError, match="the tracking database .* failed"):
         store.record_hit(RUN, kind="open", step_id="intro", visit=1)
+
+
+# -- whether each key's signal went out -----------------------------------------------------
+
+
+def _status(store: HitStore, claim: SignalClaim) -> SignalStatus:
+    status = store.signal_status(
+        claim.run_id,
+        step_id=claim.step_id,
+        visit=claim.visit,
+        kind=claim.kind,
+        execution=claim.execution,
+    )
+    assert status is not None
+    return status
+
+
+def test_a_key_is_pending_until_its_signal_is_settled(store: HitStore) -> None:
+    claim = store.record_hit(RUN, kind="click", step_id="intro", visit=1, url=LINK)
+    assert claim is not None and claim.url == LINK and claim.at is not None
+    assert claim.details == {"url": LINK}
+    pending = _status(store, claim)
+    assert (pending.claim, pending.at, pending.outcome, pending.done_at) == (
+        claim.claim,
+        claim.at,
+        None,
+        None,
+    )
+    assert (pending.attempts, pending.retry_at) == (0, None)
+    assert store.settle([(claim, "signalled")]) == 1
+    done = _status(store, claim)
+    assert done.outcome == "signalled" and done.done_at is not None
+    assert done.done_at >= claim.at
+    # Settled once: a second record (the sweeper's, after the request path's) changes nothing.
+    assert store.settle([(claim, "run-closed")]) == 0
+    assert _status(store, claim).outcome == "signalled"
+    assert store.take_due(older_than=0, lease=60) == []
+    assert store.signal_status("other:run", step_id="intro", visit=1, kind="click") is None
+
+
+def test_due_keys_are_taken_oldest_first_and_held_for_a_lease(store: HitStore) -> None:
+    click = store.record_hit(RUN, kind="click", step_id="intro", visit=1, url=LINK)
+    opened = store.record_hit(RUN, kind="open", step_id="intro", visit=1, execution="e-1")
+    settled = store.record_hit(RUN, kind="open", step_id="intro", visit=2)
+    assert click and opened and settled
+    store.settle([(settled, "signalled")])
+    # Not yet due: the server that took them may still be signalling.
+    assert store.take_due(older_than=3600, lease=60) == []
+
+    taken = store.take_due(older_than=0, lease=60)
+    assert taken == [click, opened]
+    assert [(c.url, c.at, c.attempts) for c in taken] == [
+        (LINK, click.at, 1),
+        (None, opened.at, 1),
+    ]
+    assert taken[1].event_id == opened.event_id == f"open:{RUN}:intro:1:e-1"
+    # Held: neither this sweeper nor another takes them again while the lease lasts.
+    assert store.take_due(older_than=0, lease=60) == []
+    status = _status(store, click)
+    assert status.outcome is None and status.attempts == 1 and status.retry_at is not None
+    # The sweeper died: once its lease is over, they are taken again.
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=61)
+    again = store.take_due(older_than=0, lease=60, now=later)
+    assert again == [click, opened] and [c.attempts for c in again] == [2, 2]
+    assert store.take_due(older_than=0, lease=60, limit=1) == []
+    # Settled in one go, the one settled before left as it was.
+    assert store.settle([(c, "signalled") for c in (click, opened, settled)]) == 2
+
+
+def test_a_postponed_key_waits_until_its_time(store: HitStore) -> None:
+    claim = store.record_hit(RUN, kind="open", step_id="intro", visit=1)
+    assert claim is not None
+    [taken] = store.take_due(older_than=0, lease=600)
+    now = datetime.datetime.now(datetime.UTC)
+    store.postpone([(taken, now + datetime.timedelta(seconds=30))])
+    assert _status(store, claim).retry_at == now + datetime.timedelta(seconds=30)
+    assert store.take_due(older_than=0, lease=600, now=now + datetime.timedelta(seconds=29)) == []
+    [retried] = store.take_due(older_than=0, lease=600, now=now + datetime.timedelta(seconds=31))
+    assert retried == claim and retried.attempts == 2
+    # Its try failed again, to be retried at +40 s. A sweep that started at +35 s does not
+    # take it in a batch at +50 s (it took it once already); a sweep started later does.
+    store.postpone([(retried, now + datetime.timedelta(seconds=40))])
+    started, later = (now + datetime.timedelta(seconds=s) for s in (35, 50))
+    assert store.take_due(older_than=0, lease=600, now=later, due_at=started) == []
+    assert store.take_due(older_than=0, lease=600, now=later) == [claim]
+    # A settled key is never postponed back into the queue.
+    store.settle([(retried, "run-not-found")])
+    store.postpone([(retried, now)])
+    assert _status(store, claim).outcome == "run-not-found"
+    assert store.take_due(older_than=0, lease=600, now=now + datetime.timedelta(days=1)) == []
+
+
+def test_a_given_back_key_is_not_settled_by_its_old_claim(store: HitStore) -> None:
+    first = store.record_hit(RUN, kind="open", step_id="intro", visit=1)
+    assert first is not None
+    store.release(first)
+    second = store.record_hit(RUN, kind="open", step_id="intro", visit=1)
+    assert second is not None
+    assert store.settle([(first, "signalled")]) == 0
+    assert _status(store, second).outcome is None
+    assert store.take_due(older_than=0, lease=60) == [second]
+
+
+def test_replicas_sweeping_one_database_take_each_key_once(database_url: str) -> None:
+    with HitStore(database_url) as one, HitStore(database_url) as other:
+        claims = [one.record_hit(RUN, kind="open", step_id="intro", visit=v) for v in range(40)]
+        start = threading.Barrier(8)
+
+        def take(index: int) -> list[SignalClaim]:
+            store = (one, other)[index % 2]
+            start.wait()
+            return store.take_due(older_than=0, lease=60, limit=10)
+
+        with ThreadPoolExecutor(8) as pool:
+            taken = [claim for batch in pool.map(take, range(8)) for claim in batch]
+    # Eight takers of ten could take 80: each of the 40 keys went to exactly one.
+    assert sorted(claim.visit for claim in taken) == list(range(40))
+    assert {claim.claim for claim in taken} == {claim.claim for claim in claims if claim}
+
+
+def test_migration_0010_takes_earlier_keys_as_signalled(database_url: str) -> None:
+    at = datetime.datetime(2026, 1, 2, 10, 0, tzinfo=datetime.UTC)
+    engine = make_engine(resolve_url(database_url))
+    try:
+        with write_transaction(engine) as connection:
+            command.upgrade(alembic_config(connection), "0009")
+            connection.execute(
+                text(
+                    "INSERT INTO tracking_signals (run_id, execution, step_id, visit, kind, "
+                    "claim, at) VALUES (:run, '', 'intro', 1, 'open', 'c0ffee', :at)"
+                ),
+                {"run": RUN, "at": at},
+            )
+    finally:
+        engine.dispose()
+    with HitStore(database_url) as store:
+        status = store.signal_status(RUN, step_id="intro", visit=1, kind="open")
+        assert status == SignalStatus("c0ffee", at, "signalled", at, 0, None)
+        assert store.take_due(older_than=0, lease=60) == []
+        # Still collapsed: a later hit of the key does not signal again.
+        assert store.record_hit(RUN, kind="open", step_id="intro", visit=1) is None
+        pending = store.record_hit(RUN, kind="open", step_id="intro", visit=2)
+        assert pending is not None
+    engine = make_engine(resolve_url(database_url))
+    try:
+        with write_transaction(engine) as connection:
+            command.downgrade(alembic_config(connection), "0009")
+        columns = {column["name"] for column in inspect(engine).get_columns("tracking_signals")}
+        assert "done_at" not in columns and "claim" in columns
+    finally:
+        engine.dispose()
+    with HitStore(database_url) as store:
+        # Upgraded again, the pending key of before the downgrade counts as signalled too.
+        assert store.take_due(older_than=0, lease=60) == []
+        assert store.record_hit(RUN, kind="click", step_id="intro", visit=1) is not None
+    engine = make_engine(resolve_url(database_url))
+    try:
+        for refused in [
+            # An outcome of no known kind.
+            "outcome = 'lost', done_at = at",
+            # Settled without a time, or a time without an outcome.
+            "outcome = 'signalled'",
+            "done_at = at",
+        ]:
+            with pytest.raises(IntegrityError), write_transaction(engine) as connection:
+                connection.execute(text(f"UPDATE tracking_signals SET {refused}"))
+    finally:
+        engine.dispose()

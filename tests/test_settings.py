@@ -1,0 +1,35 @@
+"""DEE's configuration from the environment."""
+
+from __future__ import annotations
+
+import pytest
+
+from dee.settings import Settings
+
+
+def test_defaults() -> None:
+    assert Settings.from_env({}) == Settings()
+    assert Settings().tracking_sweep_after == 30.0
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("45", 45.0),
+        # Fractions, for tests and impatient operators.
+        ("0.5", 0.5),
+        # Empty is unset, as for every other variable.
+        ("", 30.0),
+    ],
+)
+def test_tracking_sweep_after(value: str, seconds: float) -> None:
+    assert Settings.from_env({"DEE_TRACKING_SWEEP_AFTER": value}).tracking_sweep_after == seconds
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-5", "nan", "inf", "1e400"])
+def test_tracking_sweep_after_refuses_what_is_no_wait(value: str) -> None:
+    with pytest.raises(
+        ValueError,
+        match=f"DEE_TRACKING_SWEEP_AFTER must be a number of seconds above 0, not '{value}'",
+    ):
+        Settings.from_env({"DEE_TRACKING_SWEEP_AFTER": value})
