@@ -19,6 +19,10 @@ variable                   meaning                                        defaul
 ``PUBLIC_KEY``             (base64 DER, from SendGrid's settings)
 ``DEE_INBOUND_SECRET``     shared secret in the inbound-mail webhook URL  none: inbound refuses
                            (``/webhooks/inbound/...?key=...``)
+``DEE_PAYLOAD_KEYS``       keys that encrypt what runs carry through      none: payloads are not
+                           Temporal, ``<id>:<base64 32 bytes>``, comma-   encrypted
+                           separated: the first encrypts, all decrypt
+                           (see :mod:`dee.runs.codec`)
 =========================  =============================================  ==========================
 
 Temporal itself is configured the way every Temporal client is (``TEMPORAL_ADDRESS``,
@@ -30,7 +34,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["Settings", "split_keys"]
 
@@ -49,6 +53,7 @@ class Settings:
     api_keys: tuple[str, ...] = ()
     sendgrid_webhook_public_key: str | None = None
     inbound_secret: str | None = None
+    payload_keys: tuple[str, ...] = field(default=(), repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -71,10 +76,12 @@ class Settings:
             api_keys=split_keys(env.get("DEE_API_KEYS", "")),
             sendgrid_webhook_public_key=env.get("DEE_SENDGRID_WEBHOOK_PUBLIC_KEY") or None,
             inbound_secret=env.get("DEE_INBOUND_SECRET") or None,
+            payload_keys=split_keys(env.get("DEE_PAYLOAD_KEYS", "")),
         )
 
 
 def split_keys(value: str) -> tuple[str, ...]:
-    """The keys in a comma-separated setting (``DEE_API_KEYS``, and ``DEE_SECRET_KEY`` or
-    ``DEE_INBOUND_SECRET`` while they are rotated), trimmed, empty ones dropped."""
+    """The keys in a comma-separated setting (``DEE_API_KEYS``, ``DEE_PAYLOAD_KEYS``, and
+    ``DEE_SECRET_KEY`` or ``DEE_INBOUND_SECRET`` while they are rotated), trimmed, empty ones
+    dropped."""
     return tuple(key.strip() for key in value.split(",") if key.strip())

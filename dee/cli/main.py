@@ -334,7 +334,8 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
                     loop.remove_signal_handler(signum)
 
     async def serve_app() -> None:
-        app = create_app(_settings(ctx), client=await connect())
+        settings = _settings(ctx)
+        app = create_app(settings, client=await connect(settings=settings))
         await Server(uvicorn.Config(app, host=host, port=port)).serve()
 
     _log_to_stderr()
