@@ -23,6 +23,9 @@ variable                   meaning                                        defaul
                            Temporal, ``<id>:<base64 32 bytes>``, comma-   encrypted
                            separated: the first encrypts, all decrypt
                            (see :mod:`dee.runs.codec`)
+``DEE_CODEC_ORIGINS``      origins of the Temporal Web UI allowed to      none: no cross-origin
+                           call ``/codec`` from a browser (CORS),         calls
+                           comma-separated: ``https://ui.example.com``
 =========================  =============================================  ==========================
 
 Temporal itself is configured the way every Temporal client is (``TEMPORAL_ADDRESS``,
@@ -54,6 +57,7 @@ class Settings:
     sendgrid_webhook_public_key: str | None = None
     inbound_secret: str | None = None
     payload_keys: tuple[str, ...] = field(default=(), repr=False)
+    codec_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -77,6 +81,11 @@ class Settings:
             sendgrid_webhook_public_key=env.get("DEE_SENDGRID_WEBHOOK_PUBLIC_KEY") or None,
             inbound_secret=env.get("DEE_INBOUND_SECRET") or None,
             payload_keys=split_keys(env.get("DEE_PAYLOAD_KEYS", "")),
+            # Browsers send an origin without a trailing slash; one written with it would
+            # never match.
+            codec_origins=tuple(
+                origin.rstrip("/") for origin in split_keys(env.get("DEE_CODEC_ORIGINS", ""))
+            ),
         )
 
 

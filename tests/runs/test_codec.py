@@ -155,9 +155,15 @@ def test_without_keys_the_converter_is_the_plain_one() -> None:
     assert converter.payload_converter_class is data_converter.payload_converter_class
 
 
-def test_settings_read_the_keys_from_the_environment() -> None:
-    settings = Settings.from_env({"DEE_PAYLOAD_KEYS": f" 2026b:{NEW} , 2026a:{OLD} "})
+def test_settings_read_the_keys_and_origins_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {
+            "DEE_PAYLOAD_KEYS": f" 2026b:{NEW} , 2026a:{OLD} ",
+            "DEE_CODEC_ORIGINS": "http://127.0.0.1:8233/, https://ui.example.com",
+        }
+    )
     assert settings.payload_keys == (f"2026b:{NEW}", f"2026a:{OLD}")
+    assert settings.codec_origins == ("http://127.0.0.1:8233", "https://ui.example.com")
     assert [key.id for key in parse_payload_keys(settings.payload_keys)] == ["2026b", "2026a"]
 
 
