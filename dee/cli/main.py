@@ -377,7 +377,8 @@ def dev(
 
     State is kept under .dee/ in the working folder: Temporal's database (runs survive a
     restart), the secret key, the API key (unless DEE_API_KEYS is set), and every email
-    sent, as .eml files in .dee/outbox/. Ctrl-C stops everything.
+    sent, as .eml files in .dee/outbox/. With DEE_PAYLOAD_KEYS set, payloads are encrypted
+    and the Web UI decodes them through the API's /codec. Ctrl-C stops everything.
     """
     from dee.cli.dev import DevOptions, run_dev
 
