@@ -68,7 +68,8 @@ def build_worker(
 async def run_worker(settings: Settings | None = None, *, client: Client | None = None) -> None:
     """Run until SIGINT or SIGTERM, then finish in-flight tasks and stop."""
     settings = settings or Settings.from_env()
-    client = client or await connect()
+    # Its payload keys too: a worker encrypts and decrypts with the keys it is given.
+    client = client or await connect(settings=settings)
     added = await ensure_search_attributes(client)
     if added:
         logger.info("registered search attributes: %s", ", ".join(added))

@@ -67,6 +67,7 @@ from dee.runs.client import (
     send_event,
     start_run,
 )
+from dee.runs.codec import PayloadDecryptError, PayloadKeyError
 from dee.runs.errors import (
     ContactSuppressedError,
     RunAlreadyStartedError,
@@ -123,6 +124,8 @@ __all__ = [
     "InvalidContactValueError",
     "LedgerError",
     "MissingVariablesError",
+    "PayloadDecryptError",
+    "PayloadKeyError",
     "PlaceCallInput",
     "PlaceCallResult",
     "PlanContent",

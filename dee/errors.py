@@ -16,6 +16,9 @@ Every exception DEE raises on purpose derives from :class:`DeeError`::
     ├── TokenError             a signed link token is forged or broken (dee.runs.tracking)
     ├── TemporalSetupError     Temporal is unreachable or lacks DEE's search attributes
     │                          (dee.runs.temporal)
+    ├── PayloadKeyError        DEE_PAYLOAD_KEYS cannot be used as it is (dee.runs.codec)
+    ├── PayloadDecryptError    an encrypted payload's key is not listed, or it was altered
+    │                          (dee.runs.codec)
     ├── RunError               a run cannot be started, steered or read (dee.runs.errors)
     │   ├── RunNotFoundError       no run with that id
     │   ├── RunAlreadyStartedError the plan and contact already have an active run

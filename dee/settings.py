@@ -22,6 +22,13 @@ variable                   meaning                                        defaul
 ``DEE_TRACKING_SWEEP_``    seconds after a tracking hit that the server's ``30``
 ``AFTER``                  sweeper sends its signal if it has not gone
                            out (:mod:`dee.server.sweeper`)
+``DEE_PAYLOAD_KEYS``       keys that encrypt what runs carry through      none: payloads are not
+                           Temporal, ``<id>:<base64 32 bytes>``, comma-   encrypted
+                           separated: the first encrypts, all decrypt
+                           (see :mod:`dee.runs.codec`)
+``DEE_CODEC_ORIGINS``      origins of the Temporal Web UI allowed to      none: no cross-origin
+                           call ``/codec`` from a browser (CORS),         calls
+                           comma-separated: ``https://ui.example.com``
 =========================  =============================================  ==========================
 
 Temporal itself is configured the way every Temporal client is (``TEMPORAL_ADDRESS``,
@@ -34,7 +41,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["Settings", "split_keys"]
 
@@ -54,6 +61,8 @@ class Settings:
     sendgrid_webhook_public_key: str | None = None
     inbound_secret: str | None = None
     tracking_sweep_after: float = 30.0
+    payload_keys: tuple[str, ...] = field(default=(), repr=False)
+    codec_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -89,10 +98,17 @@ class Settings:
             sendgrid_webhook_public_key=env.get("DEE_SENDGRID_WEBHOOK_PUBLIC_KEY") or None,
             inbound_secret=env.get("DEE_INBOUND_SECRET") or None,
             tracking_sweep_after=seconds("DEE_TRACKING_SWEEP_AFTER", defaults.tracking_sweep_after),
+            payload_keys=split_keys(env.get("DEE_PAYLOAD_KEYS", "")),
+            # Browsers send an origin without a trailing slash; one written with it would
+            # never match.
+            codec_origins=tuple(
+                origin.rstrip("/") for origin in split_keys(env.get("DEE_CODEC_ORIGINS", ""))
+            ),
         )
 
 
 def split_keys(value: str) -> tuple[str, ...]:
-    """The keys in a comma-separated setting (``DEE_API_KEYS``, and ``DEE_SECRET_KEY`` or
-    ``DEE_INBOUND_SECRET`` while they are rotated), trimmed, empty ones dropped."""
+    """The keys in a comma-separated setting (``DEE_API_KEYS``, ``DEE_PAYLOAD_KEYS``, and
+    ``DEE_SECRET_KEY`` or ``DEE_INBOUND_SECRET`` while they are rotated), trimmed, empty ones
+    dropped."""
     return tuple(key.strip() for key in value.split(",") if key.strip())

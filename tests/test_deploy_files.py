@@ -219,9 +219,29 @@ def test_services_built_here_run_a_dee_command_that_exists() -> None:
 def test_the_api_shares_the_workers_database_key_and_public_url() -> None:
     worker = SERVICES["dee-worker"]["environment"]
     api = SERVICES["dee-api"]["environment"]
-    for name in ("DEE_DATABASE_URL", "DEE_SECRET_KEY", "DEE_PUBLIC_URL", "TEMPORAL_ADDRESS"):
+    for name in (
+        "DEE_DATABASE_URL",
+        "DEE_SECRET_KEY",
+        "DEE_PUBLIC_URL",
+        "TEMPORAL_ADDRESS",
+        "DEE_PAYLOAD_KEYS",
+    ):
         assert api[name] == worker[name], name
     assert SERVICES["dee-api"]["command"] == ["serve", "--host", "0.0.0.0", "--port", "8000"]
+
+
+def test_the_web_ui_may_decode_through_the_api_with_its_sign_in() -> None:
+    # Off by default, as encryption is: a UI calling a codec that is not there shows errors.
+    assert _environment("temporal-ui")["TEMPORAL_CODEC_ENDPOINT"].startswith(
+        "${TEMPORAL_UI_CODEC_ENDPOINT:-"
+    )
+    assert _env("temporal-ui", "TEMPORAL_CODEC_ENDPOINT") == ""
+    # The browser sends the cookie of /codec/login only with credentials included...
+    assert _env("temporal-ui", "TEMPORAL_CODEC_INCLUDE_CREDENTIALS") == "true"
+    # ...and the API answers CORS for the origin the UI is published on.
+    ui_port = SERVICES["temporal-ui"]["ports"][0].split(":")[1]
+    assert _env("dee-api", "DEE_CODEC_ORIGINS") == f"http://localhost:{ui_port}"
+    assert _env("dee-api", "DEE_CODEC_ORIGINS") == _env("temporal-ui", "TEMPORAL_CORS_ORIGINS")
 
 
 def test_published_ports_are_bound_to_localhost() -> None:

@@ -13,6 +13,11 @@ Started in this order, and stopped in the reverse order on Ctrl-C or SIGTERM:
    ``DEE_API_KEYS`` or else a development key (generated once into ``.dee/api_key``, and
    printed with the banner) so the API and its ``/docs`` work at once.
 
+Payloads are encrypted when the environment sets ``DEE_PAYLOAD_KEYS``, and only then: the
+Web UI is then pointed at the API server's codec endpoint (``/codec``), which it may call
+from its origin. ``dee dev`` makes no payload key of its own: every ``dee runs`` command in
+another terminal would need it too, and reading runs is what a local environment is for.
+
 Everything listens on 127.0.0.1 only. Each part is an async context manager entered on one
 :class:`contextlib.AsyncExitStack` in :func:`run_dev`; a new part is one more context
 manager there and one more line in :func:`banner`.
@@ -26,7 +31,6 @@ import dataclasses
 import errno
 import logging
 import os
-import secrets
 import signal
 import socket
 import sys
@@ -38,11 +42,14 @@ from typing import Final
 
 import uvicorn
 from temporalio.client import Client
+from temporalio.converter import DataConverter
 
+from dee.cli._dev_keys import ensure_api_key, ensure_secret_key
 from dee.cli._smtp_catcher import smtp_catcher
 from dee.errors import DeeError
+from dee.runs.codec import parse_payload_keys
 from dee.runs.model import SEARCH_ATTRIBUTES
-from dee.runs.temporal import data_converter, ensure_search_attributes
+from dee.runs.temporal import data_converter, data_converter_for, ensure_search_attributes
 from dee.settings import Settings
 
 __all__ = [
@@ -102,6 +109,17 @@ class DevOptions:
         return f"smtp://{HOST}:{self.smtp_port}"
 
     @property
+    def codec_url(self) -> str:
+        """The API server's codec endpoint, which the Web UI decodes payloads through."""
+        return f"{self.api_url}/codec"
+
+    @property
+    def ui_origins(self) -> tuple[str, ...]:
+        """Where a browser may say the Web UI comes from: the address it is served on, and
+        the same port as ``localhost``."""
+        return (self.ui_url, f"http://localhost:{self.ui_port}")
+
+    @property
     def db_file(self) -> Path:
         return self.state_dir / "temporal.db"
 
@@ -137,8 +155,11 @@ def temporal_cli() -> Path:
     )
 
 
-def dev_server_command(cli: Path, options: DevOptions) -> list[str]:
-    """The command line that starts the Temporal dev server for ``options``."""
+def dev_server_command(
+    cli: Path, options: DevOptions, *, codec_endpoint: str | None = None
+) -> list[str]:
+    """The command line that starts the Temporal dev server for ``options``, its Web UI
+    decoding payloads through ``codec_endpoint`` when one is given."""
     command = [
         str(cli),
         "server",
@@ -157,40 +178,9 @@ def dev_server_command(cli: Path, options: DevOptions) -> list[str]:
     for key in SEARCH_ATTRIBUTES:
         kind = _ATTRIBUTE_TYPES[key.indexed_value_type.name]
         command += ["--search-attribute", f"{key.name}={kind}"]
+    if codec_endpoint is not None:
+        command += ["--ui-codec-endpoint", codec_endpoint]
     return command
-
-
-def ensure_secret_key(state_dir: Path, *, given: str | None = None) -> str:
-    """``given`` (the environment's ``DEE_SECRET_KEY``) when set, else the key kept in
-    ``state_dir``, else a new one written there (readable by its owner only), so tracking
-    and unsubscribe links stay valid across restarts.
-    """
-    if given:
-        return given
-    return _kept_key(state_dir / "secret_key", what="a secret key")
-
-
-def ensure_api_key(state_dir: Path) -> str:
-    """The development API key kept in ``state_dir``, else a new one written there (readable
-    by its owner only), for when the environment sets no ``DEE_API_KEYS``: the same key on
-    every start, so scripts and the browser's /docs keep working across restarts.
-    """
-    return _kept_key(state_dir / "api_key", what="an API key")
-
-
-def _kept_key(path: Path, *, what: str) -> str:
-    """The key in ``path``, else a new random one written there with mode 0600."""
-    if path.is_file():
-        key = path.read_text(encoding="utf-8").strip()
-        if key:
-            return key
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(32)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-        file.write(key + "\n")
-    logger.info("generated %s in %s", what, path)
-    return key
 
 
 def check_port_free(port: int, *, what: str, option: str) -> None:
@@ -215,9 +205,10 @@ async def wait_for_temporal(
     *,
     timeout: float = STARTUP_TIMEOUT,
     log_file: Path | None = None,
+    converter: DataConverter = data_converter,
 ) -> Client:
-    """A client for the server at ``address`` once it answers; :class:`DevError` when the
-    process exits first or ``timeout`` seconds pass."""
+    """A client for the server at ``address``, with ``converter``, once it answers;
+    :class:`DevError` when the process exits first or ``timeout`` seconds pass."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     last_error = "no answer yet"
@@ -229,7 +220,7 @@ async def wait_for_temporal(
             )
         try:
             return await asyncio.wait_for(
-                Client.connect(address, data_converter=data_converter), timeout=5
+                Client.connect(address, data_converter=converter), timeout=5
             )
         except (RuntimeError, TimeoutError) as exc:
             last_error = str(exc) or type(exc).__name__
@@ -282,8 +273,14 @@ class DevServer:
 
 
 @contextlib.asynccontextmanager
-async def temporal_dev_server(options: DevOptions) -> AsyncIterator[DevServer]:
-    """Run the Temporal dev server for ``options`` until the context ends."""
+async def temporal_dev_server(
+    options: DevOptions,
+    *,
+    converter: DataConverter = data_converter,
+    codec_endpoint: str | None = None,
+) -> AsyncIterator[DevServer]:
+    """Run the Temporal dev server for ``options`` until the context ends; its client uses
+    ``converter``, its Web UI ``codec_endpoint`` (see :func:`dev_server_command`)."""
     cli = temporal_cli()
     check_port_free(options.port, what="the Temporal server", option="--port")
     check_port_free(options.ui_port, what="the Temporal Web UI", option="--ui-port")
@@ -292,14 +289,16 @@ async def temporal_dev_server(options: DevOptions) -> AsyncIterator[DevServer]:
         # Its own session: Ctrl-C in a terminal reaches only `dee dev`, which stops the
         # worker before the server rather than both at once.
         process = await asyncio.create_subprocess_exec(
-            *dev_server_command(cli, options),
+            *dev_server_command(cli, options, codec_endpoint=codec_endpoint),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log,
             stderr=log,
             start_new_session=True,
         )
     try:
-        client = await wait_for_temporal(options.address, process, log_file=options.log_file)
+        client = await wait_for_temporal(
+            options.address, process, log_file=options.log_file, converter=converter
+        )
         await ensure_search_attributes(client)
         yield DevServer(process=process, client=client, log_file=options.log_file)
     finally:
@@ -367,6 +366,13 @@ def banner(options: DevOptions, settings: Settings, *, api_key: str | None = Non
     if api_key:
         rows.append(("API key", api_key))
         state.append(options.api_key_file)
+    key_ids = [key.id for key in parse_payload_keys(settings.payload_keys)]
+    if key_ids:
+        rows.append(
+            ("Payloads", f"encrypted with key {key_ids[0]!r}, decoded at {options.codec_url}")
+        )
+    else:
+        rows.append(("Payloads", "not encrypted (set DEE_PAYLOAD_KEYS to encrypt them)"))
     rows.append(("State", ", ".join(map(str, state))))
     lines = ["DEE dev environment is up:"]
     lines += [f"  {name:<9} {value}" for name, value in rows]
@@ -374,6 +380,13 @@ def banner(options: DevOptions, settings: Settings, *, api_key: str | None = Non
         lines.append(
             f'Try the API: curl -H "Authorization: Bearer {api_key}" {options.api_url}/v1/plans'
         )
+    if key_ids:
+        lines += [
+            f"Decoded payloads in the Web UI: sign in at {options.codec_url}/login with an API "
+            "key, then in the UI's",
+            f"Codec Server settings use {options.codec_url} from your browser and tick "
+            "'Include cross-origin credentials'.",
+        ]
     if options.port != 7233:
         lines.append(f"Point dee at it with: export TEMPORAL_ADDRESS={options.address}")
     if not settings.api_keys:
@@ -427,12 +440,15 @@ async def run_dev(
     once everything is up.
     """
     base = settings or Settings.from_env()
+    # Unusable payload keys stop it here, before anything starts.
+    converter = data_converter_for(base)
     api_key = None if base.api_keys else ensure_api_key(options.state_dir)
     settings = dataclasses.replace(
         base,
         smtp_url=options.smtp_url,
         secret_key=ensure_secret_key(options.state_dir, given=base.secret_key),
         api_keys=(api_key,) if api_key else base.api_keys,
+        codec_origins=tuple(dict.fromkeys(base.codec_origins + options.ui_origins)),
     )
     if not os.environ.get("DEE_PUBLIC_URL") and base.public_url == Settings().public_url:
         # Tracking, unsubscribe and callback links reach the API server dee dev runs.
@@ -445,7 +461,13 @@ async def run_dev(
         restore = _stop_on_signals(stop)
     try:
         async with contextlib.AsyncExitStack() as stack:
-            server = await stack.enter_async_context(temporal_dev_server(options))
+            server = await stack.enter_async_context(
+                temporal_dev_server(
+                    options,
+                    converter=converter,
+                    codec_endpoint=options.codec_url if base.payload_keys else None,
+                )
+            )
             await stack.enter_async_context(smtp_catcher(options.outbox, port=options.smtp_port))
             if options.worker:
                 await stack.enter_async_context(dev_worker(server.client, settings))

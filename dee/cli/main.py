@@ -340,7 +340,8 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
                     loop.remove_signal_handler(signum)
 
     async def serve_app() -> None:
-        app = create_app(_settings(ctx), client=await connect())
+        settings = _settings(ctx)
+        app = create_app(settings, client=await connect(settings=settings))
         await Server(uvicorn.Config(app, host=host, port=port)).serve()
 
     _log_to_stderr()
@@ -382,7 +383,8 @@ def dev(
 
     State is kept under .dee/ in the working folder: Temporal's database (runs survive a
     restart), the secret key, the API key (unless DEE_API_KEYS is set), and every email
-    sent, as .eml files in .dee/outbox/. Ctrl-C stops everything.
+    sent, as .eml files in .dee/outbox/. With DEE_PAYLOAD_KEYS set, payloads are encrypted
+    and the Web UI decodes them through the API's /codec. Ctrl-C stops everything.
     """
     from dee.cli.dev import DevOptions, run_dev
 

@@ -145,7 +145,9 @@ async def state_from_history(
             case EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED:
                 outcome = CANCELLED
             case EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED:
-                message = event.workflow_execution_failed_event_attributes.failure.message
+                # Decoded: with payload keys, the message travels encrypted.
+                closed = event.workflow_execution_failed_event_attributes.failure
+                message = str(await converter.decode_failure(closed))
                 outcome, failure = FAILED, _closed_by(step_id, "failed", message)
             case EventType.EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED:
                 reason = event.workflow_execution_terminated_event_attributes.reason

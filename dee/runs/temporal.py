@@ -2,13 +2,16 @@
 
 Connection settings come from :mod:`temporalio.envconfig`: ``TEMPORAL_ADDRESS``,
 ``TEMPORAL_NAMESPACE``, ``TEMPORAL_API_KEY``, ``TEMPORAL_TLS*``, ``TEMPORAL_PROFILE`` and the
-TOML profiles file. Every DEE client and worker uses :data:`data_converter`: temporalio's
-pydantic converter, except that it decodes in the :data:`dee.plans.decoding.DECODING`
-context, so a run whose payloads hold a field a later release removed keeps running.
+TOML profiles file. Every DEE client and worker uses :func:`data_converter_for` its
+settings: :data:`data_converter`, temporalio's pydantic converter except that it decodes in
+the :data:`dee.plans.decoding.DECODING` context (so a run whose payloads hold a field a later
+release removed keeps running), with the payloads encrypted when ``DEE_PAYLOAD_KEYS`` is set
+(:mod:`dee.runs.codec`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from typing import Any
@@ -26,6 +29,7 @@ from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter
 from temporalio.converter import (
     CompositePayloadConverter,
     DataConverter,
+    DefaultFailureConverterWithEncodedAttributes,
     DefaultPayloadConverter,
     JSONPlainPayloadConverter,
 )
@@ -35,9 +39,17 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from dee.errors import DeeError
 from dee.plans.decoding import DECODING
+from dee.runs.codec import EncryptionCodec, parse_payload_keys
 from dee.runs.model import SEARCH_ATTRIBUTES, RunInput
+from dee.settings import Settings
 
-__all__ = ["TemporalSetupError", "connect", "data_converter", "ensure_search_attributes"]
+__all__ = [
+    "TemporalSetupError",
+    "connect",
+    "data_converter",
+    "data_converter_for",
+    "ensure_search_attributes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -111,16 +123,34 @@ class PayloadConverter(CompositePayloadConverter):
         )
 
 
-#: The data converter of every DEE client and worker.
+#: The data converter of every DEE client and worker, when payloads are not encrypted.
 data_converter = DataConverter(payload_converter_class=PayloadConverter)
 
 
-async def connect(*, profile: str | None = None) -> Client:
-    """A client configured from the environment (and profile file), with pydantic payloads."""
+def data_converter_for(settings: Settings) -> DataConverter:
+    """:data:`data_converter`, encrypting with ``settings.payload_keys`` when there are any
+    (:class:`~dee.runs.codec.PayloadKeyError` when they are not usable).
+
+    Failure messages and stack traces then travel as an encrypted payload too (temporalio's
+    encoded failure attributes): DEE's failure messages can name a contact.
+    """
+    if not settings.payload_keys:
+        return data_converter
+    return dataclasses.replace(
+        data_converter,
+        payload_codec=EncryptionCodec(parse_payload_keys(settings.payload_keys)),
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
+
+
+async def connect(*, profile: str | None = None, settings: Settings | None = None) -> Client:
+    """A client configured from the environment (and profile file), with pydantic payloads,
+    encrypted with the payload keys of ``settings`` (default: the environment's)."""
+    converter = data_converter_for(settings if settings is not None else Settings.from_env())
     config = ClientConfig.load_client_connect_config(profile=profile)
     config.setdefault("target_host", "localhost:7233")
     try:
-        return await Client.connect(**config, data_converter=data_converter)
+        return await Client.connect(**config, data_converter=converter)
     except RuntimeError as exc:
         raise TemporalSetupError(
             f"cannot connect to Temporal at {config['target_host']}: {exc}; set "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends
@@ -33,6 +33,8 @@ __all__ = [
     "ProblemBody",
     "Responses",
     "State",
+    "api_key_bearer",
+    "check_api_key",
     "error_response",
     "invalid_plan",
     "registry_errors",
@@ -43,7 +45,8 @@ __all__ = [
 #: Version numbers are stored as 32-bit integers (PostgreSQL ``integer``).
 MAX_VERSION: Final = 2**31 - 1
 
-_bearer = HTTPBearer(
+#: ``Authorization: Bearer <key>``, read without refusing (routes decide what they need).
+api_key_bearer = HTTPBearer(
     auto_error=False,
     scheme_name="ApiKey",
     description="An API key from `DEE_API_KEYS`, as `Authorization: Bearer <key>`.",
@@ -55,20 +58,23 @@ def _unauthorized(message: str) -> ApiError:
 
 
 async def require_api_key(
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(api_key_bearer)],
     state: Annotated[ServerState, Depends(server_state)],
 ) -> None:
     """Let the request through only with one of ``settings.api_keys`` as its bearer token."""
-    keys = state.settings.api_keys
+    check_api_key(credentials.credentials if credentials else None, state.settings.api_keys)
+
+
+def check_api_key(given: str | None, keys: Sequence[str]) -> None:
+    """Refuse (401) unless ``given`` is one of ``keys``."""
     if not keys:
         raise _unauthorized(
             "the API has no keys configured: set DEE_API_KEYS (comma-separated) on the server"
         )
-    if credentials is None:
+    if given is None:
         raise _unauthorized("send an API key as `Authorization: Bearer <key>`")
-    given = credentials.credentials.encode()
     # Every key is compared, in constant time, so timing tells nothing about which is near.
-    matches = [hmac.compare_digest(given, key.encode()) for key in keys]
+    matches = [hmac.compare_digest(given.encode(), key.encode()) for key in keys]
     if not any(matches):
         raise _unauthorized("the API key is not one of DEE_API_KEYS")
 

@@ -4,6 +4,7 @@ status), the handlers that turn exceptions into those answers, and the body-size
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -54,9 +55,10 @@ class ApiError(Exception):
         super().__init__(message)
 
 
-def install_error_answers(app: FastAPI) -> None:
-    """Answer every error in DEE's JSON shape, and refuse bodies over the limit."""
-    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+def install_error_answers(app: FastAPI, *, larger_bodies: Mapping[str, int] | None = None) -> None:
+    """Answer every error in DEE's JSON shape, and refuse bodies over the limit
+    (:data:`MAX_BODY_BYTES`, or ``larger_bodies[prefix]`` for paths under a prefix)."""
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES, larger=larger_bodies or {})
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -137,23 +139,29 @@ def _unavailable(code: str, message: str) -> JSONResponse:
 
 
 class BodyLimit:
-    """Refuse request bodies over ``limit`` bytes with 413 in DEE's JSON shape, whether
-    they declare their length or not. The body is read here, up to the limit, before the
-    app sees it; the app then gets it as one message."""
+    """Refuse request bodies over ``limit`` bytes (``larger[prefix]`` for paths under a
+    prefix) with 413 in DEE's JSON shape, whether they declare their length or not. The
+    body is read here, up to the limit, before the app sees it; the app then gets it as one
+    message."""
 
-    def __init__(self, app: ASGIApp, *, limit: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, limit: int, larger: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.limit = limit
+        self.larger = dict(larger or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = _answer(
-            413, "body-too-large", f"request bodies are at most {self.limit:,} bytes"
+        path: str = scope["path"]
+        limit = next(
+            (size for prefix, size in self.larger.items() if path.startswith(prefix)), self.limit
         )
+        too_large = _answer(413, "body-too-large", f"request bodies are at most {limit:,} bytes")
         for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
                 await too_large(scope, receive, send)
                 return
         chunks: list[bytes] = []
@@ -164,7 +172,7 @@ class BodyLimit:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.limit:
+            if size > limit:
                 await too_large(scope, receive, send)
                 return
             chunks.append(chunk)

@@ -7,7 +7,9 @@
 - tracking pixels, click redirects and unsubscribes (:mod:`dee.server.tracking_routes`),
   answering the signed links the email activity puts in every message;
 - provider webhooks (:mod:`dee.server.inbound_routes`, :mod:`dee.server.twilio_routes`): replies,
-  SendGrid events, Twilio call status and answering-machine callbacks.
+  SendGrid events, Twilio call status and answering-machine callbacks;
+- the codec endpoint (:mod:`dee.server.codec_routes`), through which the Temporal Web UI shows
+  the payloads DEE encrypts, with CORS for the Web UI's origins.
 
 Everything the routes need lives on ``app.state`` as one :class:`ServerState`, reached
 through :func:`server_state` so routes can be tested against a real app. While the app runs,
@@ -23,7 +25,9 @@ from fastapi import FastAPI
 from temporalio.client import Client
 
 from dee.plans.registry import PlanRegistry
+from dee.runs.codec import EncryptionCodec, parse_payload_keys
 from dee.server import (
+    codec_routes,
     inbound_routes,
     plans_api,
     runs_api,
@@ -49,11 +53,18 @@ def create_app(
     extra_setup: Callable[[FastAPI], None] | None = None,
 ) -> FastAPI:
     """The DEE app for ``settings``, signalling runs through ``client``."""
+    # Unusable payload keys stop the server here, not at the first call to /codec.
+    codec = (
+        EncryptionCodec(parse_payload_keys(settings.payload_keys))
+        if settings.payload_keys
+        else None
+    )
     owned_registry = registry is None
     state = ServerState(
         settings=settings,
         client=client,
         registry=registry if registry is not None else PlanRegistry(settings.database_url),
+        codec=codec,
     )
 
     async def hit_store() -> HitStore:
@@ -80,9 +91,13 @@ def create_app(
     )
     app.state.dee = state
     api = (plans_api, runs_api, suppressions_api)
-    for module in (*api, tracking_routes, inbound_routes, twilio_routes):
+    for module in (*api, tracking_routes, inbound_routes, twilio_routes, codec_routes):
         app.include_router(module.router)
-    install_error_answers(app)
+    install_error_answers(
+        app, larger_bodies={codec_routes.PREFIX + "/": codec_routes.MAX_BODY_BYTES}
+    )
+    if settings.codec_origins:
+        app.add_middleware(codec_routes.CodecCors, origins=settings.codec_origins)
     # Outermost, so it sees every answer, refusals by the body limit included.
     app.add_middleware(AccessLog)
     quiet_uvicorn_access_log()

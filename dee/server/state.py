@@ -1,5 +1,5 @@
-"""What every route of the server shares: settings, the Temporal client, the registry and the
-server's stores, on ``app.state`` as one :class:`ServerState`."""
+"""What every route of the server shares: settings, the Temporal client, the registry, the
+payload codec and the server's stores, on ``app.state`` as one :class:`ServerState`."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from fastapi import Request
 from temporalio.client import Client
 
 from dee.plans.registry import PlanRegistry
+from dee.runs.codec import EncryptionCodec
 from dee.settings import Settings
 from dee.storage.store import Store
 
@@ -23,13 +24,15 @@ _S = TypeVar("_S", bound=Store)
 
 @dataclass
 class ServerState:
-    """What every route can use. ``stores`` holds the server's own databases (the send
-    ledger, hits and suppressions, inbound messages): one of each kind per app, opened on
-    first use through :meth:`store`, closed by the app's lifespan."""
+    """What every route can use. ``codec`` encrypts with ``settings.payload_keys`` (``None``
+    without them). ``stores`` holds the server's own databases (the send ledger, hits and
+    suppressions, inbound messages): one of each kind per app, opened on first use through
+    :meth:`store`, closed by the app's lifespan."""
 
     settings: Settings
     client: Client
     registry: PlanRegistry
+    codec: EncryptionCodec | None = None
     stores: dict[str, Any] = field(default_factory=dict)
     _opening: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

@@ -8,17 +8,12 @@ import asyncio
 import email
 import email.policy
 import json
-import os
 import re
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,147 +22,18 @@ import pytest
 
 from dee.cli.dev import DevOptions, banner, dev_server_command, ensure_api_key, ensure_secret_key
 from dee.settings import Settings
-from tests.helpers.smtp import free_port
+from tests.helpers.dev import (
+    STOP_TIMEOUT,
+    TINY_PLAN,
+    Ports,
+    answers,
+    dee_dev,
+    dee_dev_command,
+    dev_servers,
+    run_dee,
+    until,
+)
 from tests.helpers.temporal import executable
-
-TINY_PLAN = """\
-id: tiny
-name: Tiny
-metadata: {createdBy: tests}
-steps:
-  - {type: sendEmail, id: hello, templateId: tmpl_hello, subject: "Hello {{ contact.firstName }}"}
-  - {type: end, id: done, outcome: sent}
-"""
-
-#: Bounds on how long `dee dev` may take to come up and to stop.
-STARTUP_TIMEOUT = 60.0
-STOP_TIMEOUT = 20.0
-
-
-@dataclass(frozen=True)
-class Ports:
-    temporal: int
-    ui: int
-    smtp: int
-    api: int
-
-
-@pytest.fixture
-def ports() -> Ports:
-    return Ports(free_port(), free_port(), free_port(), free_port())
-
-
-@pytest.fixture
-def env(tmp_path: Path, ports: Ports) -> dict[str, str]:
-    """The environment of a fresh shell: nothing of DEE's or Temporal's set but the address."""
-    base = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("TEMPORAL_", "DEE_"))
-    }
-    return {
-        **base,
-        "TEMPORAL_ADDRESS": f"127.0.0.1:{ports.temporal}",
-        "TEMPORAL_CONFIG_FILE": str(tmp_path / "no-temporal-profiles.toml"),
-    }
-
-
-async def run_dee(*args: str, cwd: Path, env: dict[str, str]) -> str:
-    """Run a ``dee`` command to completion; its stdout (it must succeed)."""
-    process = await asyncio.create_subprocess_exec(
-        executable("dee"),
-        *args,
-        cwd=cwd,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode == 0, (args, out, err)
-    return out.decode()
-
-
-def answers(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
-def dev_servers(port: int) -> list[int]:
-    """Pids of Temporal dev servers serving ``port`` (from /proc: no extra packages)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"start-dev" in argv and str(port).encode() in argv:
-            found.append(int(entry.name))
-    return found
-
-
-@dataclass
-class DevProcess:
-    process: asyncio.subprocess.Process
-    banner: list[str]
-
-    async def stop(self) -> int:
-        """SIGINT, as Ctrl-C sends; the exit status, which must come within STOP_TIMEOUT."""
-        self.process.send_signal(signal.SIGINT)
-        return await asyncio.wait_for(self.process.wait(), timeout=STOP_TIMEOUT)
-
-
-@asynccontextmanager
-async def dee_dev(
-    *args: str, cwd: Path, env: dict[str, str], ports: Ports
-) -> AsyncIterator[DevProcess]:
-    with (cwd / "dev-stderr.log").open("ab") as stderr:
-        process = await asyncio.create_subprocess_exec(
-            executable("dee"),
-            "dev",
-            "--port",
-            str(ports.temporal),
-            "--ui-port",
-            str(ports.ui),
-            "--smtp-port",
-            str(ports.smtp),
-            "--api-port",
-            str(ports.api),
-            *args,
-            cwd=cwd,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=stderr,
-        )
-    try:
-        assert process.stdout is not None
-        lines: list[str] = []
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while not lines or lines[-1] != "Press Ctrl-C to stop.":
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, f"dee dev did not come up: {lines}"
-            line = await asyncio.wait_for(process.stdout.readline(), timeout=remaining)
-            assert line, f"dee dev exited: {lines}\n{(cwd / 'dev-stderr.log').read_text()}"
-            lines.append(line.decode().rstrip("\n"))
-        assert answers(ports.temporal) and answers(ports.smtp) and answers(ports.ui)
-        yield DevProcess(process, lines)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-
-
-async def until(read: Any, holds: Any, *, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await read()
-        if holds(value) or time.monotonic() > deadline:
-            return value
-        await asyncio.sleep(0.3)
 
 
 async def test_dee_dev_runs_a_plan_and_stops_cleanly(
@@ -197,6 +63,7 @@ async def test_dee_dev_runs_a_plan_and_stops_cleanly(
             "  Worker    task queue 'dee'",
             f"  API       {api} (docs at /docs)",
             f"  API key   {api_key}",
+            "  Payloads  not encrypted (set DEE_PAYLOAD_KEYS to encrypt them)",
             "  State     .dee/temporal.db, .dee/secret_key, .dee/api_key",
             f'Try the API: curl -H "Authorization: Bearer {api_key}" {api}/v1/plans',
             f"Point dee at it with: export TEMPORAL_ADDRESS=127.0.0.1:{ports.temporal}",
@@ -241,7 +108,7 @@ async def test_dee_dev_runs_a_plan_and_stops_cleanly(
     assert (tmp_path / ".dee" / "secret_key").stat().st_mode & 0o777 == 0o600
     # DEE's lines reach the log; the migrations' INFO lines (registry, ledger) do not.
     log = (tmp_path / "dev-stderr.log").read_text()
-    assert "INFO dee.cli.dev: generated an API key in .dee/api_key" in log
+    assert "INFO dee.cli._dev_keys: generated an API key in .dee/api_key" in log
     assert "INFO dee.cli.dev: stopping" in log
     assert "alembic" not in log and "Running upgrade" not in log
 
@@ -300,6 +167,29 @@ def test_dev_server_command_keeps_state_and_registers_attributes(tmp_path: Path)
         "DeeCurrentStep=Keyword",
         "DeeOutcome=Keyword",
     ]
+
+
+def test_the_web_ui_decodes_through_the_api_servers_codec_only_with_payload_keys(
+    tmp_path: Path,
+) -> None:
+    options = DevOptions(state_dir=tmp_path / ".dee", ui_port=8300, api_port=8100)
+    assert "--ui-codec-endpoint" not in dev_server_command(Path("/bin/temporal"), options)
+    command = dev_server_command(Path("/bin/temporal"), options, codec_endpoint=options.codec_url)
+    assert command[-2:] == ["--ui-codec-endpoint", "http://127.0.0.1:8100/codec"]
+    # A browser may call it from the UI's address, or from the same port as localhost.
+    assert options.ui_origins == ("http://127.0.0.1:8300", "http://localhost:8300")
+
+    keys = ("2026b:" + "b" * 43 + "=", "2026a:" + "a" * 43 + "=")
+    lines = banner(options, Settings(payload_keys=keys), api_key="k3y")
+    assert "  Payloads  encrypted with key '2026b', decoded at http://127.0.0.1:8100/codec" in lines
+    assert lines[-4:-2] == [
+        "Decoded payloads in the Web UI: sign in at http://127.0.0.1:8100/codec/login with an "
+        "API key, then in the UI's",
+        "Codec Server settings use http://127.0.0.1:8100/codec from your browser and tick "
+        "'Include cross-origin credentials'.",
+    ]
+    # The keys themselves are never printed.
+    assert not any("a" * 43 in line or "b" * 43 in line for line in lines)
 
 
 def test_secret_key_is_generated_once_unless_given(tmp_path: Path) -> None:
@@ -378,16 +268,7 @@ async def test_a_busy_port_is_refused_by_name(
         taken.bind(("127.0.0.1", ports.smtp))
         taken.listen()
         process = await asyncio.create_subprocess_exec(
-            executable("dee"),
-            "dev",
-            "--port",
-            str(ports.temporal),
-            "--ui-port",
-            str(ports.ui),
-            "--smtp-port",
-            str(ports.smtp),
-            "--api-port",
-            str(ports.api),
+            *dee_dev_command(ports),
             cwd=tmp_path,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,

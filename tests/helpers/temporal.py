@@ -25,6 +25,7 @@ from typing import Any
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 from temporalio.client import Client
+from temporalio.converter import DataConverter
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -42,6 +43,7 @@ __all__ = [
     "running_worker",
     "start_dev_env",
     "start_time_skipping_env",
+    "with_converter",
 ]
 
 
@@ -98,6 +100,14 @@ async def start_dev_env() -> WorkflowEnvironment:
         search_attributes=SEARCH_ATTRIBUTES,
         dev_server_log_level="error",
     )
+
+
+def with_converter(client: Client, converter: DataConverter) -> Client:
+    """A client on ``client``'s connection and namespace that converts with ``converter``
+    (one with DEE's payload keys: ``dee.runs.temporal.data_converter_for(settings)``)."""
+    config = client.config()
+    config["data_converter"] = converter
+    return Client(**config)
 
 
 async def run_result(env: WorkflowEnvironment, run_id: str, *, timeout: float = 60) -> RunResult:

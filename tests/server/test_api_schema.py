@@ -44,7 +44,8 @@ KEY = "schema-test-key"
 def live_api(address: str, namespace: str, database: Path) -> Iterator[str]:
     """Serve the app in a thread on a free port; its URL until the block ends."""
     port = free_port()
-    # Every webhook configured, so each answers for what it is sent, not "not configured".
+    # Every webhook and the codec configured, so each answers for what it is sent, not "not
+    # configured".
     public_key = ec.generate_private_key(ec.SECP256R1()).public_key()
     der = public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     settings = Settings(
@@ -56,6 +57,8 @@ def live_api(address: str, namespace: str, database: Path) -> Iterator[str]:
         twilio_auth_token="schema-test-token",
         sendgrid_webhook_public_key=base64.b64encode(der).decode(),
         inbound_secret="schema-test-inbound",
+        payload_keys=("schema:" + base64.b64encode(b"s" * 32).decode(),),
+        codec_origins=("http://127.0.0.1:8233",),
     )
     servers: list[uvicorn.Server] = []
     failures: list[BaseException] = []
