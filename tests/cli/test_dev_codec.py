@@ -23,8 +23,11 @@ KEY = "2026a:" + base64.b64encode(b"u" * 32).decode()
 #: Only in the run's input: the contact's first name and company.
 NAME = "Zephyrine"
 COMPANY = "Quillfeather"
-CONTACT = json.dumps({"email": "ana@example.com", "firstName": NAME, "company": COMPANY})
-RUN_ID = "tiny:ana@example.com"
+# A CRM's id for the contact, so the test knows the run id without DEE's contact id key.
+CONTACT = json.dumps(
+    {"id": "crm-4711", "email": "ana@example.com", "firstName": NAME, "company": COMPANY}
+)
+RUN_ID = "tiny:crm-4711"
 
 
 @pytest.fixture
