@@ -23,7 +23,7 @@ from dee.runs.channels import PlaceCallInput, PlaceCallResult
 from dee.runs.ledger import SendLedger, call_key
 from dee.runs.model import Contact
 from dee.runs.suppressions import Suppressions
-from dee.runs.tracking import CALL_AMD, CALL_STATUS, verify_token
+from dee.runs.tracking import CALL_AMD, CALL_STATUS, key_id, verify_token
 from dee.settings import Settings
 from tests.helpers.twilio_api import TwilioApi, twilio_api
 
@@ -142,6 +142,7 @@ async def test_places_the_call_with_the_rendered_script(
         "r": "plan-1:ada",
         "s": "call",
         "v": 1,
+        "i": key_id(SECRET),
     }
     for absent in ("MachineDetection", "AsyncAmd", "AsyncAmdStatusCallback"):
         assert absent not in request.form
@@ -177,6 +178,7 @@ async def test_voicemail_message_rides_in_the_amd_callback(
         "s": "call",
         "v": 1,
         "m": "<Response><Say>Sorry we missed you, Ada.</Say><Hangup /></Response>",
+        "i": key_id(SECRET),
     }
     # The script itself plays at once; the voicemail replaces it only for a machine.
     assert request["Twiml"] == "<Response><Say>Hello Ada, about DEE.</Say></Response>"
