@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Any
+from typing import Any, Final
 
 from temporalio import activity, workflow
+from temporalio.bridge.proto.workflow_activation import WorkflowActivation
+from temporalio.bridge.proto.workflow_completion import WorkflowActivationCompletion
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.converter import SerializationContext, StorageDriverStoreContext
+from temporalio.worker import Worker, WorkflowInstance, WorkflowInstanceDetails
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.email import EmailActivities
@@ -26,15 +29,89 @@ from dee.runs.temporal import connect, ensure_search_attributes
 from dee.settings import Settings
 from workflows.execution_plan import ExecutionPlanWorkflow
 
-__all__ = ["WORKFLOW_RUNNER", "build_worker", "main", "run_worker"]
+__all__ = [
+    "PASSED_THROUGH",
+    "WORKFLOW_RUNNER",
+    "DeeWorkflowRunner",
+    "DirectContextInstance",
+    "build_worker",
+    "main",
+    "run_worker",
+]
 
-#: The sandbox, with DEE's own models and the libraries they import (pydantic, Jinja2 for
-#: conditions) passed through: imported once per worker, not once per run. The workflow
-#: imports no channel, so no SMTP or Twilio client needs to pass.
-WORKFLOW_RUNNER = SandboxedWorkflowRunner(
-    restrictions=SandboxRestrictions.default.with_passthrough_modules(
-        "dee", "pydantic", "jinja2", "markupsafe", "yaml"
-    )
+#: DEE's own models and the libraries they import (pydantic, Jinja2 for conditions), passed
+#: through the sandbox: imported once per worker, not once per run. The workflow imports no
+#: channel, so no SMTP or Twilio client needs to pass.
+PASSED_THROUGH: Final = ("dee", "pydantic", "jinja2", "markupsafe", "yaml")
+
+
+class DirectContextInstance(WorkflowInstance):
+    """A sandboxed workflow instance that answers the SDK's payload-context questions
+    without re-entering the sandbox.
+
+    temporalio asks a workflow instance, for every payload sequence it encodes or decodes
+    (an activity's input, a summary, a signal, a result: several times each), which
+    serialization and external-storage context applies. The sandboxed runner answers by
+    ``exec``-ing two lines inside the sandbox's import hooks, about 0.3 ms each, which was
+    most of a signal's replay cost and most of what activity and timer summaries cost
+    (see BENCHMARKS.md). The answer comes from the same in-sandbox object either way (a
+    method that builds a small dataclass from the run's info and pending commands and
+    imports nothing), so this asks it directly. Should a temporalio release no longer keep
+    that object where this looks, it falls back to the sandbox's own way
+    (:attr:`direct` is then ``False``; a test checks it is ``True``).
+    """
+
+    def __init__(self, inner: WorkflowInstance) -> None:
+        self._inner = inner
+        namespace = getattr(inner, "globals_and_locals", None)
+        found = namespace.get("__temporal_in_sandbox") if isinstance(namespace, dict) else None
+        answers = all(
+            callable(getattr(found, name, None))
+            for name in ("get_serialization_context", "get_external_store_context")
+        )
+        self._in_sandbox: Any = found if answers else None
+
+    @property
+    def direct(self) -> bool:
+        """Whether contexts are read directly (else through the sandbox, as temporalio does)."""
+        return self._in_sandbox is not None
+
+    def activate(self, act: WorkflowActivation) -> WorkflowActivationCompletion:
+        return self._inner.activate(act)
+
+    def get_info(self) -> workflow.Info:
+        return self._inner.get_info()
+
+    def get_thread_id(self) -> int | None:
+        return self._inner.get_thread_id()
+
+    def get_serialization_context(self, command_info: Any) -> SerializationContext | None:
+        if self._in_sandbox is None:
+            return self._inner.get_serialization_context(command_info)
+        context: SerializationContext | None = self._in_sandbox.get_serialization_context(
+            command_info
+        )
+        return context
+
+    def get_external_store_context(self, command_info: Any) -> StorageDriverStoreContext:
+        if self._in_sandbox is None:
+            return self._inner.get_external_store_context(command_info)
+        context: StorageDriverStoreContext = self._in_sandbox.get_external_store_context(
+            command_info
+        )
+        return context
+
+
+class DeeWorkflowRunner(SandboxedWorkflowRunner):
+    """temporalio's sandbox, every instance a :class:`DirectContextInstance`."""
+
+    def create_instance(self, det: WorkflowInstanceDetails) -> WorkflowInstance:
+        return DirectContextInstance(super().create_instance(det))
+
+
+#: The sandbox, with DEE's own models and the libraries they import passed through.
+WORKFLOW_RUNNER = DeeWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSED_THROUGH)
 )
 
 logger = logging.getLogger("dee.worker")

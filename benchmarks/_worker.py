@@ -1,28 +1,69 @@
 """A benchmark worker process: runs one workflow (DEE's or the baseline) with DEE's
-activities until stdin closes, then prints the CPU seconds it used while serving."""
+activities, or with activities that return at once, until stdin closes, then prints the
+CPU seconds it used while serving.
+
+    --activities real   DEE's email and voice activities (rendering, SMTP, ledger, Twilio)
+    --activities noop   the same activity names, returning a result at once: what is left
+                        is the workflow's own cost (and the SDK's), which is what differs
+    --runner sandbox    temporalio's SandboxedWorkflowRunner with DEE's pass-through modules
+    --runner dee        worker.WORKFLOW_RUNNER (what `dee worker` runs)
+    --profile FILE      cProfile the serving, written to FILE (pstats)
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from temporalio import activity  # noqa: E402
 from temporalio.client import Client  # noqa: E402
 from temporalio.worker import Worker  # noqa: E402
+from temporalio.worker.workflow_sandbox import (  # noqa: E402
+    SandboxedWorkflowRunner,
+    SandboxRestrictions,
+)
 
 from activities.email import EmailActivities  # noqa: E402
 from activities.voice import VoiceActivities  # noqa: E402
 from benchmarks.baseline_workflow import HandWrittenSpecPlan  # noqa: E402
+from dee.runs.channels import (  # noqa: E402
+    PlaceCallInput,
+    PlaceCallResult,
+    SendEmailInput,
+    SendEmailResult,
+)
 from dee.runs.ledger import SendLedger  # noqa: E402
 from dee.runs.temporal import data_converter  # noqa: E402
 from dee.settings import Settings  # noqa: E402
-from worker import WORKFLOW_RUNNER  # noqa: E402
+from worker import PASSED_THROUGH, WORKFLOW_RUNNER  # noqa: E402
 from workflows.execution_plan import ExecutionPlanWorkflow  # noqa: E402
+
+#: The sandbox as temporalio ships it, with DEE's pass-through modules: the baseline runner.
+PLAIN_SANDBOX = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSED_THROUGH)
+)
+
+
+@activity.defn(name="send_email")
+async def noop_send_email(input: SendEmailInput) -> SendEmailResult:
+    return SendEmailResult(
+        message_id=f"<{input.run_id}.{input.step.id}.{input.visit}@bench>",
+        status="sent",
+        recipient_domain="example.com",
+    )
+
+
+@activity.defn(name="place_call")
+async def noop_place_call(input: PlaceCallInput) -> PlaceCallResult:
+    return PlaceCallResult(call_sid=f"CA{input.visit:032d}", status="placed")
 
 
 async def main() -> None:
@@ -30,24 +71,39 @@ async def main() -> None:
     parser.add_argument("--variant", choices=["dee", "baseline"], required=True)
     parser.add_argument("--address", required=True)
     parser.add_argument("--task-queue", required=True)
+    parser.add_argument("--activities", choices=["real", "noop"], default="real")
+    parser.add_argument("--runner", choices=["sandbox", "dee"], default="dee")
+    parser.add_argument("--profile", type=Path)
     args = parser.parse_args()
     settings = Settings.from_env()
     client = await Client.connect(args.address, data_converter=data_converter)
     workflow = ExecutionPlanWorkflow if args.variant == "dee" else HandWrittenSpecPlan
+    runner = WORKFLOW_RUNNER if args.runner == "dee" else PLAIN_SANDBOX
+    profiler = cProfile.Profile() if args.profile else None
     with SendLedger(settings.database_url) as ledger:
-        email = EmailActivities(settings, ledger)
-        voice = VoiceActivities(settings, ledger)
+        activities: list[Any]
+        if args.activities == "real":
+            email = EmailActivities(settings, ledger)
+            voice = VoiceActivities(settings, ledger)
+            activities = [email.send_email, voice.place_call]
+        else:
+            activities = [noop_send_email, noop_place_call]
         async with Worker(
             client,
             task_queue=args.task_queue,
             workflows=[workflow],
-            activities=[email.send_email, voice.place_call],
-            workflow_runner=WORKFLOW_RUNNER,
+            activities=activities,
+            workflow_runner=runner,
         ):
             start = time.process_time()
+            if profiler is not None:
+                profiler.enable()
             print("ready", flush=True)
             await asyncio.to_thread(sys.stdin.read)
             used = time.process_time() - start
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(str(args.profile))
     print(json.dumps({"cpu_seconds": used}), flush=True)
 
 

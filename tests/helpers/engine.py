@@ -104,8 +104,10 @@ async def engine(
     tmp_path: Path,
     smtp: SmtpServer,
     twilio: TwilioApi,
+    worker_options: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Engine]:
+    """The engine; ``overrides`` replace settings, ``worker_options`` go to the worker."""
     database = f"sqlite:///{tmp_path / 'dee.db'}"
     settings = Settings(
         database_url=database,
@@ -121,7 +123,11 @@ async def engine(
     settings = dataclasses.replace(settings, **overrides)
     with PlanRegistry(database) as registry, SendLedger(database) as ledger:
         async with running_worker(
-            env.client, task_queue=task_queue, settings=settings, ledger=ledger
+            env.client,
+            task_queue=task_queue,
+            settings=settings,
+            ledger=ledger,
+            **(worker_options or {}),
         ):
             yield Engine(env, env.client, task_queue, registry, smtp, twilio)
 
