@@ -1,18 +1,26 @@
 """The baseline: the spec's example plan written by hand as a Temporal workflow.
 
 It does what ExecutionPlanWorkflow does for that plan, with the same activities and the
-same inputs, but with the steps in code instead of interpreted from a plan.
+same inputs, but with the steps in code instead of interpreted from a plan. It imports
+nothing of DEE's workflow module (the sandbox would load that for every run too), only the
+models and send options a hand-written workflow would share.
 """
 
 from __future__ import annotations
 
 from temporalio import workflow
 
-from workflows.execution_plan import SEND_HEARTBEAT_TIMEOUT, SEND_RETRY_POLICY, SEND_TIMEOUT
-
 with workflow.unsafe.imports_passed_through():
     from dee.plans.model import SendEmailStep, SendVoiceStep, WaitStep
-    from dee.runs.channels import EmailChannel, PlaceCallInput, SendEmailInput, VoiceChannel
+    from dee.runs.channels import (
+        SEND_HEARTBEAT_TIMEOUT,
+        SEND_RETRY_POLICY,
+        SEND_TIMEOUT,
+        EmailChannel,
+        PlaceCallInput,
+        SendEmailInput,
+        VoiceChannel,
+    )
     from dee.runs.model import RunEvent, RunInput
 
 

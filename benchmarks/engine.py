@@ -35,12 +35,21 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from temporalio.client import Client  # noqa: E402
+from temporalio.client import Client, WorkflowHandle  # noqa: E402
+from temporalio.common import SearchAttributePair, TypedSearchAttributes  # noqa: E402
 
 import dee  # noqa: E402
 from dee.plans.registry import PlanRegistry  # noqa: E402
 from dee.plans.versions import PlanVersion  # noqa: E402
-from dee.runs.model import Contact, RunInput  # noqa: E402
+from dee.runs.model import (  # noqa: E402
+    CONTACT_ID_ATTRIBUTE,
+    CURRENT_STEP_ATTRIBUTE,
+    ENGINE,
+    PLAN_ID_ATTRIBUTE,
+    PLAN_VERSION_ATTRIBUTE,
+    Contact,
+    RunInput,
+)
 from tests.helpers.smtp import smtp_server  # noqa: E402
 from tests.helpers.spec import SPEC_CONTENT, SPEC_YAML  # noqa: E402
 from tests.helpers.temporal import start_dev_env  # noqa: E402
@@ -78,6 +87,46 @@ def plan_version(database: str, wait_seconds: int) -> PlanVersion:
         return registry.create(plan, dee.load_content(SPEC_CONTENT, plan))
 
 
+def contact(variant: str, index: int) -> Contact:
+    return Contact(
+        id=f"{variant}-{index}",
+        email=f"contact{index}@example.com",
+        phone="+15557654321",
+        firstName="Ana",
+    )
+
+
+async def start(
+    client: Client, variant: str, version: PlanVersion, index: int, task_queue: str
+) -> WorkflowHandle[Any, Any]:
+    """One run, both variants through ``start_workflow`` with the same input; DEE's with
+    what ``dee.start_run`` adds for the worker (its engine, the search attributes it sets
+    at start), not its client-side checks, which are no part of the interpreter's cost."""
+    run_input = RunInput(
+        plan=version.plan,
+        content=version.content,
+        digest=version.digest,
+        contact=contact(variant, index),
+        variables={"product": "DEE"},
+        engine=ENGINE if variant == "dee" else 1,
+    )
+    attributes = TypedSearchAttributes(
+        [
+            SearchAttributePair(PLAN_ID_ATTRIBUTE, version.plan.id),
+            SearchAttributePair(PLAN_VERSION_ATTRIBUTE, version.version),
+            SearchAttributePair(CONTACT_ID_ATTRIBUTE, run_input.contact.id),
+            SearchAttributePair(CURRENT_STEP_ATTRIBUTE, version.plan.steps[0].id),
+        ]
+    )
+    return await client.start_workflow(
+        WORKFLOW_TYPES[variant],
+        run_input,
+        id=f"{task_queue}-{index}",
+        task_queue=task_queue,
+        search_attributes=attributes if variant == "dee" else None,
+    )
+
+
 async def measure(
     client: Client,
     variant: str,
@@ -110,26 +159,7 @@ async def measure(
         assert worker.stdout.readline().strip() == "ready", "worker did not start"
         started = time.perf_counter()
         handles = await asyncio.gather(
-            *(
-                client.start_workflow(
-                    WORKFLOW_TYPES[variant],
-                    RunInput(
-                        plan=version.plan,
-                        content=version.content,
-                        digest=version.digest,
-                        contact=Contact(
-                            id=f"{variant}-{index}",
-                            email=f"contact{index}@example.com",
-                            phone="+15557654321",
-                            firstName="Ana",
-                        ),
-                        variables={"product": "DEE"},
-                    ),
-                    id=f"{task_queue}-{index}",
-                    task_queue=task_queue,
-                )
-                for index in range(runs)
-            )
+            *(start(client, variant, version, index, task_queue) for index in range(runs))
         )
         await asyncio.gather(*(handle.result() for handle in handles))
         seconds = time.perf_counter() - started

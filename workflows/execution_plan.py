@@ -26,11 +26,10 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Final, NoReturn, TypeVar, assert_never
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 from temporalio.workflow import ActivityCancellationType
 
@@ -39,7 +38,15 @@ with workflow.unsafe.imports_passed_through():
     from dee.plans.conditions import ConditionContext, EventTally, evaluate_condition
     from dee.plans.model import BranchStep, EndStep, SendEmailStep, SendVoiceStep, Step, WaitStep
     from dee.plans.validation import successors
-    from dee.runs.channels import EmailChannel, PlaceCallInput, SendEmailInput, VoiceChannel
+    from dee.runs.channels import (
+        SEND_HEARTBEAT_TIMEOUT,
+        SEND_RETRY_POLICY,
+        SEND_TIMEOUT,
+        EmailChannel,
+        PlaceCallInput,
+        SendEmailInput,
+        VoiceChannel,
+    )
     from dee.runs.model import (
         CANCELLED,
         CONTACT_ID_ATTRIBUTE,
@@ -79,16 +86,6 @@ _R = TypeVar("_R")
 CONTINUE_AFTER_SIGNALS: Final = 1_000
 #: Largest input a run continues as new with: Temporal refuses payloads over 2 MiB.
 MAX_CARRIED_INPUT_BYTES: Final = 1_900_000
-#: Sends retry with exponential backoff for about 20 minutes in all, then fail the run.
-SEND_RETRY_POLICY: Final = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=2),
-    maximum_attempts=15,
-)
-SEND_TIMEOUT: Final = timedelta(minutes=2)
-#: Sends heartbeat every 2 s (activities._attempt): a lost attempt is retried this soon.
-SEND_HEARTBEAT_TIMEOUT: Final = timedelta(seconds=10)
 
 
 def _latest_within(events: Iterable[RunEvent], budget: int) -> tuple[RunEvent, ...]:
@@ -115,6 +112,8 @@ class ExecutionPlanWorkflow:
     def __init__(self, input: RunInput) -> None:
         progress = input.progress
         self._input = input
+        #: Engine 2 (:data:`dee.runs.model.ENGINE`): fewer history events, no patch markers.
+        self._engine2 = input.engine >= 2
         self._steps: dict[str, Step] = {step.id: step for step in input.plan.steps}
         self._execution = (
             progress.execution
@@ -225,10 +224,10 @@ class ExecutionPlanWorkflow:
     def _record_contact(self) -> None:
         """Make a run a plain Temporal client started findable by its contact (start_run
         sets the attribute at start), so an unsubscribe ends it too. Patched: histories
-        recorded before this replay without the upsert."""
+        recorded before this replay without the upsert (engine 2 runs have no such past)."""
         fresh = self._input.progress is None
         known = workflow.info().typed_search_attributes.get(CONTACT_ID_ATTRIBUTE)
-        if fresh and not known and workflow.patched("contact-search-attribute"):
+        if fresh and not known and (self._engine2 or workflow.patched("contact-search-attribute")):
             contact_id = self._input.contact.id
             workflow.upsert_search_attributes([CONTACT_ID_ATTRIBUTE.value_set(contact_id)])
 
@@ -320,11 +319,13 @@ class ExecutionPlanWorkflow:
     ) -> _R:
         """Run one channel's activity for ``step`` with the send options every channel
         shares; a failure that outlasts the retries ends the run."""
-        self._show_step(step.id)
+        if not self._engine2:
+            # Engine 1 showed every send as the current step; engine 2 shows waits only.
+            self._show_step(step.id)
         # A cancelled run waits for its send to stop (or finish) before it reports
         # cancelled, so nothing is sent after it says it has ended. Patched: runs that
         # started before this do as they did (report at once).
-        waits = workflow.patched("send-cancellation-waits")
+        waits = self._engine2 or workflow.patched("send-cancellation-waits")
         try:
             result = await workflow.execute_activity_method(
                 channel,
@@ -391,7 +392,11 @@ class ExecutionPlanWorkflow:
     # -- endings -------------------------------------------------------------------------
 
     def _show_step(self, step_id: str) -> None:
-        """Make the step the run is blocked on searchable (one history event per step)."""
+        """Make the step the run is blocked on searchable (one history event per step); in
+        engine 2 not again when it already shows (a wait resumed after continue-as-new)."""
+        shown = workflow.info().typed_search_attributes.get(CURRENT_STEP_ATTRIBUTE)
+        if self._engine2 and shown == step_id:
+            return
         workflow.upsert_search_attributes([CURRENT_STEP_ATTRIBUTE.value_set(step_id)])
 
     def _fail(self, step: Step, error: ActivityError) -> NoReturn:

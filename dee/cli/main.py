@@ -50,6 +50,7 @@ from dee.plans.loader import load_plan
 from dee.plans.model import ID_PATTERN, ExecutionPlan
 from dee.plans.registry import PlanRegistry
 from dee.plans.validation import DEFAULT_MAX_STEPS, validate_plan
+from dee.runs.model import ENGINE
 from dee.settings import Settings
 
 __all__ = ["dee", "main"]
@@ -239,6 +240,8 @@ def export(ctx: click.Context, plan_id: str, version: int | None) -> None:
         "plan": stored.plan.to_document(),
         "content": stored.content.model_dump(mode="json"),
         "digest": stored.digest,
+        # Runs started from it behave as dee.start_run's do (dee.runs.model.ENGINE).
+        "engine": ENGINE,
     }
     click.echo(json.dumps(document, indent=2, ensure_ascii=False))
 

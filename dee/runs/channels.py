@@ -10,17 +10,33 @@ the worker's sandbox passes through DEE's models and pydantic, nothing else.
 
 from __future__ import annotations
 
-from typing import Literal, Protocol
+from datetime import timedelta
+from typing import Final, Literal, Protocol
 
 from pydantic import ConfigDict, JsonValue
 from temporalio import activity
+from temporalio.common import RetryPolicy
 
 from dee.plans.content import EmailTemplate
 from dee.plans.decoding import TolerantModel
 from dee.plans.model import SendEmailStep, SendVoiceStep
 from dee.runs.model import Contact
 
+#: Sends retry with exponential backoff for about 20 minutes in all, then fail the run.
+SEND_RETRY_POLICY: Final = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=2),
+    maximum_attempts=15,
+)
+SEND_TIMEOUT: Final = timedelta(minutes=2)
+#: Sends heartbeat every 2 s (activities._attempt): a lost attempt is retried this soon.
+SEND_HEARTBEAT_TIMEOUT: Final = timedelta(seconds=10)
+
 __all__ = [
+    "SEND_HEARTBEAT_TIMEOUT",
+    "SEND_RETRY_POLICY",
+    "SEND_TIMEOUT",
     "EmailChannel",
     "PlaceCallInput",
     "PlaceCallResult",

@@ -64,6 +64,7 @@ from dee.runs.model import (
     CURRENT_STEP_ATTRIBUTE,
     DEFAULT_MAX_VISITS_PER_STEP,
     DEFAULT_TASK_QUEUE,
+    ENGINE,
     EVENT_SIGNAL,
     MAX_CONTACT_AND_VARIABLES_BYTES,
     MAX_NESTING,
@@ -251,6 +252,7 @@ async def start_run(
         variables=given,
         sender=sender,
         max_visits_per_step=max_visits_per_step,
+        engine=ENGINE,
     )
     try:
         await client.start_workflow(
@@ -266,6 +268,8 @@ async def start_run(
                     SearchAttributePair(PLAN_ID_ATTRIBUTE, plan.id),
                     SearchAttributePair(PLAN_VERSION_ATTRIBUTE, version.version),
                     SearchAttributePair(CONTACT_ID_ATTRIBUTE, person.id),
+                    # Shown until the run first waits (engine 2 shows waits only).
+                    SearchAttributePair(CURRENT_STEP_ATTRIBUTE, plan.steps[0].id),
                 ]
             ),
             static_summary=_summary(version, person),

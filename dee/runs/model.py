@@ -26,6 +26,7 @@ from dee.plans.model import EMAIL_PATTERN, ID_PATTERN, PHONE_PATTERN, ExecutionP
 
 __all__ = [
     "DEFAULT_TASK_QUEUE",
+    "ENGINE",
     "MAX_CARRIED_EVENT_BYTES",
     "MAX_CARRIED_HISTORY",
     "MAX_RUN_EVENTS",
@@ -126,6 +127,15 @@ class Contact(BaseModel):
         """Everything templates see as ``contact``."""
         return self.model_dump(mode="json", exclude_none=True)
 
+
+#: The engine behaviour new runs get (:attr:`RunInput.engine`). 1: ``DeeCurrentStep`` is
+#: upserted at every send and wait, and two behaviours are patched (one marker event each).
+#: 2: ``DeeCurrentStep`` is set at start to the first step and upserted only where the run
+#: waits (sends take milliseconds, and show in the Temporal UI as pending activities while
+#: they retry), both patched behaviours are simply on, so no markers: 2 to 4 fewer history
+#: events a run. A version in the input rather than a patch marker, since the marker would
+#: itself be an event of every run.
+ENGINE: Final = 2
 
 #: A run remembers the ids of the events it has seen as digests this long: 20,000 of them
 #: take 160 KB, and the odds that two of them collide are below one in 10^10.
@@ -303,6 +313,10 @@ class RunInput(_Frozen):
     max_visits_per_step: Annotated[int, Field(ge=1)] = DEFAULT_MAX_VISITS_PER_STEP
     #: Set when the run continued as new; ``None`` on a fresh start.
     progress: RunProgress | None = None
+    #: How the workflow writes this run's history, where releases changed it (see
+    #: :data:`ENGINE`). Absent, as in runs started before it existed: 1. Carried across
+    #: continue-as-new, so a run keeps the behaviour it started with.
+    engine: Annotated[int, Field(ge=1)] = 1
 
     @model_validator(mode="after")
     def _versioned(self) -> RunInput:
