@@ -138,6 +138,7 @@ def build_worker(
         workflows=[ExecutionPlanWorkflow],
         activities=[email.send_email, voice.place_call],
         workflow_runner=options.pop("workflow_runner", WORKFLOW_RUNNER),
+        max_cached_workflows=options.pop("max_cached_workflows", settings.workflow_cache),
         **options,
     )
 

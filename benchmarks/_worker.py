@@ -7,7 +7,9 @@ CPU seconds it used while serving.
                         is the workflow's own cost (and the SDK's), which is what differs
     --runner sandbox    temporalio's SandboxedWorkflowRunner with DEE's pass-through modules
     --runner dee        worker.WORKFLOW_RUNNER (what `dee worker` runs)
-    --profile FILE      cProfile the serving, written to FILE (pstats)
+    --runner shared     DEE's runner with the workflow modules passed through too (an
+                        experiment: no re-import of the workflow module per run)
+    --profile FILE      cProfile the serving, every thread, written to FILE (pstats)
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import argparse
 import asyncio
 import cProfile
 import json
+import pstats
+import resource
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -43,7 +48,7 @@ from dee.runs.channels import (  # noqa: E402
 from dee.runs.ledger import SendLedger  # noqa: E402
 from dee.runs.temporal import data_converter  # noqa: E402
 from dee.settings import Settings  # noqa: E402
-from worker import PASSED_THROUGH, WORKFLOW_RUNNER  # noqa: E402
+from worker import PASSED_THROUGH, WORKFLOW_RUNNER, DeeWorkflowRunner  # noqa: E402
 from workflows.execution_plan import ExecutionPlanWorkflow  # noqa: E402
 
 #: The sandbox as temporalio ships it, with DEE's pass-through modules: the baseline runner.
@@ -72,14 +77,34 @@ async def main() -> None:
     parser.add_argument("--address", required=True)
     parser.add_argument("--task-queue", required=True)
     parser.add_argument("--activities", choices=["real", "noop"], default="real")
-    parser.add_argument("--runner", choices=["sandbox", "dee"], default="dee")
+    parser.add_argument("--runner", choices=["sandbox", "dee", "shared"], default="dee")
     parser.add_argument("--profile", type=Path)
+    parser.add_argument("--max-cached", type=int, default=1000, help="max_cached_workflows")
     args = parser.parse_args()
     settings = Settings.from_env()
     client = await Client.connect(args.address, data_converter=data_converter)
     workflow = ExecutionPlanWorkflow if args.variant == "dee" else HandWrittenSpecPlan
-    runner = WORKFLOW_RUNNER if args.runner == "dee" else PLAIN_SANDBOX
+    runner = {
+        "dee": WORKFLOW_RUNNER,
+        "sandbox": PLAIN_SANDBOX,
+        "shared": DeeWorkflowRunner(
+            restrictions=SandboxRestrictions.default.with_passthrough_modules(
+                *PASSED_THROUGH, "workflows", "benchmarks"
+            )
+        ),
+    }[args.runner]
     profiler = cProfile.Profile() if args.profile else None
+    thread_profilers: list[cProfile.Profile] = []
+
+    def profile_thread(*_: Any) -> None:
+        # Workflow activations run in a thread pool: give each new thread a profiler.
+        threading.setprofile(None)
+        thread_profiler = cProfile.Profile()
+        thread_profilers.append(thread_profiler)
+        thread_profiler.enable()
+
+    if profiler is not None:
+        threading.setprofile(profile_thread)  # before the worker makes its threads
     with SendLedger(settings.database_url) as ledger:
         activities: list[Any]
         if args.activities == "real":
@@ -94,6 +119,7 @@ async def main() -> None:
             workflows=[workflow],
             activities=activities,
             workflow_runner=runner,
+            max_cached_workflows=args.max_cached,
         ):
             start = time.process_time()
             if profiler is not None:
@@ -103,8 +129,15 @@ async def main() -> None:
             used = time.process_time() - start
             if profiler is not None:
                 profiler.disable()
-                profiler.dump_stats(str(args.profile))
-    print(json.dumps({"cpu_seconds": used}), flush=True)
+                for thread_profiler in thread_profilers:
+                    thread_profiler.disable()
+                stats = pstats.Stats(profiler)
+                for thread_profiler in thread_profilers:
+                    thread_profiler.create_stats()
+                    stats.add(thread_profiler)
+                stats.dump_stats(str(args.profile))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"cpu_seconds": used, "peak_rss_mib": peak}), flush=True)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import os
 import statistics
@@ -97,7 +98,13 @@ def contact(variant: str, index: int) -> Contact:
 
 
 async def start(
-    client: Client, variant: str, version: PlanVersion, index: int, task_queue: str
+    client: Client,
+    variant: str,
+    version: PlanVersion,
+    index: int,
+    task_queue: str,
+    *,
+    delay: datetime.timedelta | None = None,
 ) -> WorkflowHandle[Any, Any]:
     """One run, both variants through ``start_workflow`` with the same input; DEE's with
     what ``dee.start_run`` adds for the worker (its engine, the search attributes it sets
@@ -124,6 +131,7 @@ async def start(
         id=f"{task_queue}-{index}",
         task_queue=task_queue,
         search_attributes=attributes if variant == "dee" else None,
+        start_delay=delay,
     )
 
 
@@ -180,7 +188,7 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="measurements per variant")
     parser.add_argument("--wait", type=int, default=3, help="the plan's wait, in seconds")
     parser.add_argument("--activities", choices=["real", "noop"], default="real")
-    parser.add_argument("--runner", choices=["dee", "sandbox"], default="dee")
+    parser.add_argument("--runner", choices=["dee", "sandbox", "shared"], default="dee")
     parser.add_argument("--profile", type=Path, help="write each worker's cProfile here")
     args = parser.parse_args()
     if args.profile:

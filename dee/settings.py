@@ -29,6 +29,9 @@ variable                   meaning                                        defaul
 ``DEE_CODEC_ORIGINS``      origins of the Temporal Web UI allowed to      none: no cross-origin
                            call ``/codec`` from a browser (CORS),         calls
                            comma-separated: ``https://ui.example.com``
+``DEE_WORKFLOW_CACHE``     runs a worker keeps in memory between their    ``500``
+                           workflow tasks; others are replayed from
+                           their history when they wake (BENCHMARKS.md)
 =========================  =============================================  ==========================
 
 Temporal itself is configured the way every Temporal client is (``TEMPORAL_ADDRESS``,
@@ -63,6 +66,10 @@ class Settings:
     tracking_sweep_after: float = 30.0
     payload_keys: tuple[str, ...] = field(default=(), repr=False)
     codec_origins: tuple[str, ...] = ()
+    #: The worker's ``max_cached_workflows``. Each cached run holds its own copy of the
+    #: sandboxed workflow module and its input (about 0.17 MiB); a run that is not cached
+    #: replays its history when it wakes (about a millisecond for a short one).
+    workflow_cache: int = 500
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -84,6 +91,14 @@ class Settings:
                 raise ValueError(f"{name} must be a number of seconds above 0, not {text!r}")
             return value
 
+        def count(name: str, default: int) -> int:
+            text = env.get(name)
+            if not text:
+                return default
+            if not text.strip().isdigit():
+                raise ValueError(f"{name} must be a whole number of 0 or more, not {text!r}")
+            return int(text)
+
         return cls(
             database_url=env.get("DEE_DATABASE_URL") or None,
             smtp_url=get("DEE_SMTP_URL", defaults.smtp_url),
@@ -104,6 +119,7 @@ class Settings:
             codec_origins=tuple(
                 origin.rstrip("/") for origin in split_keys(env.get("DEE_CODEC_ORIGINS", ""))
             ),
+            workflow_cache=count("DEE_WORKFLOW_CACHE", defaults.workflow_cache),
         )
 
 

@@ -33,3 +33,14 @@ def test_tracking_sweep_after_refuses_what_is_no_wait(value: str) -> None:
         match=f"DEE_TRACKING_SWEEP_AFTER must be a number of seconds above 0, not '{value}'",
     ):
         Settings.from_env({"DEE_TRACKING_SWEEP_AFTER": value})
+
+
+@pytest.mark.parametrize(("value", "size"), [("0", 0), ("2000", 2000), (" 64 ", 64), ("", 500)])
+def test_workflow_cache(value: str, size: int) -> None:
+    assert Settings.from_env({"DEE_WORKFLOW_CACHE": value}).workflow_cache == size
+
+
+@pytest.mark.parametrize("value", ["-1", "many", "1.5", "1e3"])
+def test_workflow_cache_refuses_what_is_no_count(value: str) -> None:
+    with pytest.raises(ValueError, match="DEE_WORKFLOW_CACHE must be a whole number"):
+        Settings.from_env({"DEE_WORKFLOW_CACHE": value})

@@ -16,10 +16,12 @@ from temporalio.worker import WorkflowInstance, WorkflowInstanceDetails
 from temporalio.worker._command_aware_visitor import CommandInfo
 
 from dee.runs.client import send_event
+from dee.runs.ledger import SendLedger
+from dee.settings import Settings
 from tests.helpers.engine import engine, wait_for_messages
 from tests.helpers.smtp import SmtpServer
 from tests.helpers.twilio_api import twilio_api
-from worker import WORKFLOW_RUNNER, DeeWorkflowRunner, DirectContextInstance
+from worker import WORKFLOW_RUNNER, DeeWorkflowRunner, DirectContextInstance, build_worker
 
 
 class RecordingRunner(DeeWorkflowRunner):
@@ -74,3 +76,23 @@ async def test_contexts_are_read_directly_and_match_the_sandboxs(
     for info in {id(info): info for info in runner.asked}.values():
         assert instance.get_serialization_context(info) == inner.get_serialization_context(info)
         assert instance.get_external_store_context(info) == inner.get_external_store_context(info)
+
+
+async def test_the_worker_caches_as_many_runs_as_configured(
+    time_skipping_env: WorkflowEnvironment, tmp_path: Path, task_queue: str
+) -> None:
+    database = f"sqlite:///{tmp_path / 'dee.db'}"
+    settings = Settings(database_url=database, workflow_cache=7, task_queue=task_queue)
+    with SendLedger(settings.database_url) as ledger:
+        built = build_worker(time_skipping_env.client, settings=settings, ledger=ledger)
+        assert built.config()["max_cached_workflows"] == 7
+        assert built.config()["workflow_runner"] is WORKFLOW_RUNNER
+        # A caller's own choice wins.
+        mine = build_worker(
+            time_skipping_env.client,
+            settings=settings,
+            ledger=ledger,
+            task_queue=f"{task_queue}-other",
+            max_cached_workflows=3,
+        )
+        assert mine.config()["max_cached_workflows"] == 3
