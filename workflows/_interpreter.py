@@ -1,0 +1,478 @@
+"""The interpreter behind ``ExecutionPlanWorkflow`` (:mod:`workflows.execution_plan`): one
+generic workflow that runs any plan version.
+
+The run walks the plan from its first step: a ``wait`` is a durable timer, ``sendEmail`` and
+``sendVoice`` are activities with a bounded exponential retry policy, a ``branch`` evaluates
+its conditions over the events received so far, and an ``end`` completes the run with its
+outcome. Events arrive through the ``event`` signal at any time (before their step ran too)
+and are de-duplicated by id; the ``state`` query shows where the run is. Every run execution
+has an identity of its own (its first Temporal run id, kept across continue-as-new): the
+sends carry it into their tokens and ledger rows, and an event that names another execution
+(an open of the email a previous run with the same run id sent) is kept but never counted.
+
+A send that fails for good ends the run with outcome ``failed`` (never a hung run); an
+``unsubscribe`` event ends it with outcome ``unsubscribed``, interrupting a wait; a step
+entered more than ``max_visits_per_step`` times ends it with outcome ``visit-limit``. The run
+continues as new when Temporal suggests it, between steps or in the middle of a wait,
+carrying its counts, the ids it de-duplicates by and any unsubscribe exactly (see
+:class:`~dee.runs.model.RunProgress` for what is carried and within what budget).
+
+Only deterministic code lives here: time comes from ``workflow.now()``, nothing does I/O.
+This module is passed through Temporal's sandbox, like DEE's models, condition evaluator and
+the channels' input models: imported once per worker rather than once per run. The sandbox
+re-imports a workflow's module for every run it starts or replays, which for the whole
+interpreter took more CPU than the rest of a short run's workflow work and kept a copy of
+every function in each cached run (BENCHMARKS.md); what it re-imports now is the small
+module that declares the workflow. What the sandbox would have caught (a call to the clock,
+randomness, I/O) is kept out by review, the import-linter contract that the workflows never
+import a channel or the database, and the replay tests of recorded histories.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
+from typing import Any, Final, NoReturn, TypeVar, assert_never
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.workflow import ActivityCancellationType
+
+with workflow.unsafe.imports_passed_through():
+    from dee.errors import ConditionError
+    from dee.plans.conditions import ConditionContext, EventTally, evaluate_condition
+    from dee.plans.model import BranchStep, EndStep, SendEmailStep, SendVoiceStep, Step, WaitStep
+    from dee.plans.validation import successors
+    from dee.runs.channels import (
+        SEND_HEARTBEAT_TIMEOUT,
+        SEND_RETRY_POLICY,
+        SEND_TIMEOUT,
+        EmailChannel,
+        PlaceCallInput,
+        SendEmailInput,
+        VoiceChannel,
+    )
+    from dee.runs.model import (
+        CANCELLED,
+        CONTACT_ID_ATTRIBUTE,
+        CURRENT_STEP_ATTRIBUTE,
+        FAILED,
+        MAX_CARRIED_EVENT_BYTES,
+        MAX_CARRIED_HISTORY,
+        MAX_RUN_EVENTS,
+        MAX_SHOWN_EVENTS,
+        OUTCOME_ATTRIBUTE,
+        UNSUBSCRIBED,
+        VISIT_LIMIT,
+        RunEvent,
+        RunFailure,
+        RunInput,
+        RunProgress,
+        RunResult,
+        RunState,
+        StepVisit,
+        event_counts,
+        event_digest,
+        pack_digests,
+    )
+
+__all__ = ["CONTINUE_AFTER_SIGNALS", "MAX_CARRIED_INPUT_BYTES", "Interpreter"]
+
+_I = TypeVar("_I")
+_R = TypeVar("_R")
+
+#: A run continues as new once one execution has received this many signals, well before
+#: Temporal's 10,000: a worker that picks a run up (after a restart, a cache eviction, a
+#: frozen worker's timeout) replays the execution's history in one workflow task, which has
+#: 10 seconds, and each signal costs about 0.8 ms to replay (BENCHMARKS.md).
+CONTINUE_AFTER_SIGNALS: Final = 1_000
+#: Largest input a run continues as new with: Temporal refuses payloads over 2 MiB.
+MAX_CARRIED_INPUT_BYTES: Final = 1_900_000
+
+
+def _latest_within(events: Iterable[RunEvent], budget: int) -> tuple[RunEvent, ...]:
+    """The latest of ``events`` whose JSON fits in ``budget`` bytes, oldest first."""
+    kept: list[RunEvent] = []
+    for event in reversed(list(events)):
+        budget -= len(event.model_dump_json())
+        if budget < 0:
+            break
+        kept.append(event)
+    return tuple(reversed(kept))
+
+
+class _RunEnded(Exception):
+    """Raised inside a step to end the run with a result."""
+
+    def __init__(self, result: RunResult) -> None:
+        self.result = result
+
+
+class Interpreter:
+    """Runs one plan version for one contact; :class:`ExecutionPlanWorkflow` declares it as
+    the workflow (its ``run``, ``event`` signal and ``state`` query)."""
+
+    def __init__(self, input: RunInput) -> None:
+        progress = input.progress
+        self._input = input
+        #: Engine 2 (:data:`dee.runs.model.ENGINE`): fewer history events, no patch markers.
+        self._engine2 = input.engine >= 2
+        self._steps: dict[str, Step] = {step.id: step for step in input.plan.steps}
+        self._execution = (
+            progress.execution
+            if progress and progress.execution
+            else workflow.info().first_execution_run_id
+        )
+        carried = progress.events if progress else ()
+        self._events: deque[RunEvent] = deque(carried, maxlen=MAX_SHOWN_EVENTS)
+        self._seen = progress.seen_digests() if progress else set()
+        self._tally = progress.tally(self._execution) if progress else EventTally()
+        self._dropped = progress.dropped if progress else 0
+        self._foreign = progress.foreign if progress else 0
+        self._unsubscribed = (progress is not None and progress.unsubscribed) or any(
+            event.type == "unsubscribe" for event in carried
+        )
+        self._visits: dict[str, int] = dict(progress.visits) if progress else {}
+        self._history: list[StepVisit] = list(progress.history) if progress else []
+        self._current: str | None = progress.next_step if progress else input.plan.steps[0].id
+        #: Set when this execution resumes a wait its predecessor was in.
+        self._wait_until: datetime | None = progress.wait_until if progress else None
+        self._result: RunResult | None = None
+        #: Signals this execution received, repeats included.
+        self._signals = 0
+
+    # -- the outside world ---------------------------------------------------------------
+
+    def _own(self, event: RunEvent) -> bool:
+        return event.execution is None or event.execution == self._execution
+
+    def event(self, event: RunEvent) -> None:
+        """Record an event once; duplicates (same ``event_id``) are dropped, and so is any
+        event past the run's :data:`MAX_RUN_EVENTS` (an unsubscribe still ends the run)."""
+        self._signals += 1
+        if event.type == "unsubscribe":
+            # The contact's wish, whichever of the contact's emails it came from.
+            self._unsubscribed = True
+        digest = event_digest(event.event_id)
+        if digest in self._seen:
+            return
+        if len(self._seen) >= MAX_RUN_EVENTS:
+            self._dropped += 1
+            return
+        self._seen.add(digest)
+        self._events.append(event)
+        if self._own(event):
+            self._tally.add(event.type, event.step_id)
+        else:
+            self._foreign += 1
+
+    def state(self) -> RunState:
+        plan = self._input.plan
+        assert plan.version is not None
+        result = self._result
+        return RunState(
+            plan_id=plan.id,
+            plan_version=plan.version,
+            contact_id=self._input.contact.id,
+            status="completed" if result else "running",
+            current_step=self._current,
+            history=tuple(self._history),
+            events=tuple(self._events),
+            outcome=result.outcome if result else None,
+            failure=result.failure if result else None,
+            execution=self._execution,
+            event_count=len(self._seen),
+            counts=event_counts(self._tally),
+            dropped=self._dropped,
+            foreign=self._foreign,
+            continued=self._input.progress.continued if self._input.progress else 0,
+        )
+
+    def _should_continue_as_new(self) -> bool:
+        return (
+            self._signals >= CONTINUE_AFTER_SIGNALS
+            or workflow.info().is_continue_as_new_suggested()
+        )
+
+    # -- the run -------------------------------------------------------------------------
+
+    async def run(self, input: RunInput) -> RunResult:
+        self._record_contact()
+        routes = successors(input.plan)
+        try:
+            while True:
+                assert self._current is not None
+                step = self._steps[self._current]
+                if self._wait_until is None:
+                    self._enter(step)
+                # else: the wait this run continued as new in, entered before.
+                done = await self._execute(step)
+                self._leave(done)
+                if isinstance(step, BranchStep):
+                    self._current = done.removeprefix("-> ")
+                else:
+                    # Validation guarantees exactly one next step for sends and waits.
+                    self._current = routes[step.id][0][0]
+                if self._should_continue_as_new():
+                    self._continue_as_new()
+        except _RunEnded as ended:
+            return self._finish(ended.result)
+        except asyncio.CancelledError:
+            self._finish(self._result_for(CANCELLED, self._current))
+            raise
+
+    def _record_contact(self) -> None:
+        """Make a run a plain Temporal client started findable by its contact (start_run
+        sets the attribute at start), so an unsubscribe ends it too. Patched: histories
+        recorded before this replay without the upsert (engine 2 runs have no such past)."""
+        fresh = self._input.progress is None
+        known = workflow.info().typed_search_attributes.get(CONTACT_ID_ATTRIBUTE)
+        if fresh and not known and (self._engine2 or workflow.patched("contact-search-attribute")):
+            contact_id = self._input.contact.id
+            workflow.upsert_search_attributes([CONTACT_ID_ATTRIBUTE.value_set(contact_id)])
+
+    def _enter(self, step: Step) -> None:
+        if self._unsubscribed:
+            self._end(UNSUBSCRIBED, step.id)
+        visit = self._visits.get(step.id, 0) + 1
+        if visit > self._input.max_visits_per_step:
+            self._end(
+                VISIT_LIMIT,
+                step.id,
+                RunFailure(
+                    step_id=step.id,
+                    reason=f"step {step.id!r} was entered more than "
+                    f"{self._input.max_visits_per_step} times",
+                    kind="VisitLimit",
+                ),
+            )
+        self._visits[step.id] = visit
+        self._history.append(
+            StepVisit(step_id=step.id, type=step.type, visit=visit, started_at=workflow.now())
+        )
+
+    def _leave(self, result: str) -> None:
+        if self._history and self._history[-1].finished_at is None:
+            self._history[-1] = self._history[-1].model_copy(
+                update={"finished_at": workflow.now(), "result": result}
+            )
+
+    async def _execute(self, step: Step) -> str:
+        """Run one step; its result says what it did (``-> <step>`` for a branch)."""
+        match step:
+            case SendEmailStep():
+                return await self._send_email(step)
+            case SendVoiceStep():
+                return await self._place_call(step)
+            case WaitStep():
+                return await self._wait(step)
+            case BranchStep():
+                return self._branch(step)
+            case EndStep():
+                self._end(step.outcome, step.id)
+            case _:
+                assert_never(step)
+
+    async def _send_email(self, step: SendEmailStep) -> str:
+        input = self._input
+        assert input.plan.version is not None
+        message = SendEmailInput(
+            run_id=workflow.info().workflow_id,
+            execution=self._execution,
+            plan_id=input.plan.id,
+            plan_version=input.plan.version,
+            step=step,
+            visit=self._visits[step.id],
+            template=input.content.templates[step.template_id],
+            contact=input.contact,
+            variables=input.variables,
+            sender=input.sender,
+        )
+        result = await self._send(step, EmailChannel.send_email, message, f"email {step.id}")
+        return f"{result.status} {result.message_id}"
+
+    async def _place_call(self, step: SendVoiceStep) -> str:
+        input = self._input
+        assert input.plan.version is not None
+        message_id = step.voicemail.message_id
+        call = PlaceCallInput(
+            run_id=workflow.info().workflow_id,
+            execution=self._execution,
+            plan_id=input.plan.id,
+            plan_version=input.plan.version,
+            step=step,
+            visit=self._visits[step.id],
+            script=input.content.scripts[step.script_id],
+            voicemail_message=input.content.scripts[message_id] if message_id else None,
+            contact=input.contact,
+            variables=input.variables,
+        )
+        result = await self._send(step, VoiceChannel.place_call, call, f"call {step.id}")
+        return f"{result.status} {result.call_sid}"
+
+    async def _send(
+        self,
+        step: Step,
+        channel: Callable[[Any, _I], Awaitable[_R]],
+        message: _I,
+        summary: str,
+    ) -> _R:
+        """Run one channel's activity for ``step`` with the send options every channel
+        shares; a failure that outlasts the retries ends the run."""
+        if not self._engine2:
+            # Engine 1 showed every send as the current step; engine 2 shows waits only.
+            self._show_step(step.id)
+        # A cancelled run waits for its send to stop (or finish) before it reports
+        # cancelled, so nothing is sent after it says it has ended. Patched: runs that
+        # started before this do as they did (report at once).
+        waits = self._engine2 or workflow.patched("send-cancellation-waits")
+        try:
+            result = await workflow.execute_activity_method(
+                channel,
+                message,
+                start_to_close_timeout=SEND_TIMEOUT,
+                heartbeat_timeout=SEND_HEARTBEAT_TIMEOUT,
+                retry_policy=SEND_RETRY_POLICY,
+                summary=summary,
+                cancellation_type=(
+                    ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+                    if waits
+                    else ActivityCancellationType.TRY_CANCEL
+                ),
+            )
+        except ActivityError as error:
+            self._fail(step, error)
+        task = asyncio.current_task()
+        if waits and task is not None and task.cancelling():
+            # Cancelled while the send finished anyway: the run stops here, after it.
+            raise asyncio.CancelledError()
+        return result
+
+    async def _wait(self, step: WaitStep) -> str:
+        self._show_step(step.id)
+        until = self._wait_until or workflow.now() + step.duration.to_timedelta()
+        self._wait_until = None
+        if until <= workflow.now():
+            return f"waited {step.duration}"
+        try:
+            # An unsubscribe ends the run at once rather than after the wait; a long wait
+            # that gathers many events continues as new in the middle, keeping its end.
+            await workflow.wait_condition(
+                lambda: self._unsubscribed or self._should_continue_as_new(),
+                timeout=until - workflow.now(),
+                timeout_summary=f"wait {step.id} {step.duration}",
+            )
+        except TimeoutError:
+            return f"waited {step.duration}"
+        if self._unsubscribed:
+            self._end(UNSUBSCRIBED, step.id)
+        self._continue_as_new(wait_until=until)
+
+    def _branch(self, step: BranchStep) -> str:
+        context = ConditionContext(
+            events=self._tally,
+            visits=self._visits,
+            contact=self._input.contact.attributes(),
+            variables=self._input.variables,
+        )
+        for condition in step.conditions:
+            try:
+                holds = evaluate_condition(condition.when, context, step_id=step.id)
+            except ConditionError as error:
+                self._end(
+                    FAILED,
+                    step.id,
+                    RunFailure(step_id=step.id, reason=str(error), kind="ConditionError"),
+                )
+            if holds:
+                return f"-> {condition.goto}"
+        # Validation guarantees a default, which always holds.
+        raise AssertionError(f"branch {step.id!r} has no condition that holds")
+
+    # -- endings -------------------------------------------------------------------------
+
+    def _show_step(self, step_id: str) -> None:
+        """Make the step the run is blocked on searchable (one history event per step); in
+        engine 2 not again when it already shows (a wait resumed after continue-as-new)."""
+        shown = workflow.info().typed_search_attributes.get(CURRENT_STEP_ATTRIBUTE)
+        if self._engine2 and shown == step_id:
+            return
+        workflow.upsert_search_attributes([CURRENT_STEP_ATTRIBUTE.value_set(step_id)])
+
+    def _fail(self, step: Step, error: ActivityError) -> NoReturn:
+        cause: Any = error.cause
+        if isinstance(cause, CancelledError):
+            # The run itself was cancelled while the send was going on.
+            raise asyncio.CancelledError()
+        kind = cause.type if isinstance(cause, ApplicationError) else type(cause).__name__
+        reason = str(cause) if cause is not None else str(error)
+        workflow.logger.warning("run failed at step %s: %s", step.id, kind)
+        self._end(FAILED, step.id, RunFailure(step_id=step.id, reason=reason, kind=kind))
+
+    def _end(
+        self, outcome: str, step_id: str | None, failure: RunFailure | None = None
+    ) -> NoReturn:
+        raise _RunEnded(self._result_for(outcome, step_id, failure))
+
+    def _result_for(
+        self, outcome: str, step_id: str | None, failure: RunFailure | None = None
+    ) -> RunResult:
+        return RunResult(
+            outcome=outcome,
+            step_id=step_id,
+            failure=failure,
+            steps=sum(self._visits.values()),
+            events=len(self._seen) + self._dropped,
+        )
+
+    def _finish(self, result: RunResult) -> RunResult:
+        self._leave(f"outcome {result.outcome}")
+        self._result = result
+        self._current = result.step_id
+        workflow.upsert_search_attributes(
+            [
+                OUTCOME_ATTRIBUTE.value_set(result.outcome),
+                CURRENT_STEP_ATTRIBUTE.value_set(result.step_id or ""),
+            ]
+        )
+        return result
+
+    def _continue_as_new(self, *, wait_until: datetime | None = None) -> NoReturn:
+        assert self._current is not None
+        previous = self._input.progress
+        progress = RunProgress(
+            next_step=self._current,
+            visits=self._visits,
+            history=tuple(self._history[-MAX_CARRIED_HISTORY:]),
+            events=_latest_within(self._events, MAX_CARRIED_EVENT_BYTES),
+            started_at=previous.started_at if previous else workflow.info().start_time,
+            continued=(previous.continued + 1) if previous else 1,
+            execution=self._execution,
+            counts=event_counts(self._tally),
+            seen=pack_digests(self._seen),
+            dropped=self._dropped,
+            foreign=self._foreign,
+            unsubscribed=self._unsubscribed,
+            wait_until=wait_until,
+        )
+        carried = self._input.model_copy(update={"progress": progress})
+        if len(carried.model_dump_json()) > MAX_CARRIED_INPUT_BYTES:
+            # Only a run started by hand with a huge plan or contact gets here (DEE's own
+            # limits keep a run under it): shed what is only shown, else end the run.
+            shown = {"events": (), "history": progress.history[-1:]}
+            carried = carried.model_copy(update={"progress": progress.model_copy(update=shown)})
+            if len(carried.model_dump_json()) > MAX_CARRIED_INPUT_BYTES:
+                self._end(
+                    FAILED,
+                    self._current,
+                    RunFailure(
+                        step_id=self._current,
+                        reason="the run's input and what it carries no longer fit in one "
+                        f"Temporal payload ({MAX_CARRIED_INPUT_BYTES:,} bytes); start runs "
+                        "with smaller plans, contacts and variables",
+                        kind="RunTooLarge",
+                    ),
+                )
+        workflow.continue_as_new(carried)
