@@ -58,6 +58,9 @@ from tests.helpers.twilio_api import twilio_api  # noqa: E402
 
 #: Steps a run of the "neither" path executes: email, wait, branch, email, call, end.
 EXECUTED_STEPS = 6
+#: Whether DEE's runs start with the search attributes start_run sets (--no-start-attributes:
+#: without, to see what their visibility writes cost the server).
+START_ATTRIBUTES = True
 WORKFLOW_TYPES = {"dee": "ExecutionPlanWorkflow", "baseline": "HandWrittenSpecPlan"}
 
 
@@ -130,7 +133,7 @@ async def start(
         run_input,
         id=f"{task_queue}-{index}",
         task_queue=task_queue,
-        search_attributes=attributes if variant == "dee" else None,
+        search_attributes=attributes if variant == "dee" and START_ATTRIBUTES else None,
         start_delay=delay,
     )
 
@@ -190,7 +193,10 @@ async def main() -> None:
     parser.add_argument("--activities", choices=["real", "noop"], default="real")
     parser.add_argument("--runner", choices=["dee", "sandbox", "shared"], default="dee")
     parser.add_argument("--profile", type=Path, help="write each worker's cProfile here")
+    parser.add_argument("--no-start-attributes", action="store_true")
     args = parser.parse_args()
+    global START_ATTRIBUTES
+    START_ATTRIBUTES = not args.no_start_attributes
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     env = await start_dev_env()
