@@ -291,9 +291,9 @@ class _Starter:
         last: RPCError | None = None
         for attempt in range(self.retries + 1):
             if self.gave_up is not None:
-                return _refused(
-                    number, "failed", "temporal-unavailable", f"not tried: {self.gave_up}"
-                )
+                stopped = "not tried" if attempt == 0 else f"stopped after {attempt} tries"
+                reason = f"{stopped}: {self.gave_up}"
+                return _refused(number, "failed", "temporal-unavailable", reason)
             try:
                 await submit_run(
                     self.client, run, task_queue=self.task_queue, reuse_ended=self.restart_ended
