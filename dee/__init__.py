@@ -3,7 +3,8 @@
 Plans are written in Python (:mod:`dee.plans.builder`) or as JSON/YAML documents
 (:func:`load_plan`), validated as a whole (:func:`validate_plan`) and stored as immutable,
 numbered versions with their content (:class:`PlanRegistry`); runs are started, steered and
-inspected through :func:`start_run`, :func:`send_event`, :func:`run_state` and friends.
+inspected through :func:`start_run` (:func:`start_runs` for many contacts), :func:`send_event`,
+:func:`run_state` and friends.
 
 ``import dee`` stays light: what needs the database or the web server (the registry, the
 ledger and the server's stores, :func:`create_app`) is imported on first use.
@@ -58,6 +59,7 @@ from dee.plans.model import (
 )
 from dee.plans.validation import validate_plan
 from dee.plans.versions import PlanSummary, PlanVersion
+from dee.runs.bulk import BulkResult, ContactRow, RowResult, start_runs
 from dee.runs.channels import PlaceCallInput, PlaceCallResult, SendEmailInput, SendEmailResult
 from dee.runs.client import (
     RunSummary,
@@ -103,12 +105,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BranchStep",
+    "BulkResult",
     "Condition",
     "ConditionContext",
     "ConditionError",
     "Contact",
     "ContactIds",
     "ContactIdsError",
+    "ContactRow",
     "ContactSuppressedError",
     "ContentError",
     "DeeError",
@@ -141,6 +145,7 @@ __all__ = [
     "Problem",
     "RegistryError",
     "RenderedEmail",
+    "RowResult",
     "RunAlreadyStartedError",
     "RunClosedError",
     "RunError",
@@ -190,6 +195,7 @@ __all__ = [
     "run_state",
     "send_event",
     "start_run",
+    "start_runs",
     "steps",
     "to_mermaid",
     "transitions",

@@ -110,6 +110,11 @@ async def test_python_api_and_plain_client_examples_start_real_runs(
                 )
                 assert _finished(api), api.stderr
                 assert api.stdout.strip() in {"intro-email", "wait-for-reply"}
+                bulk = await asyncio.to_thread(
+                    _run_python, _python_block("dee.start_runs("), tmp_path, example_env
+                )
+                assert _finished(bulk), bulk.stderr
+                assert bulk.stdout == "1 [(2, 'missing-variables')]\n"
                 plain = await asyncio.to_thread(
                     _run_python, _python_block("Client.connect("), tmp_path, example_env
                 )
@@ -117,11 +122,13 @@ async def test_python_api_and_plain_client_examples_start_real_runs(
                 assert plain.stdout.strip() == "outbound-intro:crm-4711"
                 # The plain client's run is a DEE run: its first email goes out.
                 async with asyncio.timeout(30):
-                    while len(smtp.handler.messages) < 2:
+                    while len(smtp.handler.messages) < 3:
                         await asyncio.sleep(0.05)
-        assert [str(m.message["Subject"]) for m in smtp.handler.messages] == [
-            "Introducing DEE",
-            "Introducing DEE",
+        assert [str(m.message["Subject"]) for m in smtp.handler.messages] == ["Introducing DEE"] * 3
+        assert sorted(to for m in smtp.handler.messages for to in m.rcpt_tos) == [
+            "ana@example.com",
+            "bo@example.com",
+            "bob@example.com",
         ]
     finally:
         await env.shutdown()

@@ -4,6 +4,8 @@
 
     dee runs start PLAN_ID [--version N] --contact JSON|@FILE [--var KEY=VALUE ...]
                    [--run-id ID] [--sender EMAIL] [--task-queue QUEUE]   # prints the run id
+    dee runs start PLAN_ID [--version N] --contacts FILE.csv|.jsonl|.json [--var KEY=VALUE ...]
+                   [--concurrency N] [--restart-ended] ...   # a summary; see dee.cli._bulk
     dee runs event RUN_ID TYPE [--step STEP] [--id EVENT_ID]              # prints the event id
                                      # unsubscribe: also suppresses the contact, ends its runs
     dee runs show RUN_ID [--json]
@@ -29,9 +31,11 @@ from pydantic import ValidationError
 from temporalio.client import Client
 
 from dee.cli import _format as fmt
+from dee.cli._bulk import start_file
 from dee.plans.conditions import EVENT_TYPES
 from dee.plans.model import EMAIL_PATTERN, ID_PATTERN
 from dee.plans.registry import PlanRegistry
+from dee.runs.bulk import DEFAULT_CONCURRENCY
 from dee.runs.client import cancel_run, list_runs, run_state, send_event, start_run
 from dee.runs.contacts import ContactIds
 from dee.runs.model import DEFAULT_TASK_QUEUE, Contact, RunEvent
@@ -86,7 +90,11 @@ def _errors(error: ValidationError) -> str:
     )
 
 
-def _parse_contact(ctx: click.Context, param: click.Parameter, value: str) -> dict[str, Any]:
+def _parse_contact(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> dict[str, Any] | None:
+    if value is None:
+        return None
     text = value
     if value.startswith("@"):
         path = Path(value[1:])
@@ -142,9 +150,29 @@ def runs() -> None:
 @click.option(
     "--contact",
     metavar="JSON|@FILE",
-    required=True,
     callback=_parse_contact,
     help='The contact, as JSON ({"email": "ana@example.com", "firstName": "Ana"}) or @file.',
+)
+@click.option(
+    "--contacts",
+    "contacts_file",
+    metavar="FILE",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Many contacts: a .csv file (header line; var.NAME columns are run variables), "
+    ".jsonl or .json rows of {contact, variables, runId}.",
+)
+@click.option(
+    "--concurrency",
+    metavar="N",
+    type=click.IntRange(min=1, max=256),
+    default=DEFAULT_CONCURRENCY,
+    show_default=True,
+    help="With --contacts: starts in flight at a time.",
+)
+@click.option(
+    "--restart-ended",
+    is_flag=True,
+    help="With --contacts: start a contact again whose run has ended (default: skip it).",
 )
 @click.option(
     "--var",
@@ -174,20 +202,44 @@ def start(
     ctx: click.Context,
     plan_id: str,
     version: int | None,
-    contact: dict[str, Any],
+    contact: dict[str, Any] | None,
+    contacts_file: Path | None,
+    concurrency: int,
+    restart_ended: bool,
     variables: dict[str, str],
     run_id: str | None,
     sender: str | None,
     task_queue: str,
 ) -> None:
-    """Start a run of plan PLAN_ID for --contact; prints the run id.
+    """Start a run of plan PLAN_ID for --contact; prints the run id. Or one for each
+    contact of --contacts FILE: prints a summary and each refused row; exits 1 when a row
+    was refused, 2 when FILE cannot be read; safe to run again after an interruption.
 
     Refused, with every missing name, when the contact and --var lack what the plan's
     templates use; refused while a run with the same id is still active; refused when the
     contact's email address or phone number, which the plan uses, is suppressed.
     """
+    if (contact is None) == (contacts_file is None):
+        raise click.UsageError("give either --contact JSON or --contacts FILE")
+    if contacts_file is not None and run_id is not None:
+        raise click.UsageError("--run-id names one run: give a runId column in --contacts")
     with PlanRegistry(database_of(ctx)) as registry:
         stored = registry.get(plan_id, version=version)
+    if contacts_file is not None:
+        ctx.exit(
+            start_file(
+                stored,
+                contacts_file,
+                with_client=with_client,
+                database=database_of(ctx),
+                variables=variables,
+                sender=sender,
+                task_queue=task_queue,
+                concurrency=concurrency,
+                restart_ended=restart_ended,
+            )
+        )
+    assert contact is not None
     with ContactIds(database_of(ctx)) as contacts:
         try:
             person = Contact.model_validate(contacts.complete(contact))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import json
 import re
 import uuid
 from collections.abc import Iterable, Mapping
@@ -36,26 +35,16 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowQueryFailedError,
 )
-from temporalio.common import (
-    SearchAttributePair,
-    TypedSearchAttributes,
-    WorkflowIDConflictPolicy,
-    WorkflowIDReusePolicy,
-)
-from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from dee.plans.content import check_variables
 from dee.plans.model import ID_PATTERN
 from dee.plans.versions import PlanVersion
 from dee.runs._history import describe, not_found, state_from_history, worker_seen
+from dee.runs._start import prepare_run, reachable, submit_run
 from dee.runs.errors import (
     ContactSuppressedError,
-    RunAlreadyStartedError,
     RunBusyError,
     RunClosedError,
-    RunInputError,
-    RunInputTooLargeError,
     RunNotFoundError,
     RunUnavailableError,
 )
@@ -64,24 +53,16 @@ from dee.runs.model import (
     CURRENT_STEP_ATTRIBUTE,
     DEFAULT_MAX_VISITS_PER_STEP,
     DEFAULT_TASK_QUEUE,
-    ENGINE,
     EVENT_SIGNAL,
-    MAX_CONTACT_AND_VARIABLES_BYTES,
-    MAX_NESTING,
     OUTCOME_ATTRIBUTE,
     PLAN_ID_ATTRIBUTE,
     PLAN_VERSION_ATTRIBUTE,
-    RUN_ID_PATTERN,
     STATE_QUERY,
     WORKFLOW_NAME,
     Contact,
     RunEvent,
-    RunInput,
     RunState,
-    default_run_id,
-    nesting_problem,
 )
-from dee.runs.temporal import TemporalSetupError
 
 if TYPE_CHECKING:
     # Only the types: ``import dee`` must not load the SQL stack these are built on.
@@ -155,36 +136,6 @@ def contact_query(contact_ids: Iterable[str]) -> str | None:
     return f"{CONTACT_ID_ATTRIBUTE.name} IN ({', '.join(quoted)})"
 
 
-def _contact(contact: Contact | Mapping[str, Any], contact_ids: ContactIds | None) -> Contact:
-    if isinstance(contact, Contact):
-        return contact
-    given = dict(contact) if contact_ids is None else contact_ids.complete(contact)
-    return Contact.model_validate(given)
-
-
-def _summary(version: PlanVersion, contact: Contact) -> str:
-    return f"plan {version.plan.id} v{version.version} · contact {contact.id}"
-
-
-def _details(
-    run_id: str, version: PlanVersion, contact: Contact, variables: Mapping[str, Any]
-) -> str:
-    plan = version.plan
-    names = ", ".join(f"`{name}`" for name in sorted(variables)) or "none"
-    return "\n".join(
-        [
-            f"**{plan.name}** (`{plan.id}` v{version.version}) for contact `{contact.id}`.",
-            "",
-            f"- steps: {len(plan.steps)}, starting at `{plan.steps[0].id}`",
-            f"- run variables: {names}",
-            f"- digest: `{version.digest[:12]}`",
-            "",
-            f"Inspect with `dee runs show {run_id}`; the plan with `dee plans show {plan.id} "
-            f"--version {version.version}`.",
-        ]
-    )
-
-
 async def start_run(
     client: Client,
     version: PlanVersion,
@@ -221,70 +172,19 @@ async def start_run(
     """
     if contact_ids is not None:
         await asyncio.to_thread(getattr, contact_ids, "key")  # read once, off the loop
-    person = _contact(contact, contact_ids)
-    given = dict(variables or {})
-    plan = version.plan
-    check_variables(plan, version.content, contact=person.attributes(), variables=given)
-    if run_id is not None and not re.fullmatch(RUN_ID_PATTERN, run_id):
-        raise RunInputError(
-            f"run id {run_id!r} is not one DEE takes: it starts with a letter or digit and "
-            "holds no whitespace, control characters or slashes, at most 255 characters",
-            run_id=run_id[:255],
-        )
-    run_id = run_id or default_run_id(plan.id, person.id)
-    for field, value in (("contact", person.attributes()), ("variables", given)):
-        deep = nesting_problem(value, path=field)
-        if deep is not None:
-            raise RunInputError(
-                f"{deep} nests deeper than {MAX_NESTING} levels of lists and objects: flatten it",
-                run_id=run_id,
-            )
-    size = len(person.model_dump_json().encode()) + len(json.dumps(given).encode())
-    if size > MAX_CONTACT_AND_VARIABLES_BYTES:
-        raise RunInputTooLargeError(run_id, size, MAX_CONTACT_AND_VARIABLES_BYTES)
-    if suppressions is not None:
-        await _check_suppressed(suppressions, version, person, run_id)
-    run_input = RunInput(
-        plan=plan,
-        content=version.content,
-        digest=version.digest,
-        contact=person,
-        variables=given,
+    prepared = prepare_run(
+        version,
+        contact=contact,
+        variables=variables,
+        run_id=run_id,
         sender=sender,
         max_visits_per_step=max_visits_per_step,
-        engine=ENGINE,
+        contact_ids=contact_ids,
     )
-    try:
-        await client.start_workflow(
-            WORKFLOW_NAME,
-            run_input,
-            id=run_id,
-            task_queue=task_queue,
-            # A finished run's id may be used again; an active one may not.
-            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-            search_attributes=TypedSearchAttributes(
-                [
-                    SearchAttributePair(PLAN_ID_ATTRIBUTE, plan.id),
-                    SearchAttributePair(PLAN_VERSION_ATTRIBUTE, version.version),
-                    SearchAttributePair(CONTACT_ID_ATTRIBUTE, person.id),
-                    # Shown until the run first waits (engine 2 shows waits only).
-                    SearchAttributePair(CURRENT_STEP_ATTRIBUTE, plan.steps[0].id),
-                ]
-            ),
-            static_summary=_summary(version, person),
-            static_details=_details(run_id, version, person, given),
-        )
-    except WorkflowAlreadyStartedError as exc:
-        raise RunAlreadyStartedError(run_id) from exc
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.INVALID_ARGUMENT and "search attribute" in exc.message:
-            raise TemporalSetupError(
-                f"Temporal namespace {client.namespace!r} lacks DEE's search attributes "
-                f"({exc.message}): start `dee worker` or `dee dev` once, which registers them"
-            ) from exc
-        raise
-    return run_id
+    if suppressions is not None:
+        await _check_suppressed(suppressions, version, prepared.contact, prepared.run_id)
+    await submit_run(client, prepared, task_queue=task_queue)
+    return prepared.run_id
 
 
 def _signals_exhausted(exc: RPCError) -> bool:
@@ -298,12 +198,7 @@ async def _check_suppressed(
 ) -> None:
     """:class:`ContactSuppressedError` when a channel the plan uses would reach the contact
     at a suppressed address or number."""
-    used = {step.type for step in version.plan.steps}
-    wanted = [
-        value
-        for value, step_type in ((contact.email, "sendEmail"), (contact.phone, "sendVoice"))
-        if value is not None and step_type in used
-    ]
+    wanted = reachable(version, contact)
     for value in wanted:
         found = await asyncio.to_thread(suppressions.suppression, value)
         if found is not None:

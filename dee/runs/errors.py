@@ -78,7 +78,12 @@ class RunUnavailableError(RunError):
 
 class RunInputError(RunError):
     """The run was not started: its id, contact or variables are not something a run can
-    carry (see the message for which and why)."""
+    carry (see the message for why). ``field`` says which: ``runId``, ``contact`` or
+    ``variables`` (``None`` for the contact and variables together)."""
+
+    def __init__(self, message: str, *, run_id: str, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(message, run_id=run_id)
 
 
 class RunInputTooLargeError(RunInputError):

@@ -3,7 +3,7 @@
 ``create_app`` builds the FastAPI app; ``dee serve`` runs it under uvicorn. Its parts:
 
 - the REST API under ``/v1`` (:mod:`dee.server.plans_api`, :mod:`dee.server.runs_api`,
-  :mod:`dee.server.suppressions_api`), behind bearer API keys;
+  :mod:`dee.server.bulk_api`, :mod:`dee.server.suppressions_api`), behind bearer API keys;
 - tracking pixels, click redirects and unsubscribes (:mod:`dee.server.tracking_routes`),
   answering the signed links the email activity puts in every message;
 - provider webhooks (:mod:`dee.server.inbound_routes`, :mod:`dee.server.twilio_routes`): replies,
@@ -27,6 +27,7 @@ from temporalio.client import Client
 from dee.plans.registry import PlanRegistry
 from dee.runs.codec import EncryptionCodec, parse_payload_keys
 from dee.server import (
+    bulk_api,
     codec_routes,
     inbound_routes,
     plans_api,
@@ -90,11 +91,15 @@ def create_app(
         openapi_url="/openapi.json",
     )
     app.state.dee = state
-    api = (plans_api, runs_api, suppressions_api)
+    api = (plans_api, runs_api, bulk_api, suppressions_api)
     for module in (*api, tracking_routes, inbound_routes, twilio_routes, codec_routes):
         app.include_router(module.router)
     install_error_answers(
-        app, larger_bodies={codec_routes.PREFIX + "/": codec_routes.MAX_BODY_BYTES}
+        app,
+        larger_bodies={
+            codec_routes.PREFIX + "/": codec_routes.MAX_BODY_BYTES,
+            bulk_api.PATH: bulk_api.MAX_BULK_BODY_BYTES,
+        },
     )
     if settings.codec_origins:
         app.add_middleware(codec_routes.CodecCors, origins=settings.codec_origins)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import uvicorn
@@ -13,11 +14,13 @@ from fastapi import FastAPI
 from temporalio.client import Client
 
 from dee.plans.registry import PlanRegistry
+from dee.runs.ledger import SendLedger
 from dee.server.app import create_app
 from dee.settings import Settings
-from tests.helpers.smtp import free_port
+from tests.helpers.smtp import SmtpServer, free_port, smtp_server
+from tests.helpers.temporal import new_task_queue, running_worker
 
-__all__ = ["RunningServer", "running_server"]
+__all__ = ["RunningServer", "running_server", "server_with_worker"]
 
 
 @dataclass
@@ -58,3 +61,29 @@ async def running_server(
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, timeout=20)
+
+
+@contextlib.asynccontextmanager
+async def server_with_worker(
+    client: Client, folder: Path, *, api_key: str
+) -> AsyncIterator[tuple[RunningServer, SmtpServer]]:
+    """The app and DEE's worker on a task queue of their own, with a SQLite database in
+    ``folder``, the runs' emails going to a real SMTP server; requests carry ``api_key``."""
+    database = f"sqlite:///{folder / 'dee.db'}"
+    task_queue = new_task_queue()
+    async with smtp_server() as smtp:
+        settings = Settings(
+            database_url=database,
+            smtp_url=smtp.url,
+            from_address="sales@example.com",
+            secret_key="test-secret-key",
+            task_queue=task_queue,
+            api_keys=(api_key,),
+        )
+        with PlanRegistry(database) as registry, SendLedger(database) as ledger:
+            async with (
+                running_worker(client, task_queue=task_queue, settings=settings, ledger=ledger),
+                running_server(settings, client=client, registry=registry) as up,
+            ):
+                up.http.headers.update({"Authorization": f"Bearer {api_key}"})
+                yield up, smtp

@@ -74,6 +74,22 @@ def test_one_list_for_both_channels(database_url: str) -> None:
         assert not store.is_suppressed("ana@example.com")
 
 
+def test_many_values_are_looked_up_at_once(database_url: str) -> None:
+    with Suppressions(database_url) as suppressions:
+        suppressions.suppress("ana@example.com", reason="bounce")
+        suppressions.suppress("+15557654321", reason="unsubscribe")
+        others = [f"person{number}@example.com" for number in range(1200)]
+        found = suppressions.suppressions_of(
+            [*others, " Ana@Example.COM", "ana@example.com", "+1 (555) 765-4321", "not a value"]
+        )
+    # By the value as given; spellings of one address each find it; the rest are absent.
+    assert {value: entry.reason for value, entry in found.items()} == {
+        " Ana@Example.COM": "bounce",
+        "ana@example.com": "bounce",
+        "+1 (555) 765-4321": "unsubscribe",
+    }
+
+
 def test_a_database_at_the_previous_head_upgrades_with_its_rows(database_url: str) -> None:
     engine = make_engine(resolve_url(database_url))
     at = datetime.datetime(2026, 1, 2, tzinfo=datetime.UTC)

@@ -21,11 +21,10 @@ from temporalio.testing import WorkflowEnvironment
 
 from dee.plans.loader import plan_from_document
 from dee.plans.registry import PlanRegistry
-from dee.runs.ledger import SendLedger
 from dee.settings import Settings
-from tests.helpers.server import RunningServer, running_server
-from tests.helpers.smtp import SmtpServer, free_port, smtp_server
-from tests.helpers.temporal import executable, new_task_queue, running_worker
+from tests.helpers.server import RunningServer, running_server, server_with_worker
+from tests.helpers.smtp import SmtpServer, free_port
+from tests.helpers.temporal import executable
 
 KEY = "key-for-tests"
 OTHER_KEY = "another-key"
@@ -97,31 +96,11 @@ async def engine_api(
     """One server and worker for the run tests of this module (each uses its own contacts),
     sending to a real SMTP server."""
     folder = tmp_path_factory.mktemp("api")
-    database = f"sqlite:///{folder / 'dee.db'}"
-    task_queue = new_task_queue()
-    async with smtp_server() as smtp:
-        settings = Settings(
-            database_url=database,
-            smtp_url=smtp.url,
-            from_address="sales@example.com",
-            secret_key="test-secret-key",
-            task_queue=task_queue,
-            api_keys=(KEY,),
-        )
-        with PlanRegistry(database) as registry, SendLedger(database) as ledger:
-            async with (
-                running_worker(
-                    dev_env.client, task_queue=task_queue, settings=settings, ledger=ledger
-                ),
-                running_server(settings, client=dev_env.client, registry=registry) as up,
-            ):
-                up.http.headers.update(authorized())
-                for plan, content in ((NUDGE, NUDGE_CONTENT), (SLOW, {})):
-                    created = await up.http.post(
-                        "/v1/plans", json={"plan": plan, "content": content}
-                    )
-                    assert created.status_code == 201, created.text
-                yield up, smtp
+    async with server_with_worker(dev_env.client, folder, api_key=KEY) as (up, smtp):
+        for plan, content in ((NUDGE, NUDGE_CONTENT), (SLOW, {})):
+            created = await up.http.post("/v1/plans", json={"plan": plan, "content": content})
+            assert created.status_code == 201, created.text
+        yield up, smtp
 
 
 async def until(
@@ -185,8 +164,8 @@ async def test_every_api_route_needs_a_key(dev_env: WorkflowEnvironment, tmp_pat
             for method in operations
             if path.startswith("/v1/")
         ]
-        # The /v1 routes, hits, unmatched inbound and the suppression list included.
-        assert len(routes) == 16
+        # The /v1 routes, hits, unmatched inbound, the bulk start and the suppression list.
+        assert len(routes) == 17
         async with httpx.AsyncClient(base_url=up.url) as anonymous:
             for method, path in routes:
                 url = path.replace("{plan_id}", "p").replace("{version}", "1")

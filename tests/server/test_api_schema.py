@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import tempfile
 import threading
 import time
@@ -107,6 +108,13 @@ def _document() -> dict[str, Any]:
     ):
         app = create_app(Settings(), client=cast(Client, None), registry=registry)
         return app.openapi()
+
+
+@schemathesis.serializer("application/x-ndjson")
+def _json_lines(ctx: Any, value: Any) -> bytes:
+    """The bulk start's JSON Lines body: generated rows, one a line (anything else as JSON)."""
+    items = value if isinstance(value, list) else [value]
+    return "\n".join(json.dumps(item) for item in items).encode()
 
 
 DOCUMENT = _document()
