@@ -16,6 +16,7 @@ Then a burst of 1,000 fetches of one pixel, against 1,000 plain signals of one e
 history events each adds to its run.
 
     .venv/bin/python benchmarks/tracking.py [--runs 500] [--rounds 2] [--concurrency 32]
+        [--serve-option=--http=h11 ...] [--profile server.prof]
 """
 
 from __future__ import annotations
@@ -263,6 +264,18 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight")
     parser.add_argument("--burst", type=int, default=1000, help="hits in the burst")
     parser.add_argument("--database-url", help="default: a new SQLite file")
+    parser.add_argument(
+        "--serve-option",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="passed on to `dee serve` (e.g. --serve-option=--http=h11); repeatable",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="run `dee serve` under cProfile and write its stats to FILE when it stops",
+    )
     args = parser.parse_args()
     env = await start_dev_env()
     client = env.client
@@ -299,8 +312,18 @@ async def main() -> None:
                 env=process_env,
             )
             processes.append(worker)
+            profiler = ["-m", "cProfile", "-o", args.profile] if args.profile else []
             server = subprocess.Popen(
-                [sys.executable, "-m", "dee.cli.main", "serve", "--port", str(port)],
+                [
+                    sys.executable,
+                    *profiler,
+                    "-m",
+                    "dee.cli.main",
+                    "serve",
+                    "--port",
+                    str(port),
+                    *args.serve_option,
+                ],
                 env=process_env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
