@@ -312,13 +312,15 @@ async def main() -> None:
                 env=process_env,
             )
             processes.append(worker)
-            profiler = ["-m", "cProfile", "-o", args.profile] if args.profile else []
+            dee = (
+                [str(ROOT / "benchmarks" / "_profiled.py"), args.profile]
+                if args.profile
+                else ["-m", "dee.cli.main"]
+            )
             server = subprocess.Popen(
                 [
                     sys.executable,
-                    *profiler,
-                    "-m",
-                    "dee.cli.main",
+                    *dee,
                     "serve",
                     "--port",
                     str(port),

@@ -14,13 +14,14 @@ target is the URL inside the signed token and nothing else, so there is no open 
 ``HEAD`` (what link checkers send) answers like ``GET`` but counts as no hit.
 
 Every valid hit is kept with its user agent and time (:class:`dee.server.hits.HitStore`, in
-``DEE_DATABASE_URL``, opened once per app by ``ServerState.store``), and opens and clicks
-are collapsed: only the first hit of a run, step, visit and kind signals the run (see
-:mod:`dee.server.hits`). The signal goes after the answer, so the contact never waits on Temporal
-and always gets the GIF or the redirect: if the run has ended the hit is only kept; if
-Temporal cannot be reached the key is given back and a later hit signals. The key records
-that its signal went out (or that the run had ended); if the server dies before, the
-sweeper (:mod:`dee.server.sweeper`) signals it later.
+``DEE_DATABASE_URL``), and opens and clicks are collapsed: only the first hit of a run,
+step, visit and kind signals the run (see :mod:`dee.server.hits`). The answer waits for the
+commit that keeps the hit, one commit shared by every hit arriving meanwhile, and never for
+Temporal: the signal goes out afterwards, from a stage that signals in batches
+(:mod:`dee.server.recorder`). If the run has ended the hit is only kept; if Temporal cannot
+be reached, or the server dies before the signal, the key stays pending and the sweeper
+(:mod:`dee.server.sweeper`) signals it later. If the database fails, the contact still gets
+the GIF or the redirect and the hit is logged as lost.
 
 An unsubscribe puts the address on the suppression list (source ``one-click``), then sends
 ``unsubscribe`` to the token's run and to every other running run of the same contact
@@ -37,9 +38,8 @@ import logging
 from typing import Annotated, Any, Final
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
-from temporalio.client import Client
 from temporalio.service import RPCError
 
 from dee.runs.contacts import ContactIds
@@ -55,14 +55,8 @@ from dee.runs.tracking import (
 )
 from dee.runs.unsubscribe import unsubscribe as unsubscribe_contact
 from dee.server._http import ApiError
-from dee.server.hits import (
-    HitKind,
-    HitStore,
-    HitStoreError,
-    SignalClaim,
-)
+from dee.server.hits import HitKind, HitStore, HitStoreError, NewHit
 from dee.server.state import ServerState, server_state
-from dee.server.sweeper import deliver
 
 __all__ = ["router"]
 
@@ -117,19 +111,16 @@ def _address(state: ServerState, payload: dict[str, Any]) -> str:
 
 
 @router.api_route("/t/o/{token}", methods=["GET", "HEAD"])
-async def open_pixel(
-    token: str, request: Request, background: BackgroundTasks, state: State
-) -> Response:
+async def open_pixel(token: str, request: Request, state: State) -> Response:
     payload = _verify(state, token, OPEN)
     if request.method == "GET":
-        await _hit(state, background, request, payload, kind="open")
+        user_agent = request.headers.get("user-agent")
+        await _hit(state, payload, kind="open", user_agent=user_agent)
     return Response(PIXEL, media_type="image/gif", headers=_NO_STORE)
 
 
 @router.api_route("/t/c/{token}", methods=["GET", "HEAD"])
-async def click(
-    token: str, request: Request, background: BackgroundTasks, state: State
-) -> Response:
+async def click(token: str, request: Request, state: State) -> Response:
     payload = _verify(state, token, CLICK)
     url: str = payload["u"]
     parts = urlsplit(url)
@@ -137,61 +128,36 @@ async def click(
         # DEE only signs http(s) links; anything else is no place to send a contact.
         raise ApiError(404, "invalid-token", "this link is not valid: it leads nowhere")
     if request.method == "GET":
-        await _hit(state, background, request, payload, kind="click", url=url)
+        user_agent = request.headers.get("user-agent")
+        await _hit(state, payload, kind="click", url=url, user_agent=user_agent)
     return RedirectResponse(url, status_code=302, headers=_NO_REFERRER)
 
 
 async def _hit(
     state: ServerState,
-    background: BackgroundTasks,
-    request: Request,
     payload: dict[str, Any],
     *,
     kind: HitKind,
     url: str | None = None,
+    user_agent: str | None,
 ) -> None:
-    """Keep the hit; if it is the first of its key, signal the run after answering."""
+    """Keep the hit before answering, in a commit shared with the hits arriving with it;
+    if it takes its key, the run is signalled afterwards (:mod:`dee.server.recorder`)."""
+    hit = NewHit(
+        payload["r"],
+        kind,
+        step_id=payload["s"],
+        visit=payload["v"],
+        url=url,
+        user_agent=user_agent,
+        execution=execution_of(payload),
+    )
     try:
-        store = await state.store(HitStore)
-        claim = await asyncio.to_thread(
-            store.record_hit,
-            payload["r"],
-            kind=kind,
-            step_id=payload["s"],
-            visit=payload["v"],
-            url=url,
-            user_agent=request.headers.get("user-agent"),
-            execution=execution_of(payload),
-        )
+        await state.recorder.record(hit)
     except HitStoreError as exc:
         # The contact still gets the image or the link; without the key nothing signals,
         # which beats signalling every hit.
         logger.error("a %s hit was not kept: %s", kind, exc)
-        return
-    if claim is not None:
-        background.add_task(_signal, state.client, store, claim)
-
-
-async def _signal(client: Client, store: HitStore, claim: SignalClaim) -> None:
-    try:
-        outcome = await deliver(client, claim)
-    except Exception as exc:
-        # The key stays pending: the sweeper signals it once Temporal answers again, whether
-        # or not another hit comes. Only the error's type: its text may name the run.
-        logger.warning(
-            "a %s signal did not go out (%s); the sweeper retries it",
-            claim.kind,
-            type(exc).__name__,
-        )
-        return
-    if outcome != "signalled":
-        # Nobody left to tell; the hit is kept and the key stays taken.
-        logger.debug("%s of step %s not signalled: the run has ended", claim.kind, claim.step_id)
-    try:
-        await asyncio.to_thread(store.settle, [(claim, outcome)])
-    except HitStoreError as exc:
-        # The sweeper signals the key again; the run drops the repeat by its event id.
-        logger.warning("a %s signal went out but was not recorded: %s", claim.kind, exc)
 
 
 # -- unsubscribes -----------------------------------------------------------------------------

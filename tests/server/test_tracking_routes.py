@@ -363,7 +363,7 @@ async def test_only_web_links_are_followed_even_when_signed(
 async def test_a_hit_for_an_ended_run_is_kept_and_still_answered(
     offline_settings: Settings, dev_env: WorkflowEnvironment, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="dee.server.tracking_routes")
+    caplog.set_level(logging.INFO, logger="dee.server")
     run_id = f"gone-{uuid.uuid4().hex[:8]}:ana@example.com"
     async with running_server(offline_settings, client=dev_env.client) as server:
         pixel = open_pixel_url(server.url, secret=SECRET, run_id=run_id, step_id="intro", visit=1)
@@ -374,7 +374,7 @@ async def test_a_hit_for_an_ended_run_is_kept_and_still_answered(
             # The signal was tried in the background and found no run; no one to tell,
             # so no retries: the key stays taken.
             async with asyncio.timeout(10):
-                while "not signalled: the run has ended" not in caplog.text:
+                while "not signalled: run-not-found (no more tries)" not in caplog.text:
                     await asyncio.sleep(0.05)
             assert hits.is_signalled(run_id, step_id="intro", visit=1, kind="open")
             assert await outcome(hits, run_id, "open") == "run-not-found"
@@ -383,14 +383,14 @@ async def test_a_hit_for_an_ended_run_is_kept_and_still_answered(
 async def test_when_temporal_is_unreachable_the_key_waits_for_the_sweeper(
     offline_settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="dee.server.tracking_routes")
+    caplog.set_level(logging.WARNING, logger="dee.server")
     client = await Client.connect(
         f"127.0.0.1:{free_port()}", lazy=True, data_converter=pydantic_data_converter
     )
     run_id = "plan:ana@example.com"
 
     async def failures() -> int:
-        return len([r for r in caplog.records if "the sweeper retries it" in r.getMessage()])
+        return len([r for r in caplog.records if "the sweeper retries them" in r.getMessage()])
 
     async with running_server(offline_settings, client=client) as server:
         link = click_url(
