@@ -103,6 +103,8 @@ def create_app(
     )
     if settings.codec_origins:
         app.add_middleware(codec_routes.CodecCors, origins=settings.codec_origins)
+    # Pixels and redirects are answered before the rest of the stack, and logged.
+    app.add_middleware(tracking_routes.TrackingHits, state=state)
     # Outermost, so it sees every answer, refusals by the body limit included.
     app.add_middleware(AccessLog)
     quiet_uvicorn_access_log()

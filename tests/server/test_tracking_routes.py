@@ -513,6 +513,29 @@ async def test_the_page_escapes_what_it_shows(
         assert "<b>a" not in page.text
 
 
+async def test_pixels_and_redirects_answer_only_get_and_head(
+    offline_settings: Settings, dev_env: WorkflowEnvironment
+) -> None:
+    run_id = "p:ana@example.com"
+    async with running_server(offline_settings, client=dev_env.client) as server:
+        pixel = open_pixel_url(server.url, secret=SECRET, run_id=run_id, step_id="s", visit=1)
+        for method in ("POST", "PUT", "DELETE"):
+            answer = await server.http.request(method, path_of(pixel, server))
+            assert (answer.status_code, answer.json()) == (
+                405,
+                {"code": "method-not-allowed", "message": "Method Not Allowed"},
+            )
+            assert answer.headers["allow"] == "GET, HEAD"
+        # Under /t/ but no pixel or redirect: the app's own 404.
+        for path in ("/t/o/", "/t/o/a/b", "/t/x/token", "/t/o"):
+            answer = await server.http.get(path)
+            assert (answer.status_code, answer.json()["code"]) == (404, "not-found"), path
+        # The control: the same pixel fetched keeps its hit.
+        assert (await server.http.get(path_of(pixel, server))).status_code == 200
+        with HitStore(offline_settings.database_url) as hits:
+            assert [hit.kind for hit in hits.hits(run_id)] == ["open"]
+
+
 async def test_without_a_secret_key_links_cannot_be_checked(
     tmp_path: Path, dev_env: WorkflowEnvironment
 ) -> None:
