@@ -140,16 +140,7 @@ class HitStore(Suppressions):
             if hit.kind != "unsubscribe":
                 first.setdefault(hit.key, index)
         with self._writing() as connection:
-            ids = (
-                connection.execute(
-                    insert(tracking_hits).returning(
-                        tracking_hits.c.id, sort_by_parameter_order=True
-                    ),
-                    rows,
-                )
-                .scalars()
-                .all()
-            )
+            ids = connection.execute(_INSERT_HITS, rows).scalars().all()
             if not first:
                 return claims
             # Keys in one order for every server, so two batches never wait on each other.
@@ -180,14 +171,12 @@ class HitStore(Suppressions):
         if not settled:
             return 0
         now = datetime.datetime.now(datetime.UTC)
-        statement = (
-            update(tracking_signals)
-            .where(*_KEY_PARAMETERS, tracking_signals.c.done_at.is_(None))
-            .values(done_at=now, outcome=bindparam("k_outcome"))
-        )
-        rows = [{**_key_parameters(claim), "k_outcome": outcome} for claim, outcome in settled]
+        rows = [
+            {**_key_parameters(claim), "k_outcome": outcome, "k_done_at": now}
+            for claim, outcome in settled
+        ]
         with self._writing() as connection:
-            return connection.execute(statement, rows).rowcount
+            return connection.execute(_SETTLE, rows).rowcount
 
     @database_errors
     def take_due(
@@ -363,6 +352,13 @@ _KEY_PARAMETERS: Final = (
     tracking_signals.c.claim == bindparam("k_claim"),
 )
 
+#: Settling pending keys, one row of parameters per claim; built once (see :meth:`settle`).
+_SETTLE: Final = (
+    update(tracking_signals)
+    .where(*_KEY_PARAMETERS, tracking_signals.c.done_at.is_(None))
+    .values(done_at=bindparam("k_done_at"), outcome=bindparam("k_outcome"))
+)
+
 
 def _key_parameters(claim: SignalClaim) -> dict[str, Any]:
     return {
@@ -395,12 +391,24 @@ _KEY_COLUMNS: Final = (
 )
 
 
+#: Inserting keys unless held, per dialect: built once, they are not built again per batch.
+_TAKE_KEYS: Final[dict[str, Any]] = {
+    name: dialect.insert(tracking_signals)
+    .on_conflict_do_nothing(index_elements=list(_KEY_COLUMNS))
+    .returning(*_KEY_COLUMNS)
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
+#: Inserting hits, their ids back in the order of the rows.
+_INSERT_HITS: Final = insert(tracking_hits).returning(
+    tracking_hits.c.id, sort_by_parameter_order=True
+)
+
+
 def _take_keys(
     connection: Connection, taking: Sequence[tuple[SignalClaim, int]]
 ) -> set[tuple[Any, ...]]:
     """Insert the keys of ``taking`` (each claim with the id of its hit) that no hit holds
     yet, in one statement; the keys it inserted."""
-    dialect: Any = postgresql if connection.dialect.name == "postgresql" else sqlite
     rows = [
         {
             "run_id": claim.run_id,
@@ -414,13 +422,10 @@ def _take_keys(
         }
         for claim, hit_id in taking
     ]
-    # ON CONFLICT DO NOTHING: on PostgreSQL a failed INSERT would abort the transaction.
-    inserted = connection.execute(
-        dialect.insert(tracking_signals)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=list(_KEY_COLUMNS))
-        .returning(*_KEY_COLUMNS)
-    ).all()
+    # ON CONFLICT DO NOTHING: on PostgreSQL a failed INSERT would abort the transaction. As
+    # an executemany (SQLAlchemy sends it as multi-row INSERTs) its SQL is compiled once;
+    # a statement with the rows in it would be compiled again for every batch.
+    inserted = connection.execute(_TAKE_KEYS[connection.dialect.name], rows).all()
     return {tuple(row) for row in inserted}
 
 
