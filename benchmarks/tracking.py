@@ -66,6 +66,8 @@ class Measurement:
     signals: int
     seconds: float
     latencies: list[float]
+    #: Seconds from the start to the last answer.
+    answered: float
     #: CPU seconds the ``dee serve`` process used meanwhile.
     server_cpu: float
     #: Of which its main thread (the event loop: HTTP, tokens, signals).
@@ -253,6 +255,7 @@ async def measure(
         cpu_seconds(os.getpid()),
     ]
     started, latencies = await bounded(calls, concurrency)
+    answered = time.time() - started
     # Idle past uvicorn's keep-alive, connections would be closed under the next round.
     await http.close()
     last = await last_signal_time(client, run_ids, len(run_ids))
@@ -263,7 +266,14 @@ async def measure(
     ]
     server_cpu, loop_cpu, client_cpu = (b - a for a, b in zip(before, after, strict=True))
     return Measurement(
-        variant, len(run_ids), last - started, latencies, server_cpu, loop_cpu, client_cpu
+        variant,
+        len(run_ids),
+        last - started,
+        latencies,
+        answered,
+        server_cpu,
+        loop_cpu,
+        client_cpu,
     )
 
 
@@ -310,7 +320,8 @@ def summary(result: Measurement) -> str:
     loop = result.loop_cpu / result.signals * 1000
     client = result.client_cpu / result.signals * 1000
     return (
-        f"{result.per_second:7.1f} signals/s  p50 {p50:6.1f} ms  server CPU {cpu:5.2f} ms each "
+        f"{result.per_second:7.1f} signals/s  last answer {result.answered:5.2f} s, last signal "
+        f"{result.seconds:5.2f} s  p50 {p50:6.1f} ms  server CPU {cpu:5.2f} ms each "
         f"(loop {loop:5.2f})  load generator {client:5.2f} ms each"
     )
 
