@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
 from temporalio.api.enums.v1 import EventType  # noqa: E402
 from temporalio.client import Client  # noqa: E402
 
@@ -51,7 +52,9 @@ from dee.plans.registry import PlanRegistry  # noqa: E402
 from dee.plans.versions import PlanVersion  # noqa: E402
 from dee.runs.client import send_event, start_run  # noqa: E402
 from dee.runs.tracking import open_pixel_url  # noqa: E402
-from dee.server.hits import HitStore, SignalStatus  # noqa: E402
+from dee.server._tracking_tables import tracking_signals  # noqa: E402
+from dee.server.hits import HitStore  # noqa: E402
+from dee.storage.database import make_engine, resolve_url  # noqa: E402
 from tests.helpers.smtp import free_port  # noqa: E402
 from tests.helpers.temporal import start_dev_env  # noqa: E402
 
@@ -207,26 +210,27 @@ class Http11:
 
 async def settled(database: str, run_ids: list[str]) -> None:
     """Until the server has settled the keys of ``run_ids`` (their signals are in), read
-    from its database: polling the runs' histories meanwhile would load Temporal while the
-    server still signals through it, which the plain client's signals never compete with."""
-    with HitStore(database) as store:
+    from its database with one query every 0.1 s: polling the runs' histories meanwhile
+    would load Temporal while the server still signals through it, which the plain
+    client's signals never compete with."""
+    engine = make_engine(resolve_url(database))
+    signals = tracking_signals.c
+    done = (
+        select(func.count())
+        .select_from(tracking_signals)
+        .where(signals.run_id.in_(run_ids), signals.done_at.is_not(None))
+    )
 
-        def statuses(run_ids: list[str]) -> list[SignalStatus | None]:
-            return [
-                store.signal_status(run_id, step_id=STEP, visit=1, kind="open")
-                for run_id in run_ids
-            ]
+    def count() -> int:
+        with engine.connect() as connection:
+            return int(connection.execute(done).scalar_one())
 
+    try:
         deadline = time.monotonic() + 60
-        pending = list(run_ids)
-        while pending and time.monotonic() < deadline:
-            found = await asyncio.to_thread(statuses, pending)
-            pending = [
-                run_id
-                for run_id, status in zip(pending, found, strict=True)
-                if status is None or status.outcome is None
-            ]
-            await asyncio.sleep(0.05)
+        while await asyncio.to_thread(count) < len(run_ids) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+    finally:
+        engine.dispose()
 
 
 def cpu_seconds(pid: int, *, thread: int | None = None) -> float:
