@@ -3,19 +3,23 @@
 On one Temporal dev server, with DEE's worker and ``dee serve`` each in a process of their
 own, runs of a plan that only waits get one ``open`` each:
 
-- through the tracking server: a GET of each run's signed pixel URL over HTTP, which keeps
-  the hit in the database, takes the run's collapse key and signals after answering;
+- through the tracking server: a GET of each run's signed pixel URL over HTTP/1.1 (a small
+  keep-alive client, :class:`Http11`), which keeps the hit in the database, takes the run's
+  collapse key and signals after answering;
 - through a plain Temporal client: ``dee.runs.client.send_event``, the same event, directly.
 
 Both with the same number of requests in flight. Signals per second are counted from the
 start to the Temporal server's own time stamp of the last signal event, read from the
 runs' histories afterwards, so signals still in flight after the last HTTP answer count.
+The CPU of the server (and of its event loop's thread) and of this process, the load
+generator, are reported per signal.
 
 Then a burst of 1,000 fetches of one pixel, against 1,000 plain signals of one event id
 (the run drops all but the first, but each still lands in its history), reporting the
 history events each adds to its run.
 
     .venv/bin/python benchmarks/tracking.py [--runs 500] [--rounds 2] [--concurrency 32]
+        [--serve-option=--http=h11 ...] [--profile server.prof]
 """
 
 from __future__ import annotations
@@ -33,11 +37,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
 from temporalio.api.enums.v1 import EventType  # noqa: E402
 from temporalio.client import Client  # noqa: E402
 
@@ -46,7 +52,9 @@ from dee.plans.registry import PlanRegistry  # noqa: E402
 from dee.plans.versions import PlanVersion  # noqa: E402
 from dee.runs.client import send_event, start_run  # noqa: E402
 from dee.runs.tracking import open_pixel_url  # noqa: E402
+from dee.server._tracking_tables import tracking_signals  # noqa: E402
 from dee.server.hits import HitStore  # noqa: E402
+from dee.storage.database import make_engine, resolve_url  # noqa: E402
 from tests.helpers.smtp import free_port  # noqa: E402
 from tests.helpers.temporal import start_dev_env  # noqa: E402
 
@@ -61,8 +69,14 @@ class Measurement:
     signals: int
     seconds: float
     latencies: list[float]
+    #: Seconds from the start to the last answer.
+    answered: float
     #: CPU seconds the ``dee serve`` process used meanwhile.
     server_cpu: float
+    #: Of which its main thread (the event loop: HTTP, tokens, signals).
+    loop_cpu: float
+    #: CPU seconds this process (the load generator) used meanwhile.
+    client_cpu: float
 
     @property
     def per_second(self) -> float:
@@ -138,17 +152,91 @@ async def last_signal_time(client: Client, run_ids: list[str], expected: int) ->
         async with gate:
             return [at for kind, at in await history(client, run_id) if kind == SIGNALED]
 
+    # A run's history is fetched again only until its signal is in: reading 300 histories
+    # five times a second would take the CPU the server still needs for its last signals.
+    landed: dict[str, list[float]] = {}
     while True:
-        found = [at for ats in await asyncio.gather(*map(signals, run_ids)) for at in ats]
+        missing = [run_id for run_id in run_ids if run_id not in landed]
+        for run_id, ats in zip(missing, await asyncio.gather(*map(signals, missing)), strict=True):
+            if ats:
+                landed[run_id] = ats
+        found = [at for ats in landed.values() for at in ats]
         if len(found) >= expected or time.monotonic() > deadline:
             assert len(found) == expected, f"expected {expected} signals, found {len(found)}"
             return max(found)
         await asyncio.sleep(0.2)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User and system CPU time of process ``pid`` so far (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+class Http11:
+    """GETs over keep-alive HTTP/1.1 connections to one server, one request at a time on
+    each: the load generator. httpx took more CPU a request than the server it measured
+    (3 to 5 ms against 1 to 4), on the same two cores; this reads the status line and a
+    Content-Length body and nothing else, which is all a pixel or a redirect needs."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        assert parts.hostname is not None and parts.port is not None
+        self.host, self.port = parts.hostname, parts.port
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def get(self, url: str) -> tuple[int, bytes]:
+        """The status and body of a GET of ``url``'s path (and query)."""
+        parts = urlsplit(url)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        if self._idle:
+            reader, writer = self._idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+        writer.write(
+            f"GET {target} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            "User-Agent: dee-benchmark\r\n\r\n".encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        body = await reader.readexactly(length)
+        self._idle.append((reader, writer))
+        return status, body
+
+    async def close(self) -> None:
+        for _reader, writer in self._idle:
+            writer.close()
+        self._idle.clear()
+
+
+async def settled(database: str, run_ids: list[str]) -> None:
+    """Until the server has settled the keys of ``run_ids`` (their signals are in), read
+    from its database with one query every 0.1 s: polling the runs' histories meanwhile
+    would load Temporal while the server still signals through it, which the plain
+    client's signals never compete with."""
+    engine = make_engine(resolve_url(database))
+    signals = tracking_signals.c
+    done = (
+        select(func.count())
+        .select_from(tracking_signals)
+        .where(signals.run_id.in_(run_ids), signals.done_at.is_not(None))
+    )
+
+    def count() -> int:
+        with engine.connect() as connection:
+            return int(connection.execute(done).scalar_one())
+
+    try:
+        deadline = time.monotonic() + 60
+        while await asyncio.to_thread(count) < len(run_ids) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+    finally:
+        engine.dispose()
+
+
+def cpu_seconds(pid: int, *, thread: int | None = None) -> float:
+    """User and system CPU time of process ``pid`` so far, or of one of its threads (Linux)."""
+    where = f"/proc/{pid}/task/{thread}/stat" if thread is not None else f"/proc/{pid}/stat"
+    fields = Path(where).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -165,11 +253,12 @@ async def reach_the_wait(client: Client, run_ids: list[str]) -> None:
 async def measure(
     variant: str,
     client: Client,
-    http: httpx.AsyncClient,
+    http: Http11,
     server: subprocess.Popen[bytes],
     server_url: str,
     run_ids: list[str],
     concurrency: int,
+    database: str,
 ) -> Measurement:
     calls: list[Callable[[], Awaitable[None]]] = []
     for run_id in run_ids:
@@ -177,8 +266,8 @@ async def measure(
             url = open_pixel_url(server_url, secret=SECRET, run_id=run_id, step_id=STEP, visit=1)
 
             async def fetch(url: str = url) -> None:
-                answer = await http.get(url)
-                assert answer.status_code == 200, answer.text
+                status, body = await http.get(url)
+                assert status == 200, body
 
             calls.append(fetch)
         else:
@@ -189,17 +278,40 @@ async def measure(
                 )
 
             calls.append(signal)
-    cpu_before = cpu_seconds(server.pid)
+    before = [
+        cpu_seconds(server.pid),
+        cpu_seconds(server.pid, thread=server.pid),
+        cpu_seconds(os.getpid()),
+    ]
     started, latencies = await bounded(calls, concurrency)
+    answered = time.time() - started
+    # Idle past uvicorn's keep-alive, connections would be closed under the next round.
+    await http.close()
+    if variant == "tracking":
+        await settled(database, run_ids)
     last = await last_signal_time(client, run_ids, len(run_ids))
-    server_cpu = cpu_seconds(server.pid) - cpu_before
-    return Measurement(variant, len(run_ids), last - started, latencies, server_cpu)
+    after = [
+        cpu_seconds(server.pid),
+        cpu_seconds(server.pid, thread=server.pid),
+        cpu_seconds(os.getpid()),
+    ]
+    server_cpu, loop_cpu, client_cpu = (b - a for a, b in zip(before, after, strict=True))
+    return Measurement(
+        variant,
+        len(run_ids),
+        last - started,
+        latencies,
+        answered,
+        server_cpu,
+        loop_cpu,
+        client_cpu,
+    )
 
 
 async def burst(
     variant: str,
     client: Client,
-    http: httpx.AsyncClient,
+    http: Http11,
     server_url: str,
     run_id: str,
     hits: int,
@@ -213,8 +325,8 @@ async def burst(
         if variant == "tracking":
 
             async def fetch() -> None:
-                answer = await http.get(url)
-                assert answer.status_code == 200, answer.text
+                status, body = await http.get(url)
+                assert status == 200, body
 
             calls.append(fetch)
         else:
@@ -226,6 +338,7 @@ async def burst(
 
             calls.append(signal)
     await bounded(calls, concurrency)
+    await http.close()
     # Let the last signal and the workflow tasks it causes settle.
     await asyncio.sleep(3)
     added = (await history(client, run_id))[before:]
@@ -235,7 +348,13 @@ async def burst(
 def summary(result: Measurement) -> str:
     p50 = percentile(result.latencies, 0.5) * 1000
     cpu = result.server_cpu / result.signals * 1000
-    return f"{result.per_second:7.1f} signals/s  p50 {p50:6.1f} ms  server CPU {cpu:5.2f} ms each"
+    loop = result.loop_cpu / result.signals * 1000
+    client = result.client_cpu / result.signals * 1000
+    return (
+        f"{result.per_second:7.1f} signals/s  last answer {result.answered:5.2f} s, last signal "
+        f"{result.seconds:5.2f} s  p50 {p50:6.1f} ms  server CPU {cpu:5.2f} ms each "
+        f"(loop {loop:5.2f})  load generator {client:5.2f} ms each"
+    )
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -263,6 +382,18 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight")
     parser.add_argument("--burst", type=int, default=1000, help="hits in the burst")
     parser.add_argument("--database-url", help="default: a new SQLite file")
+    parser.add_argument(
+        "--serve-option",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="passed on to `dee serve` (e.g. --serve-option=--http=h11); repeatable",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="run `dee serve` under cProfile and write its stats to FILE when it stops",
+    )
     args = parser.parse_args()
     env = await start_dev_env()
     client = env.client
@@ -299,8 +430,20 @@ async def main() -> None:
                 env=process_env,
             )
             processes.append(worker)
+            dee = (
+                [str(ROOT / "benchmarks" / "_profiled.py"), args.profile]
+                if args.profile
+                else ["-m", "dee.cli.main"]
+            )
             server = subprocess.Popen(
-                [sys.executable, "-m", "dee.cli.main", "serve", "--port", str(port)],
+                [
+                    sys.executable,
+                    *dee,
+                    "serve",
+                    "--port",
+                    str(port),
+                    *args.serve_option,
+                ],
                 env=process_env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -310,8 +453,8 @@ async def main() -> None:
             assert worker.stdout.readline().strip() == b"ready", "worker did not start"
             await wait_for_server(server_url, server)
 
-            limits = httpx.Limits(max_connections=args.concurrency)
-            async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+            http = Http11(server_url)
+            try:
                 results: dict[str, list[Measurement]] = {"tracking": [], "plain": []}
                 for round_number in range(args.rounds):
                     order = (
@@ -322,7 +465,14 @@ async def main() -> None:
                         run_ids = await start_runs(client, version, args.runs, task_queue, tag)
                         await reach_the_wait(client, run_ids)
                         result = await measure(
-                            variant, client, http, server, server_url, run_ids, args.concurrency
+                            variant,
+                            client,
+                            http,
+                            server,
+                            server_url,
+                            run_ids,
+                            args.concurrency,
+                            database,
                         )
                         results[variant].append(result)
                         print(f"round {round_number + 1} {variant:8} {summary(result)}", flush=True)
@@ -341,6 +491,8 @@ async def main() -> None:
                         with HitStore(database) as store:
                             kept = len(store.hits(run_id, limit=args.burst * 2))
                         assert kept == args.burst, f"expected {args.burst} hits kept, got {kept}"
+            finally:
+                await http.close()
     finally:
         for process in reversed(processes):
             if process.stdin is not None:
@@ -355,16 +507,23 @@ async def main() -> None:
         await env.shutdown()
 
     print()
-    print("| signalled through | signals/s | answer p50 ms | answer p99 ms | server CPU ms each |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print(
+        "| signalled through | signals/s | answer p50 ms | answer p99 ms "
+        "| server CPU ms each | of which its loop | load generator CPU ms each |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for variant, name in (("tracking", "tracking server (pixel GET)"), ("plain", "plain client")):
         measured = results[variant]
         latencies = [latency for m in measured for latency in m.latencies]
-        cpu = sum(m.server_cpu for m in measured) / sum(m.signals for m in measured) * 1000
+        signals = sum(m.signals for m in measured)
+        cpu, loop, client = (
+            sum(getattr(m, field) for m in measured) / signals * 1000
+            for field in ("server_cpu", "loop_cpu", "client_cpu")
+        )
         print(
             f"| {name} | {statistics.median(m.per_second for m in measured):.0f} | "
             f"{percentile(latencies, 0.5) * 1000:.1f} | {percentile(latencies, 0.99) * 1000:.1f} "
-            f"| {cpu:.2f} |"
+            f"| {cpu:.2f} | {loop:.2f} | {client:.2f} |"
         )
     ratio = statistics.median(m.per_second for m in results["tracking"]) / statistics.median(
         m.per_second for m in results["plain"]

@@ -314,13 +314,28 @@ def worker(ctx: click.Context) -> None:
 @click.option(
     "--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="The port."
 )
+@click.option(
+    "--loop",
+    type=click.Choice(["auto", "asyncio", "uvloop"]),
+    default="auto",
+    show_default=True,
+    help="The event loop: auto is uvloop when it is installed.",
+)
+@click.option(
+    "--http",
+    type=click.Choice(["auto", "h11", "httptools"]),
+    default="auto",
+    show_default=True,
+    help="The HTTP parser: auto is httptools when it is installed.",
+)
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int) -> None:
+def serve(ctx: click.Context, host: str, port: int, loop: str, http: str) -> None:
     """Run the REST API and webhook server until Ctrl-C or SIGTERM.
 
     The API needs DEE_API_KEYS (comma-separated bearer keys); OpenAPI is at /docs.
     Temporal and DEE are configured as for `dee worker`.
     """
+    import importlib.util
     import signal
 
     import uvicorn
@@ -345,10 +360,15 @@ def serve(ctx: click.Context, host: str, port: int) -> None:
     async def serve_app() -> None:
         settings = _settings(ctx)
         app = create_app(settings, client=await connect(settings=settings))
-        await Server(uvicorn.Config(app, host=host, port=port)).serve()
+        await Server(uvicorn.Config(app, host=host, port=port, http=http)).serve()
 
+    loop_factory = None
+    if loop == "uvloop" or (loop == "auto" and importlib.util.find_spec("uvloop")):
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
     _log_to_stderr()
-    run_async(serve_app())
+    run_async(serve_app(), loop_factory=loop_factory)
 
 
 _F = TypeVar("_F", bound=Callable[..., Any])

@@ -57,15 +57,19 @@ def used_temporal() -> bool:
     return _used_temporal
 
 
-def run_async(work: Awaitable[_T]) -> _T:
-    """Run ``work`` to completion on a new event loop, noting that Temporal is in use."""
+def run_async(
+    work: Awaitable[_T], *, loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+) -> _T:
+    """Run ``work`` to completion on a new event loop (made by ``loop_factory``, if given),
+    noting that Temporal is in use."""
     global _used_temporal
     _used_temporal = True
 
     async def main() -> _T:
         return await work
 
-    return asyncio.run(main())
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main())
 
 
 def with_client(action: Callable[[Client], Awaitable[_T]]) -> _T:

@@ -18,7 +18,14 @@ from temporalio.service import RPCError
 from dee.errors import DeeError
 from dee.runs.errors import RunBusyError, RunClosedError, RunNotFoundError
 
-__all__ = ["MAX_BODY_BYTES", "ApiError", "BodyLimit", "ErrorBody", "install_error_answers"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "ApiError",
+    "BodyLimit",
+    "ErrorBody",
+    "error_response",
+    "install_error_answers",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +81,17 @@ def _answer(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status)
 
 
-async def _api_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ApiError)
+def error_response(exc: ApiError) -> JSONResponse:
+    """The answer to ``exc``, for handlers outside FastAPI's exception handling."""
     response = JSONResponse(exc.body.model_dump(exclude_none=True), status_code=exc.status)
     for name, value in (exc.headers or {}).items():
         response.headers[name] = value
     return response
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

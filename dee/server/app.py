@@ -13,7 +13,9 @@
 
 Everything the routes need lives on ``app.state`` as one :class:`ServerState`, reached
 through :func:`server_state` so routes can be tested against a real app. While the app runs,
-its lifespan sweeps tracking signals that never went out (:mod:`dee.server.sweeper`).
+its lifespan runs the stages that keep tracking hits and signal them
+(:mod:`dee.server.recorder`) and sweeps tracking signals that never went out
+(:mod:`dee.server.sweeper`).
 """
 
 from __future__ import annotations
@@ -74,7 +76,10 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
-            async with sweeping(state.client, hit_store, older_than=settings.tracking_sweep_after):
+            async with (
+                sweeping(state.client, hit_store, older_than=settings.tracking_sweep_after),
+                state.recorder.running(),
+            ):
                 yield
         finally:
             for store in state.stores.values():
@@ -103,6 +108,8 @@ def create_app(
     )
     if settings.codec_origins:
         app.add_middleware(codec_routes.CodecCors, origins=settings.codec_origins)
+    # Pixels and redirects are answered before the rest of the stack, and logged.
+    app.add_middleware(tracking_routes.TrackingHits, state=state)
     # Outermost, so it sees every answer, refusals by the body limit included.
     app.add_middleware(AccessLog)
     quiet_uvicorn_access_log()

@@ -13,7 +13,10 @@ transaction, tries to insert the key ``(run, step, visit, kind)`` into ``trackin
 (``INSERT ... ON CONFLICT DO NOTHING``): only the hit whose insert succeeds gets a
 :class:`SignalClaim` and signals, with an event id derived from the key
 (:func:`event_id`), so that the run drops a second signal for the key even when a race or
-a retry sends one. The caller gives the key back with :meth:`HitStore.release` when the
+a retry sends one. :meth:`HitStore.record_hits` does the same for many hits in one
+transaction, which is how the server keeps them (:mod:`dee.server.recorder`): of the hits of
+one key in a batch only the first can take it, and keys are inserted in one statement, in
+one order for every server. The caller gives the key back with :meth:`HitStore.release` when the
 signal could not be delivered for a reason that may pass (Temporal unreachable), so a later
 hit tries again; when the run has ended there is no one to tell and the key stays.
 
@@ -43,10 +46,10 @@ from __future__ import annotations
 import datetime
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final, Literal, TypeAlias
+from typing import Any, Final
 
 from sqlalchemy import (
+    Connection,
     bindparam,
     delete,
     func,
@@ -56,19 +59,32 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 
 from dee.runs.ledger import sends
 from dee.runs.suppressions import SuppressionError, Suppressions
 from dee.runs.unsubscribe import event_id
+from dee.server._hit_types import (
+    MAX_USER_AGENT,
+    Hit,
+    HitKind,
+    NewHit,
+    SignalClaim,
+    SignalKind,
+    SignalOutcome,
+    SignalStatus,
+)
 from dee.server._tracking_tables import tracking_hits, tracking_signals
-from dee.storage.database import as_utc, insert_if_absent
+from dee.storage.database import as_utc
 from dee.storage.store import database_errors
 
 __all__ = [
+    "MAX_USER_AGENT",
     "Hit",
     "HitKind",
     "HitStore",
     "HitStoreError",
+    "NewHit",
     "SignalClaim",
     "SignalKind",
     "SignalOutcome",
@@ -76,72 +92,9 @@ __all__ = [
     "event_id",
 ]
 
-HitKind: TypeAlias = Literal["open", "click", "unsubscribe"]
-SignalKind: TypeAlias = Literal["open", "click"]
-#: How a key was settled: the run took the signal, or there was no run to take it.
-SignalOutcome: TypeAlias = Literal["signalled", "run-closed", "run-not-found"]
-
-HIT_KINDS: Final = ("open", "click", "unsubscribe")
-#: Longest user agent kept; the rest is cut.
-MAX_USER_AGENT: Final = 500
-
 
 class HitStoreError(SuppressionError):
     """The tracking database (hits, signals, suppressions) failed."""
-
-
-@dataclass(frozen=True, slots=True)
-class Hit:
-    """One fetch of a pixel, click on a link, or unsubscribe, as it arrived."""
-
-    id: int
-    run_id: str
-    step_id: str | None
-    visit: int | None
-    kind: HitKind
-    url: str | None
-    user_agent: str | None
-    at: datetime.datetime
-    #: The run execution the hit's token named, if any.
-    execution: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SignalClaim:
-    """The right to signal ``kind`` for one run execution, step and visit, held by one hit.
-    ``execution`` is ``""`` for a token that names none. The hit's ``url`` (a click's link)
-    and time ``at`` are what the signal carries; ``attempts`` counts the sweeper's tries."""
-
-    run_id: str
-    step_id: str
-    visit: int
-    kind: SignalKind
-    claim: str
-    execution: str = ""
-    url: str | None = field(default=None, compare=False)
-    at: datetime.datetime | None = field(default=None, compare=False)
-    attempts: int = field(default=0, compare=False)
-
-    @property
-    def event_id(self) -> str:
-        return event_id(self.kind, self.run_id, self.step_id, self.visit, self.execution)
-
-    @property
-    def details(self) -> dict[str, Any]:
-        """The event's details: a click's link."""
-        return {"url": self.url} if self.url is not None else {}
-
-
-@dataclass(frozen=True, slots=True)
-class SignalStatus:
-    """Where one key's signal stands: pending while ``outcome`` is ``None``."""
-
-    claim: str
-    at: datetime.datetime
-    outcome: SignalOutcome | None
-    done_at: datetime.datetime | None
-    attempts: int
-    retry_at: datetime.datetime | None
 
 
 class HitStore(Suppressions):
@@ -151,7 +104,6 @@ class HitStore(Suppressions):
     label = "tracking database"
     error = HitStoreError
 
-    @database_errors
     def record_hit(
         self,
         run_id: str,
@@ -169,73 +121,36 @@ class HitStore(Suppressions):
         the token names, if any: each execution's hits signal once. Unsubscribes are only kept: they
         are signalled to every run of the contact, and the run drops repeats by event id.
         """
-        if kind not in HIT_KINDS:
-            raise ValueError(f"kind {kind!r} is unknown; expected one of {HIT_KINDS}")
-        if kind != "unsubscribe" and (step_id is None or visit is None):
-            raise ValueError(f"a {kind} hit needs its step_id and visit")
-        now = datetime.datetime.now(datetime.UTC)
-        hit = {
-            "run_id": run_id,
-            "step_id": step_id,
-            "visit": visit,
-            "kind": kind,
-            "url": url,
-            "user_agent": user_agent[:MAX_USER_AGENT] if user_agent else None,
-            "at": now,
-            "execution": execution,
-        }
+        hit = NewHit(run_id, kind, step_id, visit, url, user_agent, execution)
+        [claim] = self.record_hits([hit])
+        return claim
+
+    @database_errors
+    def record_hits(self, hits: Sequence[NewHit]) -> list[SignalClaim | None]:
+        """Keep ``hits`` in one transaction, in their order, as :meth:`record_hit` keeps one:
+        for each, the :class:`SignalClaim` if it is the hit to signal its run. Of several
+        hits of one key, only the first can take it."""
+        if not hits:
+            return []
+        rows = [hit.row() for hit in hits]
+        claims: list[SignalClaim | None] = [None] * len(hits)
+        # The first hit of each key in the batch is the one that may take it.
+        first: dict[tuple[str, str, str, int, str], int] = {}
+        for index, hit in enumerate(hits):
+            if hit.kind != "unsubscribe":
+                first.setdefault(hit.key, index)
         with self._writing() as connection:
-            hit_id = connection.execute(
-                insert(tracking_hits).values(hit).returning(tracking_hits.c.id)
-            ).scalar_one()
-            if kind == "unsubscribe":
-                return None
-            assert step_id is not None and visit is not None
-            claim = SignalClaim(
-                run_id, step_id, visit, kind, uuid.uuid4().hex, execution or "", url=url, at=now
-            )
-            key = _key(claim)
-            row = {
-                "run_id": run_id,
-                "execution": claim.execution,
-                "step_id": step_id,
-                "visit": visit,
-                "kind": kind,
-                "claim": claim.claim,
-                "at": now,
-                "hit_id": hit_id,
-            }
-            keys = [
-                tracking_signals.c.run_id,
-                tracking_signals.c.execution,
-                tracking_signals.c.step_id,
-                tracking_signals.c.visit,
-                tracking_signals.c.kind,
-            ]
-            taken = insert_if_absent(connection, tracking_signals, row, keys=keys)
-            if taken:
-                return claim
-            held = connection.execute(
-                select(tracking_signals.c.claim, tracking_signals.c.at).where(*key)
-            ).first()
-            if held is None:
-                # Given back a moment ago by a hit whose signal failed: the next one retries.
-                return None
-            # A token that names no execution: a later run under the same id (or visit)
-            # may have sent this step since, and then takes the key again.
-            latest_send = connection.execute(
-                select(func.max(sends.c.created_at)).where(
-                    sends.c.run_id == run_id, sends.c.step_id == step_id
-                )
-            ).scalar()
-            if claim.execution or latest_send is None or as_utc(latest_send) <= as_utc(held.at):
-                return None
-            retaken = connection.execute(
-                update(tracking_signals)
-                .where(*key, tracking_signals.c.claim == held.claim)
-                .values(claim=claim.claim, at=now, hit_id=hit_id, **_PENDING_AGAIN)
-            )
-            return claim if retaken.rowcount == 1 else None
+            ids = connection.execute(_INSERT_HITS, rows).scalars().all()
+            if not first:
+                return claims
+            # Keys in one order for every server, so two batches never wait on each other.
+            taking = sorted(first.items())
+            candidates = [(hits[index].claim(uuid.uuid4().hex), ids[index]) for _, index in taking]
+            taken = _take_keys(connection, candidates)
+            for (key, index), (claim, hit_id) in zip(taking, candidates, strict=True):
+                if key in taken or _retake(connection, claim, hit_id=hit_id):
+                    claims[index] = claim
+        return claims
 
     @database_errors
     def release(self, claim: SignalClaim) -> None:
@@ -256,14 +171,12 @@ class HitStore(Suppressions):
         if not settled:
             return 0
         now = datetime.datetime.now(datetime.UTC)
-        statement = (
-            update(tracking_signals)
-            .where(*_KEY_PARAMETERS, tracking_signals.c.done_at.is_(None))
-            .values(done_at=now, outcome=bindparam("k_outcome"))
-        )
-        rows = [{**_key_parameters(claim), "k_outcome": outcome} for claim, outcome in settled]
+        rows = [
+            {**_key_parameters(claim), "k_outcome": outcome, "k_done_at": now}
+            for claim, outcome in settled
+        ]
         with self._writing() as connection:
-            return connection.execute(statement, rows).rowcount
+            return connection.execute(_SETTLE, rows).rowcount
 
     @database_errors
     def take_due(
@@ -439,6 +352,13 @@ _KEY_PARAMETERS: Final = (
     tracking_signals.c.claim == bindparam("k_claim"),
 )
 
+#: Settling pending keys, one row of parameters per claim; built once (see :meth:`settle`).
+_SETTLE: Final = (
+    update(tracking_signals)
+    .where(*_KEY_PARAMETERS, tracking_signals.c.done_at.is_(None))
+    .values(done_at=bindparam("k_done_at"), outcome=bindparam("k_outcome"))
+)
+
 
 def _key_parameters(claim: SignalClaim) -> dict[str, Any]:
     return {
@@ -459,3 +379,78 @@ def _key(claim: SignalClaim) -> tuple[Any, ...]:
         tracking_signals.c.visit == claim.visit,
         tracking_signals.c.kind == claim.kind,
     )
+
+
+#: A key's columns, in the order of :attr:`NewHit.key`.
+_KEY_COLUMNS: Final = (
+    tracking_signals.c.run_id,
+    tracking_signals.c.execution,
+    tracking_signals.c.step_id,
+    tracking_signals.c.visit,
+    tracking_signals.c.kind,
+)
+
+
+#: Inserting keys unless held, per dialect: built once, they are not built again per batch.
+_TAKE_KEYS: Final[dict[str, Any]] = {
+    name: dialect.insert(tracking_signals)
+    .on_conflict_do_nothing(index_elements=list(_KEY_COLUMNS))
+    .returning(*_KEY_COLUMNS)
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
+#: Inserting hits, their ids back in the order of the rows.
+_INSERT_HITS: Final = insert(tracking_hits).returning(
+    tracking_hits.c.id, sort_by_parameter_order=True
+)
+
+
+def _take_keys(
+    connection: Connection, taking: Sequence[tuple[SignalClaim, int]]
+) -> set[tuple[Any, ...]]:
+    """Insert the keys of ``taking`` (each claim with the id of its hit) that no hit holds
+    yet, in one statement; the keys it inserted."""
+    rows = [
+        {
+            "run_id": claim.run_id,
+            "execution": claim.execution,
+            "step_id": claim.step_id,
+            "visit": claim.visit,
+            "kind": claim.kind,
+            "claim": claim.claim,
+            "at": claim.at,
+            "hit_id": hit_id,
+        }
+        for claim, hit_id in taking
+    ]
+    # ON CONFLICT DO NOTHING: on PostgreSQL a failed INSERT would abort the transaction. As
+    # an executemany (SQLAlchemy sends it as multi-row INSERTs) its SQL is compiled once;
+    # a statement with the rows in it would be compiled again for every batch.
+    inserted = connection.execute(_TAKE_KEYS[connection.dialect.name], rows).all()
+    return {tuple(row) for row in inserted}
+
+
+def _retake(connection: Connection, claim: SignalClaim, *, hit_id: int) -> bool:
+    """Whether ``claim``'s hit takes its key again from the hit holding it: only a token
+    that names no execution does, when a later run under the same id (or visit) has sent
+    the step since the key was taken."""
+    if claim.execution:
+        return False
+    held = connection.execute(
+        select(tracking_signals.c.claim, tracking_signals.c.at).where(*_key(claim))
+    ).first()
+    if held is None:
+        # Given back a moment ago by a hit whose signal failed: the next one retries.
+        return False
+    latest_send = connection.execute(
+        select(func.max(sends.c.created_at)).where(
+            sends.c.run_id == claim.run_id, sends.c.step_id == claim.step_id
+        )
+    ).scalar()
+    if latest_send is None or as_utc(latest_send) <= as_utc(held.at):
+        return False
+    retaken = connection.execute(
+        update(tracking_signals)
+        .where(*_key(claim), tracking_signals.c.claim == held.claim)
+        .values(claim=claim.claim, at=claim.at, hit_id=hit_id, **_PENDING_AGAIN)
+    )
+    return bool(retaken.rowcount == 1)

@@ -1,9 +1,11 @@
 """What every route of the server shares: settings, the Temporal client, the registry, the
-payload codec and the server's stores, on ``app.state`` as one :class:`ServerState`."""
+payload codec, the server's stores and its hit recorder, on ``app.state`` as one
+:class:`ServerState`."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -13,6 +15,8 @@ from temporalio.client import Client
 
 from dee.plans.registry import PlanRegistry
 from dee.runs.codec import EncryptionCodec
+from dee.server.hits import HitStore
+from dee.server.recorder import HitRecorder
 from dee.settings import Settings
 from dee.storage.store import Store
 
@@ -35,6 +39,14 @@ class ServerState:
     codec: EncryptionCodec | None = None
     stores: dict[str, Any] = field(default_factory=dict)
     _opening: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @functools.cached_property
+    def recorder(self) -> HitRecorder:
+        """What keeps tracking hits and signals their runs (:mod:`dee.server.recorder`)."""
+        return HitRecorder(self.client, self._hit_store)
+
+    async def _hit_store(self) -> HitStore:
+        return await self.store(HitStore)
 
     async def store(self, kind: type[_S]) -> _S:
         """The app's store of ``kind``, opened (and migrated) in a thread the first time."""

@@ -120,12 +120,19 @@ async def deliver(client: Client, claim: SignalClaim) -> SignalOutcome:
 
 
 async def signal_batch(
-    client: Client, store: HitStore, claims: Sequence[SignalClaim], *, retry_after: float
+    client: Client,
+    store: HitStore,
+    claims: Sequence[SignalClaim],
+    *,
+    retry_after: float | None,
+    slots: asyncio.Semaphore | None = None,
 ) -> SweepReport:
-    """Signal the runs of ``claims`` (taken with :meth:`HitStore.take_due`), then settle
-    those that ended and postpone the others: their next try waits ``retry_after`` seconds,
-    doubled for every try before, at most :data:`MAX_BACKOFF`."""
-    slots = asyncio.Semaphore(CONCURRENCY)
+    """Signal the runs of ``claims``, at most :data:`CONCURRENCY` at once (or as many as
+    ``slots`` lets through, shared with other batches), then settle those that ended in one
+    transaction and postpone the others: their next try waits ``retry_after`` seconds,
+    doubled for every try before, at most :data:`MAX_BACKOFF`. With ``retry_after`` ``None``
+    (the first try, right after the hit) those stay pending as they were, for the sweeper."""
+    slots = slots or asyncio.Semaphore(CONCURRENCY)
 
     async def one(claim: SignalClaim) -> SignalOutcome:
         async with slots, asyncio.timeout(SIGNAL_TIMEOUT):
@@ -140,9 +147,11 @@ async def signal_batch(
         if isinstance(outcome, BaseException):
             if not isinstance(outcome, Exception):
                 raise outcome
+            failures[type(outcome).__name__] += 1
+            if retry_after is None:
+                continue
             wait = min(retry_after * 2 ** min(claim.attempts - 1, 20), MAX_BACKOFF)
             postponed.append((claim, now + datetime.timedelta(seconds=wait)))
-            failures[type(outcome).__name__] += 1
             continue
         settled.append((claim, outcome))
         if outcome != "signalled":
@@ -152,17 +161,22 @@ async def signal_batch(
                 claim.step_id,
                 outcome,
             )
-    await asyncio.to_thread(store.settle, settled)
-    await asyncio.to_thread(store.postpone, postponed)
+    if settled:
+        await asyncio.to_thread(store.settle, settled)
+    if postponed:
+        await asyncio.to_thread(store.postpone, postponed)
+    failed = sum(failures.values())
     if failures:
+        # Only the errors' types: their text may name the run.
         reasons = ", ".join(f"{name} x{count}" for name, count in sorted(failures.items()))
         logger.warning(
-            "%d tracking signal(s) failed (%s); they are tried again later",
-            len(postponed),
+            "%d tracking signal(s) failed (%s); %s",
+            failed,
             reasons,
+            "they are tried again later" if retry_after is not None else "the sweeper retries them",
         )
     ended = sum(1 for _claim, outcome in settled if outcome != "signalled")
-    return SweepReport(signalled=len(settled) - ended, ended=ended, failed=len(postponed))
+    return SweepReport(signalled=len(settled) - ended, ended=ended, failed=failed)
 
 
 async def sweep(

@@ -14,13 +14,14 @@ target is the URL inside the signed token and nothing else, so there is no open 
 ``HEAD`` (what link checkers send) answers like ``GET`` but counts as no hit.
 
 Every valid hit is kept with its user agent and time (:class:`dee.server.hits.HitStore`, in
-``DEE_DATABASE_URL``, opened once per app by ``ServerState.store``), and opens and clicks
-are collapsed: only the first hit of a run, step, visit and kind signals the run (see
-:mod:`dee.server.hits`). The signal goes after the answer, so the contact never waits on Temporal
-and always gets the GIF or the redirect: if the run has ended the hit is only kept; if
-Temporal cannot be reached the key is given back and a later hit signals. The key records
-that its signal went out (or that the run had ended); if the server dies before, the
-sweeper (:mod:`dee.server.sweeper`) signals it later.
+``DEE_DATABASE_URL``), and opens and clicks are collapsed: only the first hit of a run,
+step, visit and kind signals the run (see :mod:`dee.server.hits`). The answer waits for the
+commit that keeps the hit, one commit shared by every hit arriving meanwhile, and never for
+Temporal: the signal goes out afterwards, from a stage that signals in batches
+(:mod:`dee.server.recorder`). If the run has ended the hit is only kept; if Temporal cannot
+be reached, or the server dies before the signal, the key stays pending and the sweeper
+(:mod:`dee.server.sweeper`) signals it later. If the database fails, the contact still gets
+the GIF or the redirect and the hit is logged as lost.
 
 An unsubscribe puts the address on the suppression list (source ``one-click``), then sends
 ``unsubscribe`` to the token's run and to every other running run of the same contact
@@ -34,12 +35,15 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import re
+from dataclasses import dataclass
 from typing import Annotated, Any, Final
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
-from temporalio.client import Client
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 from temporalio.service import RPCError
 
 from dee.runs.contacts import ContactIds
@@ -54,17 +58,11 @@ from dee.runs.tracking import (
     verify_token,
 )
 from dee.runs.unsubscribe import unsubscribe as unsubscribe_contact
-from dee.server._http import ApiError
-from dee.server.hits import (
-    HitKind,
-    HitStore,
-    HitStoreError,
-    SignalClaim,
-)
+from dee.server._http import ApiError, error_response
+from dee.server.hits import HitKind, HitStore, HitStoreError, NewHit
 from dee.server.state import ServerState, server_state
-from dee.server.sweeper import deliver
 
-__all__ = ["router"]
+__all__ = ["TrackingHits", "router"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,82 +114,96 @@ def _address(state: ServerState, payload: dict[str, Any]) -> str:
 # -- opens and clicks -------------------------------------------------------------------------
 
 
-@router.api_route("/t/o/{token}", methods=["GET", "HEAD"])
-async def open_pixel(
-    token: str, request: Request, background: BackgroundTasks, state: State
-) -> Response:
-    payload = _verify(state, token, OPEN)
-    if request.method == "GET":
-        await _hit(state, background, request, payload, kind="open")
-    return Response(PIXEL, media_type="image/gif", headers=_NO_STORE)
+class TrackingHits:
+    """ASGI middleware answering ``GET`` and ``HEAD`` of ``/t/o/{token}`` and ``/t/c/{token}``
+    in front of the app's own stack, and passing every other request on to ``app``.
+
+    Pixels and redirects are most of what the server answers, at the pace of a send's opens
+    and clicks, and need none of FastAPI's routing through every route, dependency
+    injection or exception middleware, which cost more CPU than the rest of a hit. The
+    access log, outside, still logs them by route (``scope["route"]``).
+    """
+
+    def __init__(self, app: ASGIApp, *, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            root: str = scope.get("root_path", "")
+            found = _HIT_PATH.fullmatch(path[len(root) :] if path.startswith(root) else path)
+            if found is not None:
+                kind, token = found.groups()
+                scope["route"] = _ROUTES[kind]
+                try:
+                    response = await self._answer(scope, kind, token)
+                except ApiError as exc:
+                    response = error_response(exc)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    async def _answer(self, scope: Scope, kind: str, token: str) -> Response:
+        method = scope["method"]
+        if method not in {"GET", "HEAD"}:
+            raise ApiError(
+                405, "method-not-allowed", "Method Not Allowed", headers={"Allow": "GET, HEAD"}
+            )
+        hit = method == "GET"
+        user_agent = Headers(scope=scope).get("user-agent") if hit else None
+        if kind == "o":
+            payload = _verify(self.state, token, OPEN)
+            if hit:
+                await _hit(self.state, payload, kind="open", user_agent=user_agent)
+            return Response(PIXEL, media_type="image/gif", headers=_NO_STORE)
+        payload = _verify(self.state, token, CLICK)
+        url: str = payload["u"]
+        parts = urlsplit(url)
+        if parts.scheme.lower() not in {"http", "https"} or not parts.netloc:
+            # DEE only signs http(s) links; anything else is no place to send a contact.
+            raise ApiError(404, "invalid-token", "this link is not valid: it leads nowhere")
+        if hit:
+            await _hit(self.state, payload, kind="click", url=url, user_agent=user_agent)
+        return RedirectResponse(url, status_code=302, headers=_NO_REFERRER)
 
 
-@router.api_route("/t/c/{token}", methods=["GET", "HEAD"])
-async def click(
-    token: str, request: Request, background: BackgroundTasks, state: State
-) -> Response:
-    payload = _verify(state, token, CLICK)
-    url: str = payload["u"]
-    parts = urlsplit(url)
-    if parts.scheme.lower() not in {"http", "https"} or not parts.netloc:
-        # DEE only signs http(s) links; anything else is no place to send a contact.
-        raise ApiError(404, "invalid-token", "this link is not valid: it leads nowhere")
-    if request.method == "GET":
-        await _hit(state, background, request, payload, kind="click", url=url)
-    return RedirectResponse(url, status_code=302, headers=_NO_REFERRER)
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """What the access log reads from ``scope["route"]``: the route as declared."""
+
+    path: str
+
+
+_HIT_PATH: Final = re.compile(r"/t/([oc])/([^/]+)")
+_ROUTES: Final = {"o": _Route("/t/o/{token}"), "c": _Route("/t/c/{token}")}
 
 
 async def _hit(
     state: ServerState,
-    background: BackgroundTasks,
-    request: Request,
     payload: dict[str, Any],
     *,
     kind: HitKind,
     url: str | None = None,
+    user_agent: str | None,
 ) -> None:
-    """Keep the hit; if it is the first of its key, signal the run after answering."""
+    """Keep the hit before answering, in a commit shared with the hits arriving with it;
+    if it takes its key, the run is signalled afterwards (:mod:`dee.server.recorder`)."""
+    hit = NewHit(
+        payload["r"],
+        kind,
+        step_id=payload["s"],
+        visit=payload["v"],
+        url=url,
+        user_agent=user_agent,
+        execution=execution_of(payload),
+    )
     try:
-        store = await state.store(HitStore)
-        claim = await asyncio.to_thread(
-            store.record_hit,
-            payload["r"],
-            kind=kind,
-            step_id=payload["s"],
-            visit=payload["v"],
-            url=url,
-            user_agent=request.headers.get("user-agent"),
-            execution=execution_of(payload),
-        )
+        await state.recorder.record(hit)
     except HitStoreError as exc:
         # The contact still gets the image or the link; without the key nothing signals,
         # which beats signalling every hit.
         logger.error("a %s hit was not kept: %s", kind, exc)
-        return
-    if claim is not None:
-        background.add_task(_signal, state.client, store, claim)
-
-
-async def _signal(client: Client, store: HitStore, claim: SignalClaim) -> None:
-    try:
-        outcome = await deliver(client, claim)
-    except Exception as exc:
-        # The key stays pending: the sweeper signals it once Temporal answers again, whether
-        # or not another hit comes. Only the error's type: its text may name the run.
-        logger.warning(
-            "a %s signal did not go out (%s); the sweeper retries it",
-            claim.kind,
-            type(exc).__name__,
-        )
-        return
-    if outcome != "signalled":
-        # Nobody left to tell; the hit is kept and the key stays taken.
-        logger.debug("%s of step %s not signalled: the run has ended", claim.kind, claim.step_id)
-    try:
-        await asyncio.to_thread(store.settle, [(claim, outcome)])
-    except HitStoreError as exc:
-        # The sweeper signals the key again; the run drops the repeat by its event id.
-        logger.warning("a %s signal went out but was not recorded: %s", claim.kind, exc)
 
 
 # -- unsubscribes -----------------------------------------------------------------------------

@@ -1,15 +1,17 @@
-"""``dee serve`` with a fault placed between a tracking hit's claim and its signal, for the
-fault tests:
+"""``dee serve`` with a fault placed on a tracking hit's way from its commit to its signal,
+for the fault tests:
 
     DEE_TEST_FAULT=before-signal:KILL DEE_TEST_FAULT_MARK=/tmp/mark \\
         python -m tests.helpers.hooked_server serve --port 8000
 
-The server sends itself the signal (``KILL``, ``STOP``) once, at one of two points of the
-first tracking hit that takes its key, having first written the event id it was about to
-signal to the file ``DEE_TEST_FAULT_MARK`` names:
+The server sends itself the signal (``KILL``, ``STOP``) once, at one of three points of the
+first tracking hit that takes its key, having first written what it was about to do to the
+file ``DEE_TEST_FAULT_MARK`` names (the event id it would signal, or the answer it gave):
 
 - ``after-claim``: the transaction that kept the hit and took its key has committed
-  (:meth:`HitStore.record_hit` returned the claim); the contact has no answer yet;
+  (:meth:`HitStore.record_hits` returned the claim); the contact has no answer yet;
+- ``after-answer``: the contact's answer to a tracking hit has been handed to the socket
+  (the last ``http.response.body`` of a ``/t/`` route); mark ``GET /t/o/{token} 200``;
 - ``before-signal``: the contact has the answer and the run's signal is about to leave
   (the process's first ``WorkflowHandle.signal``, before anything reaches Temporal).
 
@@ -20,15 +22,18 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from starlette.types import Message, Receive, Scope, Send
 from temporalio.client import WorkflowHandle
 
 from dee.cli.main import main
-from dee.server.hits import HitStore, SignalClaim
+from dee.server.access_log import AccessLog
+from dee.server.hits import HitStore, NewHit, SignalClaim
 
-POINTS = ("after-claim", "before-signal")
+POINTS = ("after-claim", "after-answer", "before-signal")
 
 
 def arm(fault: str, mark: Path) -> None:
@@ -46,15 +51,40 @@ def arm(fault: str, mark: Path) -> None:
             os.kill(os.getpid(), signum)
 
     if point == "after-claim":
-        record_hit = HitStore.record_hit
+        record_hits = HitStore.record_hits
 
-        def record_then_fire(store: HitStore, run_id: str, **options: Any) -> SignalClaim | None:
-            claim = record_hit(store, run_id, **options)
-            if claim is not None:
-                fire(claim.event_id)
-            return claim
+        def record_then_fire(store: HitStore, hits: Sequence[NewHit]) -> list[SignalClaim | None]:
+            claims = record_hits(store, hits)
+            for claim in claims:
+                if claim is not None:
+                    fire(claim.event_id)
+            return claims
 
-        HitStore.record_hit = record_then_fire  # type: ignore[method-assign]
+        HitStore.record_hits = record_then_fire  # type: ignore[method-assign]
+    elif point == "after-answer":
+        call = AccessLog.__call__
+
+        async def answer_then_fire(
+            log: AccessLog, scope: Scope, receive: Receive, send: Send
+        ) -> None:
+            status = 0
+
+            async def send_then_fire(message: Message) -> None:
+                nonlocal status
+                await send(message)
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                route = getattr(scope.get("route"), "path", "")
+                if (
+                    message["type"] == "http.response.body"
+                    and not message.get("more_body", False)
+                    and route.startswith("/t/")
+                ):
+                    fire(f"{scope['method']} {route} {status}")
+
+            await call(log, scope, receive, send_then_fire)
+
+        AccessLog.__call__ = answer_then_fire  # type: ignore[method-assign, assignment]
     else:
         send = WorkflowHandle.signal
 

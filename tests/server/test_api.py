@@ -555,8 +555,18 @@ async def test_events_must_be_known_types(engine_api: tuple[RunningServer, SmtpS
 # dee serve ------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        # uvloop and httptools, installed with DEE.
+        [],
+        # The standard library's loop and uvicorn's pure-Python parser.
+        ["--loop", "asyncio", "--http", "h11"],
+        ["--loop", "uvloop", "--http", "httptools"],
+    ],
+)
 async def test_dee_serve_answers_with_keys_from_the_environment(
-    dev_env: WorkflowEnvironment, tmp_path: Path
+    options: list[str], dev_env: WorkflowEnvironment, tmp_path: Path
 ) -> None:
     port = free_port()
     env = {
@@ -570,6 +580,7 @@ async def test_dee_serve_answers_with_keys_from_the_environment(
         "serve",
         "--port",
         str(port),
+        *options,
         env=env,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,

@@ -19,6 +19,7 @@ from dee.server.hits import (
     MAX_USER_AGENT,
     HitStore,
     HitStoreError,
+    NewHit,
     SignalClaim,
     SignalStatus,
     event_id,
@@ -135,6 +136,58 @@ def test_concurrent_hits_signal_once(store: HitStore) -> None:
         claims = list(pool.map(hit, range(8)))
     assert len([claim for claim in claims if claim is not None]) == 1
     assert len(store.hits(RUN)) == 8
+
+
+def test_a_batch_keeps_every_hit_in_order_and_each_key_signals_once(store: HitStore) -> None:
+    held = store.record_hit(RUN, kind="open", step_id="intro", visit=1)
+    assert held is not None
+    batch = [
+        # The first of a new key takes it; the second of the batch collapses into it.
+        NewHit(RUN, "click", step_id="intro", visit=1, url=LINK, user_agent="A"),
+        NewHit(RUN, "click", step_id="intro", visit=1, url=LINK, user_agent="B"),
+        # A key that an earlier commit took.
+        NewHit(RUN, "open", step_id="intro", visit=1),
+        # Kept, never a key.
+        NewHit(RUN, "unsubscribe"),
+        # Another visit, another execution: keys of their own.
+        NewHit(RUN, "open", step_id="intro", visit=2),
+        NewHit(RUN, "open", step_id="intro", visit=1, execution="exec-2"),
+    ]
+    claims = store.record_hits(batch)
+    assert [claim is not None for claim in claims] == [True, False, False, False, True, True]
+    click, _, _, _, second_visit, execution = claims
+    assert click is not None and (click.kind, click.url, click.at) == ("click", LINK, batch[0].at)
+    assert second_visit is not None and second_visit.visit == 2
+    assert execution is not None and execution.execution == "exec-2"
+    hits = store.hits(RUN)
+    assert [(hit.kind, hit.visit, hit.user_agent) for hit in hits] == [
+        ("open", 1, None),
+        ("click", 1, "A"),
+        ("click", 1, "B"),
+        ("open", 1, None),
+        ("unsubscribe", None, None),
+        ("open", 2, None),
+        ("open", 1, None),
+    ]
+    # Each key is held by the hit that took it, for the sweeper to read the click's link.
+    assert store.take_due(older_than=0, lease=60) == [held, click, second_visit, execution]
+    assert store.record_hits([]) == []
+
+
+def test_concurrent_batches_signal_each_key_once(store: HitStore) -> None:
+    start = threading.Barrier(4)
+
+    def batch(index: int) -> list[SignalClaim | None]:
+        start.wait()
+        # Each batch holds the same keys in another order.
+        visits = [*range(1, 6)][index:] + [*range(1, 6)][:index]
+        return store.record_hits([NewHit(RUN, "open", step_id="intro", visit=v) for v in visits])
+
+    with ThreadPoolExecutor(4) as pool:
+        batches = list(pool.map(batch, range(4)))
+    taken = sorted(claim.visit for claims in batches for claim in claims if claim is not None)
+    assert taken == [1, 2, 3, 4, 5]
+    assert len(store.hits(RUN)) == 20
 
 
 def test_unsubscribes_are_kept_and_never_claim(store: HitStore) -> None:

@@ -363,7 +363,7 @@ async def test_only_web_links_are_followed_even_when_signed(
 async def test_a_hit_for_an_ended_run_is_kept_and_still_answered(
     offline_settings: Settings, dev_env: WorkflowEnvironment, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="dee.server.tracking_routes")
+    caplog.set_level(logging.INFO, logger="dee.server")
     run_id = f"gone-{uuid.uuid4().hex[:8]}:ana@example.com"
     async with running_server(offline_settings, client=dev_env.client) as server:
         pixel = open_pixel_url(server.url, secret=SECRET, run_id=run_id, step_id="intro", visit=1)
@@ -374,7 +374,7 @@ async def test_a_hit_for_an_ended_run_is_kept_and_still_answered(
             # The signal was tried in the background and found no run; no one to tell,
             # so no retries: the key stays taken.
             async with asyncio.timeout(10):
-                while "not signalled: the run has ended" not in caplog.text:
+                while "not signalled: run-not-found (no more tries)" not in caplog.text:
                     await asyncio.sleep(0.05)
             assert hits.is_signalled(run_id, step_id="intro", visit=1, kind="open")
             assert await outcome(hits, run_id, "open") == "run-not-found"
@@ -383,14 +383,14 @@ async def test_a_hit_for_an_ended_run_is_kept_and_still_answered(
 async def test_when_temporal_is_unreachable_the_key_waits_for_the_sweeper(
     offline_settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="dee.server.tracking_routes")
+    caplog.set_level(logging.WARNING, logger="dee.server")
     client = await Client.connect(
         f"127.0.0.1:{free_port()}", lazy=True, data_converter=pydantic_data_converter
     )
     run_id = "plan:ana@example.com"
 
     async def failures() -> int:
-        return len([r for r in caplog.records if "the sweeper retries it" in r.getMessage()])
+        return len([r for r in caplog.records if "the sweeper retries them" in r.getMessage()])
 
     async with running_server(offline_settings, client=client) as server:
         link = click_url(
@@ -511,6 +511,29 @@ async def test_the_page_escapes_what_it_shows(
         assert page.status_code == 200
         assert "&lt;b&gt;a&amp;b&lt;/b&gt;@example.com" in page.text
         assert "<b>a" not in page.text
+
+
+async def test_pixels_and_redirects_answer_only_get_and_head(
+    offline_settings: Settings, dev_env: WorkflowEnvironment
+) -> None:
+    run_id = "p:ana@example.com"
+    async with running_server(offline_settings, client=dev_env.client) as server:
+        pixel = open_pixel_url(server.url, secret=SECRET, run_id=run_id, step_id="s", visit=1)
+        for method in ("POST", "PUT", "DELETE"):
+            answer = await server.http.request(method, path_of(pixel, server))
+            assert (answer.status_code, answer.json()) == (
+                405,
+                {"code": "method-not-allowed", "message": "Method Not Allowed"},
+            )
+            assert answer.headers["allow"] == "GET, HEAD"
+        # Under /t/ but no pixel or redirect: the app's own 404.
+        for path in ("/t/o/", "/t/o/a/b", "/t/x/token", "/t/o"):
+            answer = await server.http.get(path)
+            assert (answer.status_code, answer.json()["code"]) == (404, "not-found"), path
+        # The control: the same pixel fetched keeps its hit.
+        assert (await server.http.get(path_of(pixel, server))).status_code == 200
+        with HitStore(offline_settings.database_url) as hits:
+            assert [hit.kind for hit in hits.hits(run_id)] == ["open"]
 
 
 async def test_without_a_secret_key_links_cannot_be_checked(
