@@ -164,7 +164,7 @@ def _session_mac(codec: EncryptionCodec, api_key: str, expires: int) -> bytes:
 def _new_session(codec: EncryptionCodec, api_key: str, *, now: float) -> str:
     expires = int(now) + SESSION_SECONDS
     mac = _session_mac(codec, api_key, expires)
-    return f"{expires}.{base64.urlsafe_b64encode(mac).decode().rstrip('=')}"
+    return f"{expires}.{_mac_text(mac)}"
 
 
 def _session_valid(
@@ -175,14 +175,20 @@ def _session_valid(
     expires_text, _, mac_text = token.partition(".")
     if not expires_text.isdigit() or len(expires_text) > 12 or int(expires_text) < time.time():
         return False
-    try:
-        mac = base64.urlsafe_b64decode(mac_text + "=" * (-len(mac_text) % 4))
-    except (binascii.Error, ValueError):
-        return False
     expires = int(expires_text)
-    # Every key is compared, in constant time, as for bearer keys.
-    matches = [hmac.compare_digest(mac, _session_mac(codec, key, expires)) for key in api_keys]
+    # The MAC's text is compared, not its decoded bytes: base64's unused trailing bits would
+    # otherwise give one sign-in several valid spellings. Every key is compared, in constant
+    # time, as for bearer keys.
+    given = mac_text.encode("ascii", "replace")
+    matches = [
+        hmac.compare_digest(given, _mac_text(_session_mac(codec, key, expires)).encode())
+        for key in api_keys
+    ]
     return any(matches)
+
+
+def _mac_text(mac: bytes) -> str:
+    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
 
 # The codec ------------------------------------------------------------------------------
