@@ -138,16 +138,11 @@ async def start(
     )
 
 
-async def measure(
-    client: Client,
-    variant: str,
-    version: PlanVersion,
-    runs: int,
-    env: dict[str, str],
-    options: list[str],
-) -> Measurement:
-    task_queue = f"bench-{variant}-{uuid.uuid4().hex[:8]}"
-    address = client.service_client.config.target_host
+def spawn_worker(
+    client: Client, variant: str, task_queue: str, options: list[str], env: dict[str, str]
+) -> subprocess.Popen[str]:
+    """A ``benchmarks/_worker.py`` process for ``variant`` on ``task_queue``, once it says it
+    is ready; closing its stdin stops it, and it then prints its report."""
     worker = subprocess.Popen(
         [
             sys.executable,
@@ -155,7 +150,7 @@ async def measure(
             "--variant",
             variant,
             "--address",
-            address,
+            client.service_client.config.target_host,
             "--task-queue",
             task_queue,
             *options,
@@ -165,9 +160,26 @@ async def measure(
         env=env,
         text=True,
     )
+    assert worker.stdout is not None
+    if worker.stdout.readline().strip() != "ready":
+        worker.kill()
+        worker.wait()
+        raise RuntimeError("the benchmark worker did not start")
+    return worker
+
+
+async def measure(
+    client: Client,
+    variant: str,
+    version: PlanVersion,
+    runs: int,
+    env: dict[str, str],
+    options: list[str],
+) -> Measurement:
+    task_queue = f"bench-{variant}-{uuid.uuid4().hex[:8]}"
+    worker = spawn_worker(client, variant, task_queue, options, env)
     assert worker.stdout is not None and worker.stdin is not None
     try:
-        assert worker.stdout.readline().strip() == "ready", "worker did not start"
         started = time.perf_counter()
         handles = await asyncio.gather(
             *(start(client, variant, version, index, task_queue) for index in range(runs))

@@ -23,7 +23,6 @@ import asyncio
 import datetime
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from temporalio.client import Client  # noqa: E402
 
-from benchmarks.engine import WORKFLOW_TYPES, plan_version, start  # noqa: E402
+from benchmarks.engine import WORKFLOW_TYPES, plan_version, spawn_worker, start  # noqa: E402
 from dee.plans.versions import PlanVersion  # noqa: E402
 from tests.helpers.temporal import start_dev_env  # noqa: E402
 
@@ -66,29 +65,10 @@ async def measure(
     env: dict[str, str],
 ) -> dict[str, Any]:
     task_queue = f"parked-{variant}-{uuid.uuid4().hex[:8]}"
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "_worker.py"),
-            "--variant",
-            variant,
-            "--address",
-            client.service_client.config.target_host,
-            "--task-queue",
-            task_queue,
-            "--activities",
-            "noop",
-            "--max-cached",
-            str(args.cache),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        env=env,
-        text=True,
-    )
+    options = ["--activities", "noop", "--max-cached", str(args.cache)]
+    worker = spawn_worker(client, variant, task_queue, options, env)
     assert worker.stdout is not None and worker.stdin is not None
     try:
-        assert worker.stdout.readline().strip() == "ready", "worker did not start"
         idle_rss = rss_mib(worker.pid)
         # Every run starts at the same moment: `start_delay` to a common time.
         begin = time.time() + args.lead
