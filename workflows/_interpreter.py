@@ -32,28 +32,17 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Iterable
 from datetime import datetime
-from typing import Any, Final, NoReturn, TypeVar, assert_never
+from typing import Final, NoReturn, TypeVar, assert_never
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
-from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from dee.errors import ConditionError
     from dee.plans.conditions import ConditionContext, EventTally, evaluate_condition
     from dee.plans.model import BranchStep, EndStep, SendEmailStep, SendVoiceStep, Step, WaitStep
     from dee.plans.validation import successors
-    from dee.runs.channels import (
-        SEND_HEARTBEAT_TIMEOUT,
-        SEND_RETRY_POLICY,
-        SEND_TIMEOUT,
-        EmailChannel,
-        PlaceCallInput,
-        SendEmailInput,
-        VoiceChannel,
-    )
     from dee.runs.model import (
         CANCELLED,
         CONTACT_ID_ATTRIBUTE,
@@ -77,6 +66,7 @@ with workflow.unsafe.imports_passed_through():
         event_digest,
         pack_digests,
     )
+    from workflows._sends import SendFailed, Sends
 
 __all__ = ["CONTINUE_AFTER_SIGNALS", "MAX_CARRIED_INPUT_BYTES", "Interpreter"]
 
@@ -119,6 +109,8 @@ class Interpreter:
         self._input = input
         #: Engine 2 (:data:`dee.runs.model.ENGINE`): fewer history events, no patch markers.
         self._engine2 = input.engine >= 2
+        #: Engine 3: windows, ``exitOn``, calls that finish when the call does.
+        self._engine3 = input.engine >= 3
         self._steps: dict[str, Step] = {step.id: step for step in input.plan.steps}
         self._execution = (
             progress.execution
@@ -140,6 +132,7 @@ class Interpreter:
         #: Set when this execution resumes a wait its predecessor was in.
         self._wait_until: datetime | None = progress.wait_until if progress else None
         self._result: RunResult | None = None
+        self._sends = Sends(input, self._execution, engine=input.engine, show_step=self._show_step)
         #: Signals this execution received, repeats included.
         self._signals = 0
 
@@ -263,9 +256,9 @@ class Interpreter:
         """Run one step; its result says what it did (``-> <step>`` for a branch)."""
         match step:
             case SendEmailStep():
-                return await self._send_email(step)
+                return await self._sent(self._sends.email(step, visit=self._visits[step.id]))
             case SendVoiceStep():
-                return await self._place_call(step)
+                return await self._sent(self._sends.call(step, visit=self._visits[step.id]))
             case WaitStep():
                 return await self._wait(step)
             case BranchStep():
@@ -275,80 +268,11 @@ class Interpreter:
             case _:
                 assert_never(step)
 
-    async def _send_email(self, step: SendEmailStep) -> str:
-        input = self._input
-        assert input.plan.version is not None
-        message = SendEmailInput(
-            run_id=workflow.info().workflow_id,
-            execution=self._execution,
-            plan_id=input.plan.id,
-            plan_version=input.plan.version,
-            step=step,
-            visit=self._visits[step.id],
-            template=input.content.templates[step.template_id],
-            contact=input.contact,
-            variables=input.variables,
-            sender=input.sender,
-        )
-        result = await self._send(step, EmailChannel.send_email, message, f"email {step.id}")
-        return f"{result.status} {result.message_id}"
-
-    async def _place_call(self, step: SendVoiceStep) -> str:
-        input = self._input
-        assert input.plan.version is not None
-        message_id = step.voicemail.message_id
-        call = PlaceCallInput(
-            run_id=workflow.info().workflow_id,
-            execution=self._execution,
-            plan_id=input.plan.id,
-            plan_version=input.plan.version,
-            step=step,
-            visit=self._visits[step.id],
-            script=input.content.scripts[step.script_id],
-            voicemail_message=input.content.scripts[message_id] if message_id else None,
-            contact=input.contact,
-            variables=input.variables,
-        )
-        result = await self._send(step, VoiceChannel.place_call, call, f"call {step.id}")
-        return f"{result.status} {result.call_sid}"
-
-    async def _send(
-        self,
-        step: Step,
-        channel: Callable[[Any, _I], Awaitable[_R]],
-        message: _I,
-        summary: str,
-    ) -> _R:
-        """Run one channel's activity for ``step`` with the send options every channel
-        shares; a failure that outlasts the retries ends the run."""
-        if not self._engine2:
-            # Engine 1 showed every send as the current step; engine 2 shows waits only.
-            self._show_step(step.id)
-        # A cancelled run waits for its send to stop (or finish) before it reports
-        # cancelled, so nothing is sent after it says it has ended. Patched: runs that
-        # started before this do as they did (report at once).
-        waits = self._engine2 or workflow.patched("send-cancellation-waits")
+    async def _sent(self, send: Awaitable[str]) -> str:
         try:
-            result = await workflow.execute_activity_method(
-                channel,
-                message,
-                start_to_close_timeout=SEND_TIMEOUT,
-                heartbeat_timeout=SEND_HEARTBEAT_TIMEOUT,
-                retry_policy=SEND_RETRY_POLICY,
-                summary=summary,
-                cancellation_type=(
-                    ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
-                    if waits
-                    else ActivityCancellationType.TRY_CANCEL
-                ),
-            )
-        except ActivityError as error:
-            self._fail(step, error)
-        task = asyncio.current_task()
-        if waits and task is not None and task.cancelling():
-            # Cancelled while the send finished anyway: the run stops here, after it.
-            raise asyncio.CancelledError()
-        return result
+            return await send
+        except SendFailed as failed:
+            self._end(FAILED, failed.failure.step_id, failed.failure)
 
     async def _wait(self, step: WaitStep) -> str:
         self._show_step(step.id)
@@ -400,16 +324,6 @@ class Interpreter:
         if self._engine2 and shown == step_id:
             return
         workflow.upsert_search_attributes([CURRENT_STEP_ATTRIBUTE.value_set(step_id)])
-
-    def _fail(self, step: Step, error: ActivityError) -> NoReturn:
-        cause: Any = error.cause
-        if isinstance(cause, CancelledError):
-            # The run itself was cancelled while the send was going on.
-            raise asyncio.CancelledError()
-        kind = cause.type if isinstance(cause, ApplicationError) else type(cause).__name__
-        reason = str(cause) if cause is not None else str(error)
-        workflow.logger.warning("run failed at step %s: %s", step.id, kind)
-        self._end(FAILED, step.id, RunFailure(step_id=step.id, reason=reason, kind=kind))
 
     def _end(
         self, outcome: str, step_id: str | None, failure: RunFailure | None = None

@@ -135,7 +135,11 @@ class Contact(BaseModel):
 #: they retry), both patched behaviours are simply on, so no markers: 2 to 4 fewer history
 #: events a run. A version in the input rather than a patch marker, since the marker would
 #: itself be an event of every run.
-ENGINE: Final = 2
+#: 3: the timing features (send and call windows, ``exitOn`` with its default of
+#: unsubscribe, bounce and complaint, calls that finish when the call does); runs of
+#: engines 1 and 2 keep doing what they did when they started (only an unsubscribe ends
+#: them early, a call step finishes when the call is placed).
+ENGINE: Final = 3
 
 #: A run remembers the ids of the events it has seen as digests this long: 20,000 of them
 #: take 160 KB, and the odds that two of them collide are below one in 10^10.
