@@ -226,9 +226,17 @@ class Interpreter:
             contact_id = self._input.contact.id
             workflow.upsert_search_attributes([CONTACT_ID_ATTRIBUTE.value_set(contact_id)])
 
-    def _enter(self, step: Step) -> None:
+    def _interrupted(self) -> bool:
+        """Whether an event has ended the run wherever it is (an unsubscribe)."""
+        return self._unsubscribed
+
+    def _end_if_interrupted(self, step_id: str) -> None:
+        """End the run at ``step_id`` when :meth:`_interrupted`, with the event's outcome."""
         if self._unsubscribed:
-            self._end(UNSUBSCRIBED, step.id)
+            self._end(UNSUBSCRIBED, step_id)
+
+    def _enter(self, step: Step) -> None:
+        self._end_if_interrupted(step.id)
         visit = self._visits.get(step.id, 0) + 1
         if visit > self._input.max_visits_per_step:
             self._end(
@@ -284,14 +292,13 @@ class Interpreter:
             # An unsubscribe ends the run at once rather than after the wait; a long wait
             # that gathers many events continues as new in the middle, keeping its end.
             await workflow.wait_condition(
-                lambda: self._unsubscribed or self._should_continue_as_new(),
+                lambda: self._interrupted() or self._should_continue_as_new(),
                 timeout=until - workflow.now(),
                 timeout_summary=f"wait {step.id} {step.duration}",
             )
         except TimeoutError:
             return f"waited {step.duration}"
-        if self._unsubscribed:
-            self._end(UNSUBSCRIBED, step.id)
+        self._end_if_interrupted(step.id)
         self._continue_as_new(wait_until=until)
 
     def _branch(self, step: BranchStep) -> str:
