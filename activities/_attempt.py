@@ -1,5 +1,6 @@
-"""How one attempt of a channel's activity behaves: it heartbeats while it works, and sorts
-its failures into permanent ones (:func:`permanent`) and the rest, which are retried.
+"""How one attempt of a channel's activity behaves: it checks its window first
+(:func:`check_window`), heartbeats while it works, and sorts its failures into permanent
+ones (:func:`permanent`) and the rest, which are retried.
 
 Heartbeats let a worker that dies mid-send be noticed in seconds. Without them Temporal only
 learns an attempt is lost when its start-to-close timeout ends (minutes); with
@@ -17,7 +18,16 @@ from typing import Final
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-__all__ = ["HEARTBEAT_INTERVAL", "heartbeating", "permanent"]
+from dee.runs.model import Contact
+from dee.runs.windows import (
+    OUTSIDE_WINDOW,
+    NoOpeningError,
+    WindowCheck,
+    closed_details,
+    closed_until,
+)
+
+__all__ = ["HEARTBEAT_INTERVAL", "check_window", "heartbeating", "permanent"]
 
 HEARTBEAT_INTERVAL: Final = 2.0
 
@@ -44,3 +54,30 @@ def permanent(message: str, kind: str) -> ApplicationError:
     """A failure no retry can mend (a refused recipient, a missing setting): it ends the
     step at once, with ``kind`` as the error's type."""
     return ApplicationError(message, type=kind, non_retryable=True)
+
+
+def check_window(check: WindowCheck | None, contact: Contact) -> None:
+    """Raise ``OutsideWindow`` (non-retryable, with a :class:`~dee.runs.windows.WindowClosed`
+    as its details) when the attempt falls outside its window, before it does anything.
+
+    The time is the attempt's scheduled time, from the Temporal server's clock (skipped
+    time included on the time-skipping test server), not this machine's: a retry that
+    lands in a closed window is held again rather than going out late.
+    """
+    if check is None:
+        return
+    now = activity.info().current_attempt_scheduled_time
+    try:
+        closed = closed_until(check, contact, now=now)
+    except (NoOpeningError, LookupError) as exc:
+        raise permanent(
+            f"step {check.step_id!r}: {check.kind} {exc}; fix the plan's schedule (dee plans "
+            "validate reports what is wrong)",
+            "InvalidWindow",
+        ) from None
+    if closed is None:
+        return
+    activity.logger.info("%s: outside its window until %s", check.step_id, closed.until)
+    raise ApplicationError(
+        closed.reason, closed_details(closed), type=OUTSIDE_WINDOW, non_retryable=True
+    )

@@ -52,6 +52,7 @@ from dee.plans.model import (
     Transition,
     Transitions,
 )
+from dee.plans.schedule import Schedule
 
 __all__ = ["execution_plan", "steps", "transitions"]
 
@@ -171,18 +172,23 @@ def execution_plan(
     created_by: str,
     transitions: Transitions = "linear",
     description: str | None = None,
+    schedule: Schedule | Mapping[str, Any] | None = None,
 ) -> ExecutionPlan:
-    """A plan ready for :func:`dee.validate_plan` and :meth:`dee.PlanRegistry.create`."""
+    """A plan ready for :func:`dee.validate_plan` and :meth:`dee.PlanRegistry.create`.
+
+    ``schedule`` is a :class:`~dee.plans.schedule.Schedule` or its fields by their Python
+    names (``{"timezone": "contact", "send_window": {"days": ["mon"], "from": "09:00",
+    "to": "17:00"}}``)."""
     metadata: dict[str, Any] = {"created_by": created_by}
     if description is not None:
         metadata["description"] = description
-    return _build(
-        ExecutionPlan,
-        {
-            "id": id,
-            "name": name,
-            "steps": tuple(steps),
-            "transitions": transitions,
-            "metadata": metadata,
-        },
-    )
+    plan: dict[str, Any] = {
+        "id": id,
+        "name": name,
+        "steps": tuple(steps),
+        "transitions": transitions,
+        "metadata": metadata,
+    }
+    if schedule is not None:
+        plan["schedule"] = schedule
+    return _build(ExecutionPlan, plan)

@@ -246,17 +246,18 @@ class PlanRegistry(Store):
         metadata = {"createdBy": row.created_by, "createdAt": as_utc(row.created_at)}
         if meaning["description"] is not None:
             metadata["description"] = meaning["description"]
+        document = {
+            "id": row.plan_id,
+            "version": row.version,
+            "name": meaning["name"],
+            "steps": meaning["steps"],
+            "transitions": meaning["transitions"],
+            "metadata": metadata,
+        }
+        if "schedule" in meaning:
+            document["schedule"] = meaning["schedule"]
         try:
-            plan = ExecutionPlan.model_validate(
-                {
-                    "id": row.plan_id,
-                    "version": row.version,
-                    "name": meaning["name"],
-                    "steps": meaning["steps"],
-                    "transitions": meaning["transitions"],
-                    "metadata": metadata,
-                }
-            )
+            plan = ExecutionPlan.model_validate(document)
             content = PlanContent.model_validate(meaning["content"])
         except ValidationError as exc:
             raise _unreadable(row, exc) from exc

@@ -63,7 +63,7 @@ class PlanSummary(BaseModel):
 
 def canonical_meaning(plan: ExecutionPlan, content: PlanContent) -> str:
     """What a version means, as canonical JSON (sorted keys, no spaces, UTF-8 as is): name,
-    steps, transitions, description and content.
+    steps, transitions, description, content and a schedule other than the default.
 
     Id, version and the ``createdBy``/``createdAt`` bookkeeping are left out, so creating
     the same plan again, by someone else, does not make a new version. The registry stores
@@ -78,6 +78,9 @@ def canonical_meaning(plan: ExecutionPlan, content: PlanContent) -> str:
         "description": document["metadata"].get("description"),
         "content": content.model_dump(mode="json"),
     }
+    if "schedule" in document:
+        # Only when set, so the versions stored before schedules keep their digests.
+        meaning["schedule"] = document["schedule"]
     return json.dumps(meaning, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 

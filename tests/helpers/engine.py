@@ -76,11 +76,17 @@ class Engine:
         return self.registry.create(plan, dee.load_content(SPEC_CONTENT, plan))
 
     async def start(
-        self, version: PlanVersion, *, max_visits_per_step: int = 100, contact_id: str = ""
+        self,
+        version: PlanVersion,
+        *,
+        max_visits_per_step: int = 100,
+        contact_id: str = "",
+        contact: dict[str, Any] | None = None,
     ) -> WorkflowHandle[ExecutionPlanWorkflow, RunResult]:
         """Start a run through :func:`dee.start_run`, with its checks, for contact
-        ``contact_id`` (default: a new contact)."""
-        contact = {**CONTACT, "id": contact_id or f"c-{uuid.uuid4().hex[:8]}"}
+        ``contact_id`` (default: a new contact); ``contact`` replaces fields of
+        :data:`CONTACT`."""
+        contact = {**CONTACT, **(contact or {}), "id": contact_id or f"c-{uuid.uuid4().hex[:8]}"}
         run_id = await dee.start_run(
             self.client,
             version,
