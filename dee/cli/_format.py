@@ -165,6 +165,10 @@ def run_details(run_id: str, state: RunState) -> list[str]:
         fields.append(("outcome", state.outcome))
     if state.failure is not None:
         fields.append(("failure", _failure(state.failure)))
+    if state.holding is not None:
+        # "until 2026-12-07T14:00:00Z (send window of intro-email opens 2026-12-07 09:00 ...)"
+        until = timestamp(state.holding.until)
+        fields.append(("holding", f"{until} ({one_line(state.holding.reason)})"))
     lines = _field_lines(fields)
     lines += ["", f"history ({count(len(state.history), 'step')}):"]
     if state.history:
