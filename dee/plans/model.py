@@ -378,8 +378,9 @@ class ExecutionPlan(_Model):
     steps: tuple[Step, ...]
     transitions: Transitions = "linear"
     metadata: PlanMetadata
-    #: When the plan's sends may reach a contact (:mod:`dee.plans.schedule`).
-    schedule: Schedule = Schedule()
+    #: When the plan's sends may reach a contact (:mod:`dee.plans.schedule`). Left out of
+    #: dumps when it is the default, so plans without one dump (and digest) as before.
+    schedule: Annotated[Schedule, Field(exclude_if=lambda value: value == Schedule())] = Schedule()
 
     @property
     def first_step(self) -> Step | None:
@@ -394,9 +395,5 @@ class ExecutionPlan(_Model):
         raise KeyError(step_id)
 
     def to_document(self) -> dict[str, Any]:
-        """The plan as a JSON-ready document in the spec's camelCase form. A default
-        ``schedule`` is left out, so plans written before schedules dump as they did."""
-        document = self.model_dump(mode="json", exclude_none=True)
-        if self.schedule == Schedule():
-            del document["schedule"]
-        return document
+        """The plan as a JSON-ready document in the spec's camelCase form."""
+        return self.model_dump(mode="json", exclude_none=True)

@@ -4,6 +4,10 @@ each naming its step, and stored versions (plans without a schedule keep their d
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -262,3 +266,48 @@ def test_a_schedule_is_part_of_what_a_version_means(registry: PlanRegistry) -> N
     assert registry.get("p1", version=2).plan.schedule == Schedule(holidays="US")
     assert registry.get("p1", version=1).plan.schedule == Schedule()
     assert registry.create(timed_plan, email_content()).created is False
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "windows.md"
+
+
+def _doc_blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", DOC.read_text(), flags=re.DOTALL)
+
+
+def test_the_docs_examples_are_valid(tmp_path: Path) -> None:
+    (document,) = _doc_blocks("yaml")
+    plan = dee.parse_plan(document)
+    assert dee.validate_plan(plan) == []
+    assert plan.schedule.holidays == "US"
+    (script,) = _doc_blocks("python")
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (0, "[]\n"), result.stderr
+
+
+def test_the_docs_validation_output(tmp_path: Path) -> None:
+    (document,) = _doc_blocks("yaml")
+    broken = document.replace("timezone: contact  ", "timezone: America/Neww_York").replace(
+        'from: "10:00", to: "12:00"', 'from: "17:00", to: "09:00"'
+    )
+    (tmp_path / "timed.yaml").write_text(broken)
+    for name in ("templates/tmpl_intro.html", "scripts/call_script.txt"):
+        (tmp_path / "content" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "content" / name).write_text("Hi")
+    result = subprocess.run(
+        [sys.executable, "-m", "dee.cli.main", "plans", "validate", "timed.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    shown = next(block for block in _doc_blocks("text") if "invalid-timezone" in block)
+    assert result.stdout.splitlines() == shown.splitlines(), result
