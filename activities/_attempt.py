@@ -60,13 +60,17 @@ def check_window(check: WindowCheck | None, contact: Contact) -> None:
     """Raise ``OutsideWindow`` (non-retryable, with a :class:`~dee.runs.windows.WindowClosed`
     as its details) when the attempt falls outside its window, before it does anything.
 
-    The time is the attempt's scheduled time, from the Temporal server's clock (skipped
-    time included on the time-skipping test server), not this machine's: a retry that
-    lands in a closed window is held again rather than going out late.
+    The time is the attempt's start, from the Temporal server's clock (skipped time
+    included on the time-skipping test server), not this machine's: a retry that lands in
+    a closed window is held again rather than going out late.
     """
     if check is None:
         return
-    now = activity.info().current_attempt_scheduled_time
+    # When this attempt started by the server's clock. Not current_attempt_scheduled_time:
+    # the time-skipping test server reports there the end of the previous attempt (one
+    # backoff interval early), and the start is the closer to the send in any case (a task
+    # may wait in the queue for a busy worker).
+    now = activity.info().started_time
     try:
         closed = closed_until(check, contact, now=now)
     except (NoOpeningError, LookupError) as exc:

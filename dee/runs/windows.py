@@ -3,7 +3,7 @@
 A send step of an engine-3 run carries a :class:`WindowCheck` to its activity: the window
 (the step's own, else the plan schedule's; every call has one, by default every day
 08:00-21:00), how to find the contact's zone and which holidays to skip. The activity asks
-:func:`closed_until` at the start of every attempt, from the attempt's scheduled time (the
+:func:`closed_until` at the start of every attempt, from the attempt's start time (the
 Temporal server's clock), and when the window is closed fails with ``OutsideWindow``,
 carrying a :class:`WindowClosed`; the workflow then holds the send on a timer until then.
 The decision is made once and lands in the run's history, so a worker with another version

@@ -18,11 +18,12 @@ from zoneinfo import ZoneInfo, available_timezones
 
 import holidays
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from dee.runs.client import run_state, send_event
-from dee.runs.model import RunState
+from dee.runs.model import Contact, RunInput, RunState
 from tests.helpers.engine import engine
 from tests.helpers.smtp import SmtpServer
 from tests.helpers.twilio_api import TwilioApi, twilio_api
@@ -34,6 +35,7 @@ from tests.helpers.windows import (
     weekday,
     window_plan,
 )
+from workflows.execution_plan import ExecutionPlanWorkflow
 
 UTC = datetime.UTC
 NINE = datetime.time(9)
@@ -223,3 +225,90 @@ async def test_calls_wait_for_calling_hours_by_default(
     assert result.outcome == "done"
     assert len(twilio.creates) == 1
     assert _near(starts[-1], opens.astimezone(UTC)), (zone, starts)
+
+
+def _zone_at_midday(now: datetime.datetime) -> str:
+    """A zone where it is now between 10:00 and 16:00."""
+    for zone in sorted(available_timezones()):
+        if zone.startswith(("Etc/", "SystemV/")) or "/" not in zone:
+            continue
+        if 10 <= now.astimezone(ZoneInfo(zone)).hour < 16:
+            return zone
+    raise AssertionError("no zone is at midday")
+
+
+async def test_a_retry_that_lands_in_the_closed_window_waits_again(
+    time_skipping_env: WorkflowEnvironment,
+    task_queue: str,
+    tmp_path: Path,
+    smtp: SmtpServer,
+    twilio: TwilioApi,
+) -> None:
+    env = time_skipping_env
+    now = await env.get_current_time()
+    zone = _zone_at_midday(now)
+    local = now.astimezone(ZoneInfo(zone))
+    # Open from this minute for three minutes; the SMTP server answers 451 until then, so
+    # the retries (1 s, 2 s, 4 s, ... apart) outlast the window.
+    start = local.replace(second=0, microsecond=0)
+    end = start + datetime.timedelta(minutes=3)
+    window = {"from": f"{start:%H:%M}", "to": f"{end:%H:%M}"}
+    plan = window_plan(f"retry-{uuid.uuid4().hex[:8]}", send_window=window)
+    smtp.handler.fail_next("451 4.3.0 try later", count=1000)
+    async with engine(env, task_queue, tmp_path, smtp, twilio) as e:
+        handle = await e.start(e.version(plan, CONTENT), contact={"timezone": zone})
+        await env.sleep(datetime.timedelta(minutes=5))
+        state = await _holding(e.client, handle.id)
+        # The channel works again; the send waits for tomorrow's window all the same.
+        smtp.handler.data_replies.clear()
+        result = await handle.result()
+        history = await handle.fetch_history()
+    opens = start + datetime.timedelta(days=1)
+    assert state.holding is not None
+    assert state.holding.until == opens.astimezone(UTC), (zone, state.holding)
+    assert result.outcome == "done"
+    attempts = [
+        (
+            event.event_time.ToDatetime(tzinfo=UTC),
+            event.activity_task_started_event_attributes.attempt,
+        )
+        for event in history.events
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+    ]
+    # The first activity retried inside the window, its last attempt fell outside it; the
+    # second ran when the window opened again and sent.
+    assert len(attempts) == 2 and attempts[0][1] > 3, attempts
+    assert attempts[0][0] >= end.astimezone(UTC) and _near(attempts[1][0], opens), attempts
+    assert e.subjects == ["Hi"]
+
+
+async def test_runs_of_older_engines_send_at_once(
+    time_skipping_env: WorkflowEnvironment,
+    task_queue: str,
+    tmp_path: Path,
+    smtp: SmtpServer,
+    twilio: TwilioApi,
+) -> None:
+    now = await time_skipping_env.get_current_time()
+    closed = weekday((now + datetime.timedelta(days=3)).date())
+    plan = window_plan(
+        f"engine2-{uuid.uuid4().hex[:8]}", send_window={"days": [closed], "from": "09:00"}
+    )
+    async with engine(time_skipping_env, task_queue, tmp_path, smtp, twilio) as e:
+        version = e.version(plan, CONTENT)
+        handle = await e.client.start_workflow(
+            ExecutionPlanWorkflow.run,
+            RunInput(
+                plan=version.plan,
+                content=version.content,
+                digest=version.digest,
+                contact=Contact(id="old", email="old@example.com", timezone="UTC", firstName="Old"),
+                engine=2,
+            ),
+            id=f"{task_queue}:old",
+            task_queue=task_queue,
+        )
+        result = await handle.result()
+        starts = await activity_starts(handle)
+    assert result.outcome == "done" and e.subjects == ["Hi"]
+    assert len(starts) == 1 and starts[0] - now < datetime.timedelta(minutes=1)
