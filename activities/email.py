@@ -78,7 +78,7 @@ class EmailActivities:
     async def send_email(self, input: SendEmailInput) -> SendEmailResult:
         """Send ``input.step``'s email to ``input.contact`` unless an attempt already did."""
         # Before anything else: a send outside its window renders, claims and sends nothing.
-        check_window(input.window, input.contact)
+        await check_window(input.window, input.contact)
         async with heartbeating():
             return await self._send_email(input)
 

@@ -104,7 +104,7 @@ class VoiceActivities:
     async def place_call(self, input: PlaceCallInput) -> PlaceCallResult:
         """Place the call for one visit of a send-voice step, at most once."""
         # Before anything else: a send outside its window renders, claims and sends nothing.
-        check_window(input.window, input.contact)
+        await check_window(input.window, input.contact)
         async with heartbeating():
             return await self._place_call(input)
 

@@ -120,26 +120,39 @@ def contact_zones(contact: Contact, *, timezone: str, fallback: str) -> tuple[st
 
     ``timezone`` other than ``contact`` is every contact's zone. Otherwise the contact's
     ``timezone`` when it is a zone this machine knows (anything else is ignored, as if
-    absent), else every zone of its phone number's region (``phonenumbers``), else
-    ``fallback``.
+    absent), else every zone of its phone number's region (``phonenumbers``; none for a
+    number tied to no place, such as a toll-free one), else ``fallback``.
     """
     if timezone != "contact":
         return (_zone(timezone, "timezone"),)
     if isinstance(contact.timezone, str) and known_zone(contact.timezone):
         return (contact.timezone,)
-    if contact.phone:
-        import phonenumbers
-        from phonenumbers import timezone as phone_zones
+    zones = _phone_zones(contact.phone) if contact.phone else ()
+    return zones or (_zone(fallback, "fallbackTimezone"),)
 
-        try:
-            number = phonenumbers.parse(contact.phone)
-        except phonenumbers.NumberParseException:
-            number = None
-        if number is not None:
-            zones = sorted({z for z in phone_zones.time_zones_for_number(number) if known_zone(z)})
-            if zones:
-                return tuple(zones)
-    return (_zone(fallback, "fallbackTimezone"),)
+
+def _phone_zones(phone: str) -> tuple[str, ...]:
+    """The zones of ``phone``'s region; none for a number that is not tied to a place (a
+    toll-free, premium-rate, shared-cost, personal or VoIP number spans a whole plan)."""
+    import phonenumbers
+    from phonenumbers import PhoneNumberType
+    from phonenumbers import timezone as phone_zones
+
+    try:
+        number = phonenumbers.parse(phone)
+    except phonenumbers.NumberParseException:
+        return ()
+    placeless = {
+        PhoneNumberType.TOLL_FREE,
+        PhoneNumberType.PREMIUM_RATE,
+        PhoneNumberType.SHARED_COST,
+        PhoneNumberType.UAN,
+        PhoneNumberType.PERSONAL_NUMBER,
+        PhoneNumberType.VOIP,
+    }
+    if phonenumbers.number_type(number) in placeless:
+        return ()
+    return tuple(sorted({z for z in phone_zones.time_zones_for_number(number) if known_zone(z)}))
 
 
 def _zone(name: str, field: str) -> str:
@@ -241,9 +254,19 @@ def closed_until(
     """``None`` when a send of ``check``'s step to ``contact`` may go at ``now``; otherwise
     when and why it must wait."""
     zones = contact_zones(contact, timezone=check.timezone, fallback=check.fallback_timezone)
-    opens = next_opening(
-        check.window, zones, now=now, holidays=check.holidays, not_before=check.not_before
-    )
+    try:
+        opens = next_opening(
+            check.window, zones, now=now, holidays=check.holidays, not_before=check.not_before
+        )
+    except NoOpeningError:
+        if len(zones) == 1:
+            raise
+        # A phone region whose zones' windows never meet (a Russian mobile number spans
+        # eleven hours): the window of the fallback zone instead of no send at all.
+        zones = (_zone(check.fallback_timezone, "fallbackTimezone"),)
+        opens = next_opening(
+            check.window, zones, now=now, holidays=check.holidays, not_before=check.not_before
+        )
     if opens is None:
         return None
     local = opens.astimezone(zoneinfo.ZoneInfo(zones[0])).strftime("%Y-%m-%d %H:%M")

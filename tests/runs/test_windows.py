@@ -133,6 +133,8 @@ def test_not_before_a_local_date() -> None:
         ({"timezone": "Mars/Olympus_Mons", "phone": "+493012345678"}, (BERLIN,)),
         ({"timezone": "../../../etc/passwd"}, ("UTC",)),
         ({"timezone": ""}, ("UTC",)),
+        # A toll-free number is tied to no place (its region has 42 zones): the fallback.
+        ({"phone": "+18005551234"}, ("UTC",)),
         # A number with no region (555 numbers are fictional): the fallback.
         ({"phone": "+15557654321"}, ("UTC",)),
         ({}, ("UTC",)),
@@ -205,3 +207,21 @@ def test_closed_until_says_when_in_the_contacts_zone() -> None:
     assert closed.reason == "send window of intro-email opens 2026-12-07 09:00 America/New_York"
     assert closed.zones == (NY,)
     assert closed_until(check, contact, now=utc(2026, 12, 7, 14)) is None
+
+
+def test_a_phone_region_whose_windows_never_meet_uses_the_fallback_zone() -> None:
+    # A Russian mobile number spans Kaliningrad to Kamchatka: no 09:00-17:00 is common.
+    contact = Contact(id="c", phone="+79161234567")
+    assert len(contact_zones(contact, timezone="contact", fallback="UTC")) > 10
+    check = WindowCheck(
+        kind="callWindow", step_id="call", window=WEEKDAYS, fallback_timezone="Europe/Moscow"
+    )
+    closed = closed_until(check, contact, now=utc(2026, 12, 5, 12))
+    assert closed is not None and closed.zones == ("Europe/Moscow",)
+    assert closed.until == utc(2026, 12, 7, 6)
+    # An Australian mobile number's eight zones (Cocos Islands, UTC+6:30, to Lord Howe
+    # Island, UTC+11 in December) do meet: from 09:00 on the Cocos Islands.
+    australian = Contact(id="c", phone="+61412345678")
+    closed = closed_until(check, australian, now=utc(2026, 12, 5, 12))
+    assert closed is not None and len(closed.zones) == 8
+    assert closed.until == utc(2026, 12, 7, 2, 30)
