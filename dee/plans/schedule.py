@@ -79,6 +79,22 @@ class Schedule(PlanModel):
     #: Allow call windows outside :data:`CALLING_HOURS`.
     calling_hours_override: bool = False
 
+    def describe(self) -> str:
+        """``zone contact (else UTC), emails mon-fri 09:00-17:00, holidays US``."""
+        zone = self.timezone
+        if zone == "contact":
+            zone = f"contact (else {self.fallback_timezone})"
+        parts = [f"zone {zone}"]
+        if self.send_window is not None:
+            parts.append(f"emails {self.send_window.describe()}")
+        calls = self.call_window or DEFAULT_CALL_WINDOW
+        parts.append(f"calls {calls.describe()}")
+        if self.holidays is not None:
+            parts.append(f"holidays {self.holidays}")
+        if self.calling_hours_override:
+            parts.append("calling hours overridden")
+        return ", ".join(parts)
+
 
 #: Which window a send waits for, as its problems and holds name it.
 WindowKind = Literal["sendWindow", "callWindow"]

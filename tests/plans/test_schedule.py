@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import dee
+from dee.cli._format import plan_details
 from dee.errors import PlanDataError, Problem
 from dee.plans.registry import PlanRegistry
 from dee.plans.schedule import Schedule, Window
@@ -311,3 +312,19 @@ def test_the_docs_validation_output(tmp_path: Path) -> None:
     )
     shown = next(block for block in _doc_blocks("text") if "invalid-timezone" in block)
     assert result.stdout.splitlines() == shown.splitlines(), result
+
+
+def test_plans_show_says_the_schedule(registry: PlanRegistry) -> None:
+    timed = dee.parse_plan(YAML)
+    content = dee.PlanContent(
+        templates={"tmpl_intro": dee.EmailTemplate(html="<p>Hi</p>")}, scripts={"s": "Hi"}
+    )
+    stored = registry.create(timed, content)
+    lines = plan_details(stored)
+    assert (
+        "schedule:    zone contact (else America/New_York), emails mon-fri 09:00-17:00, "
+        "calls mon-fri 09:00-20:00, holidays US"
+    ) in lines
+    assert any("window tue-thu 10:00-12:00" in line for line in lines)
+    plain = registry.create(email_plan("p1"), email_content())
+    assert not any(line.startswith("schedule:") for line in plan_details(plain))
