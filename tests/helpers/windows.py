@@ -12,10 +12,12 @@ from temporalio.client import WorkflowHandle
 
 import dee
 from dee.plans.content import EmailTemplate, PlanContent
-from dee.plans.schedule import DAYS
+from dee.plans.schedule import DAYS, Schedule
 
 __all__ = [
+    "ANY_HOUR",
     "CONTENT",
+    "at_any_hour",
     "activity_starts",
     "next_dst_change",
     "summaries",
@@ -26,6 +28,20 @@ CONTENT = PlanContent(
     templates={"tmpl": EmailTemplate(html="<p>Hello {{ contact.firstName }}</p>")},
     scripts={"script": "Hello {{ contact.firstName }}."},
 )
+
+
+#: The schedule of test plans that call but are not about calling hours: engine-3 calls
+#: wait for 08:00-21:00 in the contact's zone by default, and tests run at any hour (the
+#: time-skipping server's clock, moved on by earlier tests, at any hour too).
+ANY_HOUR: dict[str, Any] = {
+    "callWindow": {"from": "00:00", "to": "24:00"},
+    "callingHoursOverride": True,
+}
+
+
+def at_any_hour(plan: dee.ExecutionPlan) -> dee.ExecutionPlan:
+    """``plan`` calling at any hour (see :data:`ANY_HOUR`)."""
+    return plan.model_copy(update={"schedule": Schedule.model_validate(ANY_HOUR)})
 
 
 def next_dst_change(zone: str, after: datetime.datetime) -> datetime.datetime:

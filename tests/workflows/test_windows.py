@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import datetime
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, available_timezones
 
 import holidays
 import pytest
+import pytest_asyncio
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
@@ -26,6 +27,7 @@ from dee.runs.client import run_state, send_event
 from dee.runs.model import Contact, RunInput, RunState
 from tests.helpers.engine import engine
 from tests.helpers.smtp import SmtpServer
+from tests.helpers.temporal import start_time_skipping_env
 from tests.helpers.twilio_api import TwilioApi, twilio_api
 from tests.helpers.windows import (
     CONTENT,
@@ -39,6 +41,18 @@ from workflows.execution_plan import ExecutionPlanWorkflow
 
 UTC = datetime.UTC
 NINE = datetime.time(9)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server of this module's own, whose clock starts at the real now: the
+    session's may have been moved on by earlier tests by decades (loops of year-long
+    waits), past 2100, where the holidays package has no calendars."""
+    env = await start_time_skipping_env()
+    try:
+        yield env
+    finally:
+        await env.shutdown()
 
 
 @pytest.fixture
