@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Final, NoReturn, TypeVar, assert_never
 
 from temporalio import workflow
@@ -132,6 +132,9 @@ class Interpreter:
         self._exits = exits_for(input.plan.exit_on) if self._engine3 else {}
         #: The outcome an ``exitOn`` event has ended the run with, once one arrived.
         self._exit: str | None = progress.exit if progress else None
+        #: The day the run's next send waits for after an out-of-office reply
+        #: (``pauseOnAutoReply``, engine 3), in the contact's time zone.
+        self._resume_on: date | None = progress.resume_on if progress else None
         self._visits: dict[str, int] = dict(progress.visits) if progress else {}
         self._history: list[StepVisit] = list(progress.history) if progress else []
         self._current: str | None = progress.next_step if progress else input.plan.steps[0].id
@@ -156,6 +159,8 @@ class Interpreter:
         if event.type == "unsubscribe":
             # The contact's wish, whichever of the contact's emails it came from.
             self._unsubscribed = True
+        if event.type == "auto-reply" and self._engine3 and self._own(event):
+            self._auto_reply(event)
         exit = self._exits.get(event.type)
         if exit is not None and self._exit is None and self._own(event):
             # A reply, bounce or complaint ends the run only when it is about this
@@ -173,6 +178,20 @@ class Interpreter:
             self._tally.add(event.type, event.step_id)
         else:
             self._foreign += 1
+
+    def _auto_reply(self, event: RunEvent) -> None:
+        """An out-of-office reply: with ``pauseOnAutoReply``, hold the next send until the
+        day after the return date it names, at most ``maxDays`` after it came (the latest
+        reply says when the contact is back)."""
+        pause = self._input.plan.pause_on_auto_reply
+        back = event.details.get("returnDate")
+        if pause is None or not isinstance(back, str):
+            return
+        try:
+            resume = date.fromisoformat(back) + timedelta(days=1)
+        except ValueError:
+            return
+        self._resume_on = min(resume, workflow.now().date() + timedelta(days=pause.max_days))
 
     def state(self) -> RunState:
         plan = self._input.plan
@@ -432,6 +451,7 @@ class Interpreter:
             foreign=self._foreign,
             unsubscribed=self._unsubscribed,
             exit=self._exit,
+            resume_on=self._resume_on,
             wait_until=wait_until,
         )
         carried = self._input.model_copy(update={"progress": progress})

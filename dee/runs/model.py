@@ -273,6 +273,8 @@ class RunProgress(_Frozen):
     #: The outcome an ``exitOn`` event ended the run with (:mod:`dee.plans.exits`), when
     #: one arrived in the execution that continued as new.
     exit: Annotated[str, Field(max_length=64)] | None = None
+    #: The day the next send waits for after an out-of-office reply (``pauseOnAutoReply``).
+    resume_on: datetime.date | None = None
     #: When the run continued as new during a wait: the moment that wait ends.
     wait_until: datetime.datetime | None = None
 
