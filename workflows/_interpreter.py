@@ -187,11 +187,15 @@ class Interpreter:
         back = event.details.get("returnDate")
         if pause is None or not isinstance(back, str):
             return
+        latest = workflow.now().date() + timedelta(days=pause.max_days)
         try:
-            resume = date.fromisoformat(back) + timedelta(days=1)
+            # Any text may come here (an event posted to the API): a date that does not
+            # parse holds nothing, and one past the limit holds until the limit (no
+            # arithmetic on it, so 9999-12-31 cannot overflow).
+            back_on = date.fromisoformat(back)
         except ValueError:
             return
-        self._resume_on = min(resume, workflow.now().date() + timedelta(days=pause.max_days))
+        self._resume_on = latest if back_on >= latest else back_on + timedelta(days=1)
 
     def state(self) -> RunState:
         plan = self._input.plan
