@@ -34,6 +34,8 @@ is about, a stable code and a message that says what was expected. The codes:
 ``expression-bad-arguments``    a function gets the wrong number or kind of arguments
 ``expression-unknown-step``     a ``when`` names a step that is not in the plan
 ``expression-unknown-event-type``  a ``when`` names an event type DEE does not know
+``until-always-holds``         a wait's ``until`` is ``default``
+``unknown-exit-event``         ``exitOn`` names an event it does not know
 ``invalid-timezone``            the schedule names a zone that does not exist
 ``invalid-window``              a window's times are not HH:MM, or ``from`` is not before ``to``
 ``unknown-day``                 a window names a day that is not mon ... sun
@@ -52,8 +54,9 @@ from collections.abc import Sequence
 from typing import Final
 
 from dee.errors import PlanValidationError, Problem
-from dee.plans.conditions import check_condition
+from dee.plans.conditions import DEFAULT, check_condition
 from dee.plans.content import PlanContent, check_content, content_path
+from dee.plans.exits import EXIT_EVENTS
 from dee.plans.model import (
     BranchStep,
     Duration,
@@ -155,6 +158,13 @@ class _Validator:
         self.id_set = frozenset(self.ids)
         for step in steps:
             self.check_step(step)
+        for name in self.plan.exit_on or ():
+            if name not in EXIT_EVENTS:
+                self.add(
+                    None,
+                    "unknown-exit-event",
+                    f"exitOn names {name!r}; expected some of {', '.join(EXIT_EVENTS)}",
+                )
         self.check_transitions()
         self.problems.extend(check_schedule(self.plan))
         if self.content is not None:
@@ -187,6 +197,16 @@ class _Validator:
             self.check_duration(step.id, name, duration, limit)
         if isinstance(step, BranchStep):
             self.check_branch(step)
+        elif isinstance(step, WaitStep) and step.until is not None:
+            if step.until.strip() == DEFAULT:
+                self.add(
+                    step.id,
+                    "until-always-holds",
+                    "until is 'default', which always holds, so the wait would end at once: "
+                    "write a condition such as 'events.hasReply(\"intro-email\")' or drop until",
+                )
+            for problem in check_condition(step.until, step_ids=self.id_set):
+                self.add(step.id, problem.code, f"until ({step.until[:80]!r}): {problem.message}")
 
     def check_duration(self, step_id: str, name: str, duration: Duration, limit: int) -> None:
         total = duration.total_seconds

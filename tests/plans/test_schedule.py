@@ -15,6 +15,7 @@ import pytest
 import dee
 from dee.cli._format import plan_details
 from dee.errors import PlanDataError, Problem
+from dee.plans.model import AutoReplyPause
 from dee.plans.registry import PlanRegistry
 from dee.plans.schedule import Schedule, Window
 from dee.plans.versions import canonical_meaning
@@ -257,16 +258,28 @@ def test_schedule_problems_come_before_the_steps() -> None:
     ]
 
 
-def test_a_schedule_is_part_of_what_a_version_means(registry: PlanRegistry) -> None:
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("schedule", Schedule(holidays="US")),
+        # The plan-level fields of issue 11's other parts go the same way.
+        ("exit_on", ("reply",)),
+        ("pause_on_auto_reply", AutoReplyPause(max_days=3)),
+    ],
+)
+def test_plan_fields_are_part_of_what_a_version_means(
+    registry: PlanRegistry, field: str, value: object
+) -> None:
     plain = registry.create(email_plan("p1"), email_content())
-    timed_plan = email_plan("p1").model_copy(update={"schedule": Schedule(holidays="US")})
-    timed = registry.create(timed_plan, email_content())
-    assert (plain.version, timed.version) == (1, 2)
-    assert timed.digest != plain.digest
-    # Read back from the stored canonical text, schedule and all.
-    assert registry.get("p1", version=2).plan.schedule == Schedule(holidays="US")
-    assert registry.get("p1", version=1).plan.schedule == Schedule()
-    assert registry.create(timed_plan, email_content()).created is False
+    changed_plan = email_plan("p1").model_copy(update={field: value})
+    changed = registry.create(changed_plan, email_content())
+    assert (plain.version, changed.version) == (1, 2)
+    assert changed.digest != plain.digest
+    # Read back from the stored canonical text, the field and all.
+    assert getattr(registry.get("p1", version=2).plan, field) == value
+    assert getattr(registry.get("p1", version=1).plan, field) == getattr(plain.plan, field)
+    assert registry.create(changed_plan, email_content()).created is False
+    assert registry.create(email_plan("p1"), email_content()).version == 3
 
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "windows.md"
