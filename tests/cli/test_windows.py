@@ -20,6 +20,7 @@ from temporalio.testing import WorkflowEnvironment
 from tests.cli.test_runs import Cli, _until, cli  # noqa: F401  (the fixture)
 from tests.helpers.smtp import SmtpServer
 from tests.helpers.temporal import run_result
+from tests.server.test_api import api_server
 
 PLAN = """\
 id: PLAN_ID
@@ -86,6 +87,14 @@ async def test_one_contact_inside_the_window_one_outside(
         until = f"{opens.astimezone(datetime.UTC):%Y-%m-%dT%H:%M:%SZ}"
         assert f"holding:      {until} ({reason})" in shown
         assert "current step: intro-email" in shown
+        # And the API says the same.
+        async with api_server(dev_env, tmp_path / "api.db") as up:
+            answer = await up.http.get(f"/v1/runs/{held}")
+        assert answer.json()["holding"] == {
+            "stepId": "intro-email",
+            "until": until,
+            "reason": reason,
+        }
 
         # The Temporal UI shows the hold's timer with the same words.
         history = await dev_env.client.get_workflow_handle(held).fetch_history()
