@@ -269,15 +269,18 @@ def closed_until(
         )
     if opens is None:
         return None
-    local = opens.astimezone(zoneinfo.ZoneInfo(zones[0])).strftime("%Y-%m-%d %H:%M")
-    more = f" (and {len(zones) - 1} more zones)" if len(zones) > 1 else ""
+    # Said in the zone whose window opens then (the others' opened earlier).
+    local = {zone: opens.astimezone(zoneinfo.ZoneInfo(zone)) for zone in zones}
+    shown = next((z for z in zones if f"{local[z]:%H:%M}" == check.window.from_), zones[0])
+    others = len(zones) - 1
+    more = f" (and {others} more zone{'s' if others > 1 else ''})" if others else ""
     what = "send window" if check.kind == "sendWindow" else "call window"
     return WindowClosed(
         until=opens,
         kind=check.kind,
         step_id=check.step_id,
         zones=zones,
-        reason=f"{what} of {check.step_id} opens {local} {zones[0]}{more}",
+        reason=f"{what} of {check.step_id} opens {local[shown]:%Y-%m-%d %H:%M} {shown}{more}",
     )
 
 

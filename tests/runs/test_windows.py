@@ -225,3 +225,8 @@ def test_a_phone_region_whose_windows_never_meet_uses_the_fallback_zone() -> Non
     closed = closed_until(check, australian, now=utc(2026, 12, 5, 12))
     assert closed is not None and len(closed.zones) == 8
     assert closed.until == utc(2026, 12, 7, 2, 30)
+    # Said in the zone whose window opens last.
+    assert (
+        closed.reason
+        == "call window of call opens 2026-12-07 09:00 Indian/Cocos (and 7 more zones)"
+    )

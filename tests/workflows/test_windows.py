@@ -152,7 +152,7 @@ async def test_three_zones_hold_until_their_own_nine_and_an_unsubscribe_ends_a_h
             f"send window of the-email opens {target:%Y-%m-%d} 09:00 {zone}"
         )
         assert state.current_step == "the-email"
-    assert "(and 1 more zones)" in held["America/Denver"].holding.reason  # type: ignore[union-attr]
+    assert "(and 1 more zone)" in held["America/Denver"].holding.reason  # type: ignore[union-attr]
     # The unsubscribe ended every hold at once; nothing was sent.
     assert [r.outcome for r in results] == ["unsubscribed"] * 3
     assert [r.step_id for r in results] == ["the-email"] * 3
