@@ -32,6 +32,10 @@ variable                   meaning                                        defaul
 ``DEE_WORKFLOW_CACHE``     runs a worker keeps in memory between their    ``500``
                            workflow tasks; others are replayed from
                            their history when they wake (BENCHMARKS.md)
+``DEE_MIGRATE_ON_START``   whether a process opening the database         ``true``
+                           migrates it; ``false`` (production): it only
+                           checks the schema revision and refuses to
+                           start on another one (``dee db upgrade``)
 =========================  =============================================  ==========================
 
 Temporal itself is configured the way every Temporal client is (``TEMPORAL_ADDRESS``,
@@ -46,7 +50,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Settings", "split_keys"]
+__all__ = ["MIGRATE_ON_START_ENV", "Settings", "migrate_on_start", "split_keys"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +74,9 @@ class Settings:
     #: sandboxed workflow module and its input (about 0.17 MiB); a run that is not cached
     #: replays its history when it wakes (about a millisecond for a short one).
     workflow_cache: int = 500
+    # Deployment: whether a process migrates the database when it opens it
+    # (dee.storage.schema); the production compose file runs `dee db upgrade` once instead.
+    migrate_on_start: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -120,7 +127,24 @@ class Settings:
                 origin.rstrip("/") for origin in split_keys(env.get("DEE_CODEC_ORIGINS", ""))
             ),
             workflow_cache=count("DEE_WORKFLOW_CACHE", defaults.workflow_cache),
+            migrate_on_start=migrate_on_start(env),
         )
+
+
+MIGRATE_ON_START_ENV = "DEE_MIGRATE_ON_START"
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def migrate_on_start(environ: Mapping[str, str] | None = None) -> bool:
+    """``DEE_MIGRATE_ON_START`` (default true): whether opening the database migrates it."""
+    env = os.environ if environ is None else environ
+    text = env.get(MIGRATE_ON_START_ENV, "").strip()
+    if not text:
+        return True
+    if text.lower() in _TRUE | _FALSE:
+        return text.lower() in _TRUE
+    raise ValueError(f"{MIGRATE_ON_START_ENV} must be true or false, not {text!r}")
 
 
 def split_keys(value: str) -> tuple[str, ...]:
