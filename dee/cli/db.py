@@ -36,7 +36,10 @@ def db() -> None:
 @contextmanager
 def _engine(ctx: click.Context) -> Iterator[Engine]:
     url = resolve_url(database_of(ctx))
-    engine = make_engine(url)
+    try:
+        engine = make_engine(url)
+    except ValueError as exc:  # DEE_DATABASE_POOL_SIZE, DEE_DATABASE_MAX_OVERFLOW
+        raise RegistryError(str(exc)) from None
     try:
         yield engine
     except SQLAlchemyError as exc:

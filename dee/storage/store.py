@@ -10,7 +10,7 @@ from typing import Concatenate, ParamSpec, Self, TypeVar
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from dee.errors import DeeError
-from dee.settings import migrate_on_start
+from dee.settings import database_pool, migrate_on_start
 from dee.storage.database import make_engine, resolve_url, safe_url
 from dee.storage.database import migrate as _migrate
 from dee.storage.schema import check_schema
@@ -39,11 +39,12 @@ class Store:
     def __init__(
         self, url: str | None = None, *, echo: bool = False, migrate: bool | None = None
     ) -> None:
-        if migrate is None:
-            try:
-                migrate = migrate_on_start()
-            except ValueError as exc:
-                raise self.error(str(exc)) from None
+        try:
+            migrate = migrate_on_start() if migrate is None else migrate
+            # Read by make_engine: a wrong value is named here rather than as a traceback.
+            database_pool()
+        except ValueError as exc:
+            raise self.error(str(exc)) from None
         self.url = resolve_url(url)
         self._engine = make_engine(self.url, echo=echo)
         try:
