@@ -5,6 +5,8 @@ migrating it."""
 from __future__ import annotations
 
 import asyncio
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -207,3 +209,39 @@ async def test_the_worker_process_refuses_an_old_schema(
     )
     # Nothing was migrated behind the operator's back.
     assert _dee(database, "db", "status").exit_code == 1
+
+
+def _readme_session() -> list[tuple[str, str]]:
+    """The README's ``dee db`` session: each ``$ command`` with the output it shows."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (block,) = [
+        block
+        for block in re.findall(r"```text\n(.*?)```", readme, flags=re.DOTALL)
+        if "$ dee --database sqlite:///demo.db db upgrade" in block
+    ]
+    session: list[tuple[str, str]] = []
+    for line in block.splitlines(keepends=True):
+        if line.startswith("$ "):
+            session.append((line[2:].strip(), ""))
+        else:
+            typed, output = session[-1]
+            session[-1] = (typed, output + line)
+    return session
+
+
+def test_the_readme_session_prints_what_it_shows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    session = _readme_session()
+    assert len(session) == 5
+    for line, shown in session:
+        words = shlex.split(line)
+        env: dict[str, str | None] = {"DEE_DATABASE_URL": None, "DEE_MIGRATE_ON_START": None}
+        while "=" in words[0]:
+            name, _, value = words.pop(0).partition("=")
+            env[name] = value
+        assert words[0] == "dee", line
+        result = CliRunner().invoke(dee, words[1:], env=env, catch_exceptions=False)
+        # The revision is this release's newest, whichever the README was written with.
+        assert re.sub(r"\b0\d{3}\b", "REV", result.output) == re.sub(r"\b0\d{3}\b", "REV", shown)
