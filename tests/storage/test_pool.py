@@ -18,6 +18,7 @@ from dee.plans.registry import PlanRegistry
 from dee.runs.ledger import SendLedger
 from dee.settings import Settings
 from dee.storage.database import make_engine, resolve_url
+from tests.helpers import db
 
 
 def _connections(database_url: str) -> int:
@@ -57,13 +58,20 @@ def test_a_store_opens_no_more_than_pool_size_plus_overflow(
 
 
 @pytest.mark.postgres
-def test_open_stores_hold_one_connection_each_when_idle(postgres_database_url: str) -> None:
+def test_open_stores_hold_one_connection_each_when_idle(postgres_server_url: str) -> None:
     # What the README's sizing starts from: the worker's ledger holds two (its own pool and
-    # the bounded one of email commits), each store of the API one.
-    before = _connections(postgres_database_url)
-    with SendLedger(postgres_database_url), PlanRegistry(postgres_database_url):
-        assert _connections(postgres_database_url) - before == 3
-    assert _connections(postgres_database_url) == before
+    # the bounded one of email commits), each store of the API one. A database of its own,
+    # so that no other test's connections come and go while it counts.
+    url = db.create_postgres_database(postgres_server_url)
+    try:
+        assert _connections(url) == 0
+        with SendLedger(url):
+            assert _connections(url) == 2
+            with PlanRegistry(url):
+                assert _connections(url) == 3
+        assert _connections(url) == 0
+    finally:
+        db.drop_postgres_database(postgres_server_url, url)
 
 
 @pytest.mark.parametrize(
