@@ -32,6 +32,14 @@ variable                   meaning                                        defaul
 ``DEE_WORKFLOW_CACHE``     runs a worker keeps in memory between their    ``500``
                            workflow tasks; others are replayed from
                            their history when they wake (BENCHMARKS.md)
+``DEE_MIGRATE_ON_START``   whether a process opening the database         ``true``
+                           migrates it; ``false`` (production): it only
+                           checks the schema revision and refuses to
+                           start on another one (``dee db upgrade``)
+``DEE_DATABASE_POOL_``     PostgreSQL connections each store of a         ``5``
+``SIZE``                   process keeps open (README: Deployment)
+``DEE_DATABASE_MAX_``      connections a store may open beyond those      ``10``
+``OVERFLOW``               while busy
 =========================  =============================================  ==========================
 
 Temporal itself is configured the way every Temporal client is (``TEMPORAL_ADDRESS``,
@@ -46,7 +54,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Settings", "split_keys"]
+__all__ = [
+    "MIGRATE_ON_START_ENV",
+    "Settings",
+    "database_pool",
+    "migrate_on_start",
+    "split_keys",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +84,13 @@ class Settings:
     #: sandboxed workflow module and its input (about 0.17 MiB); a run that is not cached
     #: replays its history when it wakes (about a millisecond for a short one).
     workflow_cache: int = 500
+    # Deployment: whether a process migrates the database when it opens it
+    # (dee.storage.schema); the production compose file runs `dee db upgrade` once instead.
+    migrate_on_start: bool = True
+    # Each store (dee.storage.store) has its own pool of PostgreSQL connections: this many
+    # kept open, and up to max_overflow more while busy (dee.storage.database.make_engine).
+    database_pool_size: int = 5
+    database_max_overflow: int = 10
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -120,7 +141,45 @@ class Settings:
                 origin.rstrip("/") for origin in split_keys(env.get("DEE_CODEC_ORIGINS", ""))
             ),
             workflow_cache=count("DEE_WORKFLOW_CACHE", defaults.workflow_cache),
+            migrate_on_start=migrate_on_start(env),
+            database_pool_size=database_pool(env)[0],
+            database_max_overflow=database_pool(env)[1],
         )
+
+
+MIGRATE_ON_START_ENV = "DEE_MIGRATE_ON_START"
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def migrate_on_start(environ: Mapping[str, str] | None = None) -> bool:
+    """``DEE_MIGRATE_ON_START`` (default true): whether opening the database migrates it."""
+    env = os.environ if environ is None else environ
+    text = env.get(MIGRATE_ON_START_ENV, "").strip()
+    if not text:
+        return True
+    if text.lower() in _TRUE | _FALSE:
+        return text.lower() in _TRUE
+    raise ValueError(f"{MIGRATE_ON_START_ENV} must be true or false, not {text!r}")
+
+
+def database_pool(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """``(DEE_DATABASE_POOL_SIZE, DEE_DATABASE_MAX_OVERFLOW)``, default ``(5, 10)``:
+    SQLAlchemy's own defaults, per store."""
+    env = os.environ if environ is None else environ
+    values = []
+    for name, default, least in (
+        ("DEE_DATABASE_POOL_SIZE", 5, 1),
+        ("DEE_DATABASE_MAX_OVERFLOW", 10, 0),
+    ):
+        text = env.get(name, "").strip()
+        if not text:
+            values.append(default)
+        elif text.isdigit() and int(text) >= least:
+            values.append(int(text))
+        else:
+            raise ValueError(f"{name} must be a whole number of {least} or more, not {text!r}")
+    return values[0], values[1]
 
 
 def split_keys(value: str) -> tuple[str, ...]:

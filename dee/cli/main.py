@@ -10,6 +10,7 @@
     dee runs start|event|show|cancel|list ...   (see dee.cli.runs)
     dee suppressions add|remove|list ...        (see dee.cli.suppressions)
     dee tracking sweep [--older-than SECONDS]   (see dee.cli.tracking)
+    dee db upgrade|status                       (see dee.cli.db)
     dee worker
     dee serve [--host 127.0.0.1] [--port 8000]
     dee dev [--port 7233] [--ui-port 8233] [--smtp-port 1025] [--api-port 8000] [--no-worker]
@@ -40,6 +41,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from dee.cli import _format as fmt
+from dee.cli.db import db
 from dee.cli.runs import run_async, runs, used_temporal
 from dee.cli.suppressions import suppressions
 from dee.cli.tracking import tracking
@@ -48,7 +50,7 @@ from dee.plans.content import PlanContent, load_content
 from dee.plans.graph import to_mermaid
 from dee.plans.loader import load_plan
 from dee.plans.model import ID_PATTERN, ExecutionPlan
-from dee.plans.registry import PlanRegistry
+from dee.plans.registry import PlanRegistry, upgrade_database
 from dee.plans.validation import DEFAULT_MAX_STEPS, validate_plan
 from dee.runs.model import ENGINE
 from dee.settings import Settings
@@ -282,6 +284,7 @@ def graph(ctx: click.Context, source: str, version: int | None) -> None:
 dee.add_command(runs)
 dee.add_command(suppressions)
 dee.add_command(tracking)
+dee.add_command(db)
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -420,8 +423,11 @@ def dev(
     sent, as .eml files in .dee/outbox/. With DEE_PAYLOAD_KEYS set, payloads are encrypted
     and the Web UI decodes them through the API's /codec. Ctrl-C stops everything.
     """
+    from dee.cli._local import require_local_extra
     from dee.cli.dev import DevOptions, run_dev
 
+    # Before anything starts: without the local extra it would fail half-way up.
+    require_local_extra()
     _log_to_stderr()
     options = DevOptions(
         port=port, ui_port=ui_port, smtp_port=smtp_port, api_port=api_port, worker=with_worker
@@ -431,7 +437,10 @@ def dev(
         for line in lines:
             click.echo(line)
 
-    run_async(run_dev(options, settings=_settings(ctx), announce=announce))
+    settings = _settings(ctx)
+    # The local environment always migrates, whatever DEE_MIGRATE_ON_START says.
+    upgrade_database(settings.database_url)
+    run_async(run_dev(options, settings=settings, announce=announce))
 
 
 def _exit_now(code: object) -> NoReturn:

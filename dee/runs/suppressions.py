@@ -191,8 +191,10 @@ class Suppressions(Store):
     error: type[DeeError] = SuppressionError
     _borrowed = False
 
-    def __init__(self, url: str | None = None, *, echo: bool = False) -> None:
-        super().__init__(url, echo=echo)
+    def __init__(
+        self, url: str | None = None, *, echo: bool = False, migrate: bool | None = None
+    ) -> None:
+        super().__init__(url, echo=echo, migrate=migrate)
         self._writers = threading.Lock()
 
     @classmethod
