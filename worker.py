@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
+from datetime import timedelta
 from typing import Any, Final
 
 from temporalio import activity, workflow
@@ -23,6 +25,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.email import EmailActivities
 from activities.voice import VoiceActivities
+from dee.logs import configure_logging
 from dee.runs.channels import EmailChannel, VoiceChannel
 from dee.runs.ledger import SendLedger
 from dee.runs.temporal import connect, ensure_search_attributes
@@ -139,13 +142,26 @@ def build_worker(
         activities=[email.send_email, voice.place_call],
         workflow_runner=options.pop("workflow_runner", WORKFLOW_RUNNER),
         max_cached_workflows=options.pop("max_cached_workflows", settings.workflow_cache),
+        # Without it the SDK cancels every send in flight the moment the worker is asked to
+        # stop; with it they finish (and are recorded) first.
+        graceful_shutdown_timeout=options.pop(
+            "graceful_shutdown_timeout", timedelta(seconds=settings.shutdown_timeout)
+        ),
         **options,
     )
 
 
 async def run_worker(settings: Settings | None = None, *, client: Client | None = None) -> None:
-    """Run until SIGINT or SIGTERM, then finish in-flight tasks and stop."""
+    """Run until SIGINT or SIGTERM, then let the activities in flight finish (for up to
+    ``DEE_SHUTDOWN_TIMEOUT`` seconds, then they are cancelled) and stop.
+
+    Refuses to start (``ValueError``) when the settings would send links that lead nowhere
+    (:meth:`Settings.public_url_problem`).
+    """
     settings = settings or Settings.from_env()
+    problem = settings.public_url_problem()
+    if problem:
+        raise ValueError(problem)
     # Its payload keys too: a worker encrypts and decrypts with the keys it is given.
     client = client or await connect(settings=settings)
     added = await ensure_search_attributes(client)
@@ -164,7 +180,10 @@ async def run_worker(settings: Settings | None = None, *, client: Client | None 
                 client.namespace,
             )
             await stop.wait()
-            logger.info("stopping: finishing in-flight tasks")
+            logger.info(
+                "stopping: activities in flight have %.0f s to finish (DEE_SHUTDOWN_TIMEOUT)",
+                settings.shutdown_timeout,
+            )
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
@@ -172,11 +191,17 @@ async def run_worker(settings: Settings | None = None, *, client: Client | None 
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    asyncio.run(run_worker())
+    try:
+        settings = Settings.from_env()
+        problem = settings.public_url_problem()
+        if problem:
+            raise ValueError(problem)
+    except ValueError as exc:
+        # As `dee worker` does: a setting to fix, said once, without a traceback.
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(2) from None
+    configure_logging(settings)
+    asyncio.run(run_worker(settings))
 
 
 if __name__ == "__main__":
