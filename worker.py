@@ -25,6 +25,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.email import EmailActivities
 from activities.voice import VoiceActivities
+from dee import metrics
 from dee.logs import configure_logging
 from dee.runs.channels import EmailChannel, VoiceChannel
 from dee.runs.ledger import SendLedger
@@ -162,12 +163,21 @@ async def run_worker(settings: Settings | None = None, *, client: Client | None 
     problem = settings.public_url_problem()
     if problem:
         raise ValueError(problem)
-    # Its payload keys too: a worker encrypts and decrypts with the keys it is given.
-    client = client or await connect(settings=settings)
+    sdk_metrics = None
+    if client is None:
+        runtime = None
+        if settings.worker_metrics_address:
+            runtime, sdk_metrics = metrics.sdk_runtime()
+        # Its payload keys too: a worker encrypts and decrypts with the keys it is given.
+        client = await connect(settings=settings, runtime=runtime)
     added = await ensure_search_attributes(client)
     if added:
         logger.info("registered search attributes: %s", ", ".join(added))
     ledger = SendLedger(settings.database_url)
+    served = None
+    if settings.worker_metrics_address:
+        served = metrics.serve(settings.worker_metrics_address, forward=sdk_metrics)
+        logger.info("metrics served at http://%s:%d/metrics", served.host, served.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -188,6 +198,8 @@ async def run_worker(settings: Settings | None = None, *, client: Client | None 
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
         ledger.close()
+        if served is not None:
+            served.close()
 
 
 def main() -> None:

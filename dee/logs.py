@@ -16,7 +16,8 @@ filtered here. The SDK's extras name the workflow id, which is DEE's run id,
 ``<plan id>:<contact id>``, and a contact id defaults to the contact's email address: it is
 dropped, and ``workflow_run_id`` (a UUID) is what ties a line to a run
 (``dee runs show`` prints it as the execution). uvicorn's access log, which writes query
-strings with their tokens, stays off (:mod:`dee.server.access_log`).
+strings with their tokens, stays off (:mod:`dee.server.access_log`). At ``DEBUG`` the
+Temporal SDK's internals stay at ``INFO``: their debug lines print whole tasks.
 """
 
 from __future__ import annotations
@@ -79,5 +80,12 @@ def configure_logging(settings: Settings) -> None:
         JsonFormatter() if settings.log_format == "json" else logging.Formatter(TEXT_FORMAT)
     )
     logging.basicConfig(level=settings.log_level, handlers=[handler])
-    logging.getLogger().setLevel(settings.log_level)
-    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
+    level = logging.getLevelName(settings.log_level)
+    logging.getLogger().setLevel(level)
+    # The SDK's own DEBUG lines print whole task tokens and completions, with the workflow id
+    # (a contact's address, see the module) and payloads: the SDK stays at INFO, but for the
+    # loggers DEE's activities and workflow log through.
+    logging.getLogger("temporalio").setLevel(max(logging.INFO, level))
+    for name in ("temporalio.activity", "temporalio.workflow"):
+        logging.getLogger(name).setLevel(level)
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, level))

@@ -218,11 +218,11 @@ def _running_it(env: Mapping[str, str], *, flag: Callable[[str], bool]) -> dict[
 
 
 def split_address(address: str, *, name: str) -> tuple[str, int]:
-    """``host:port`` (``[::1]:9464`` for IPv6) as a host and a port; ``name`` is the setting
-    it came from, for the error."""
+    """``host:port`` (``[::1]:9464`` for IPv6; port 0: any free one) as a host and a port;
+    ``name`` is the setting it came from, for the error."""
     host, _, port = address.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(
             f"{name} must be host:port, such as 127.0.0.1:9464 or [::1]:9464, not {address!r}"
         )
