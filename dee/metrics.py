@@ -242,8 +242,12 @@ def sdk_runtime() -> tuple[Runtime, str]:
     address = f"127.0.0.1:{port}"
     runtime = Runtime(
         telemetry=TelemetryConfig(
-            # Seconds, as Prometheus prefers (the SDK's default is milliseconds).
-            metrics=PrometheusConfig(bind_address=address, durations_as_seconds=True)
+            # Seconds and `_total` counters, as Prometheus names them (the SDK's defaults are
+            # milliseconds and bare counter names); passing through prometheus_client's parser
+            # would add the suffix anyway.
+            metrics=PrometheusConfig(
+                bind_address=address, durations_as_seconds=True, counters_total_suffix=True
+            )
         )
     )
     return runtime, f"http://{address}/metrics"

@@ -99,7 +99,7 @@ async def test_worker_serves_dee_and_sdk_metrics_and_logs_json_without_contacts(
     # The SDK's metrics come through the same port (durations in seconds).
     sdk = {name for name, _labels in after if name.startswith("temporal_")}
     assert "temporal_activity_execution_latency_count" in sdk, sorted(sdk)
-    assert "temporal_workflow_completed_total" in sdk or "temporal_workflow_completed" in sdk
+    assert "temporal_workflow_completed_total" in sdk
     # DEE's labels are words from short lists; nothing in the scrape names a contact.
     for name, labels in after:
         if name.startswith("dee_"):
