@@ -173,11 +173,11 @@ async def run_worker(settings: Settings | None = None, *, client: Client | None 
     added = await ensure_search_attributes(client)
     if added:
         logger.info("registered search attributes: %s", ", ".join(added))
-    ledger = SendLedger(settings.database_url)
     served = None
     if settings.worker_metrics_address:
         served = metrics.serve(settings.worker_metrics_address, forward=sdk_metrics)
         logger.info("metrics served at http://%s:%d/metrics", served.host, served.port)
+    ledger = SendLedger(settings.database_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -227,7 +227,14 @@ def serve(address: str, *, forward: str | None = None) -> MetricsServer:
     served.register(_metrics().registry)
     if forward is not None:
         served.register(_Forwarded(forward))
-    server, _thread = start_http_server(port, addr=host, registry=served)
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=served)
+    except OSError as exc:
+        raise OSError(
+            exc.errno,
+            f"DEE_WORKER_METRICS_ADDRESS is {address!r}, where the worker cannot serve metrics "
+            f"({exc.strerror or exc}): choose a free port on an address of this host",
+        ) from None
     return MetricsServer(host, server.server_port, server)
 
 

@@ -15,9 +15,11 @@ import signal
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from temporalio.testing import WorkflowEnvironment
 
+from dee import metrics
 from dee.runs.suppressions import Suppressions
 from tests.helpers.smtp import free_port, smtp_server
 from tests.helpers.twilio_api import twilio_api
@@ -118,3 +120,14 @@ async def test_worker_serves_dee_and_sdk_metrics_and_logs_json_without_contacts(
     assert "workflow_id" not in sent_line["temporal_activity"]
     assert any(entry["level"] == "DEBUG" for entry in entries)
     assert [line for line in lines if "c0@" in line or "c1@" in line] == []
+
+
+async def test_a_busy_metrics_address_is_refused_with_the_setting_named() -> None:
+    served = metrics.serve("127.0.0.1:0")
+    try:
+        # Positive control: it serves, on the port it was given.
+        assert "dee_sends_total" in await scrape(f"http://127.0.0.1:{served.port}/metrics")
+        with pytest.raises(OSError, match=r"DEE_WORKER_METRICS_ADDRESS is '127\.0\.0\.1:\d+'"):
+            metrics.serve(f"127.0.0.1:{served.port}")
+    finally:
+        served.close()
