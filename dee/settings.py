@@ -103,11 +103,13 @@ class Settings:
     def public_url_problem(self) -> str | None:
         """Why a worker must not send with these settings, if it must not: links to a
         loopback ``public_url`` (``localhost``, ``127.0.0.1``, ``::1``) in emails that
-        leave this machine through a mail server that is not on it reach no recipient."""
+        leave this machine through a mail server that is not on it reach no recipient. A
+        mail server on this machine, or on the host of the worker's container
+        (``host.docker.internal``), is taken for a local mail catcher."""
         if self.allow_loopback_public_url or not _is_loopback(urlsplit(self.public_url).hostname):
             return None
         smtp_host = urlsplit(self.smtp_url).hostname
-        if _is_loopback(smtp_host):
+        if _is_loopback(smtp_host) or (smtp_host or "").lower() in _CONTAINER_HOSTS:
             return None
         return (
             f"DEE_PUBLIC_URL is {self.public_url!r}, a loopback address, but DEE_SMTP_URL "
@@ -227,6 +229,14 @@ def split_address(address: str, *, name: str) -> tuple[str, int]:
             f"{name} must be host:port, such as 127.0.0.1:9464 or [::1]:9464, not {address!r}"
         )
     return host, int(port)
+
+
+#: What a container calls the machine it runs on (Docker, Podman): a mail server there is as
+#: local as one on 127.0.0.1 is to a worker outside a container (the compose file's default
+#: mail catcher is one).
+_CONTAINER_HOSTS: Final = frozenset(
+    {"host.docker.internal", "gateway.docker.internal", "host.containers.internal"}
+)
 
 
 def _is_loopback(host: str | None) -> bool:

@@ -111,6 +111,9 @@ def test_metrics_settings() -> None:
         ("http://127.0.0.1:8000", "smtp://127.0.0.1:1025", False),
         ("http://localhost:8000", "smtp://localhost:25", False),
         ("http://[::1]:8000", "smtp://[::1]:25", False),
+        # A container's host is this machine too (the compose file's mail catcher).
+        ("http://127.0.0.1:8000", "smtp://host.docker.internal:1025", False),
+        ("http://localhost:8000", "smtp://host.containers.internal:1025", False),
         # Real mail with loopback links: each is refused.
         ("http://127.0.0.1:8000", "smtps://user:pw@smtp.example.com:465", True),
         ("http://localhost:8000", "smtp://smtp.example.com:587?starttls=true", True),
