@@ -22,6 +22,7 @@ import yaml
 
 from dee.cli.main import dee as dee_cli
 from dee.runs.model import SEARCH_ATTRIBUTES
+from dee.settings import Settings
 from tests.helpers.compose import (
     COMPOSE_FILE,
     DEV_ENV_FILE,
@@ -418,3 +419,25 @@ def test_shell_scripts_parse(script: Path) -> None:
         ["sh", "-n", str(script)], capture_output=True, text=True, timeout=10, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_worker_is_killed_only_after_its_sends_had_time_to_finish() -> None:
+    # DEE_SHUTDOWN_TIMEOUT (the SDK's graceful_shutdown_timeout) must end, with a few
+    # seconds to spare for the worker's own exit, before compose's SIGKILL.
+    grace = SERVICES["dee-worker"]["stop_grace_period"]
+    parts = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", grace)
+    assert parts and any(parts.groups()), grace
+    grace_seconds = int(parts[1] or 0) * 60 + int(parts[2] or 0)
+    settings = Settings.from_env(DEV.environment("dee-worker"))
+    assert settings.shutdown_timeout + 5 <= grace_seconds
+
+
+def test_the_worker_starts_with_the_development_values() -> None:
+    # `dee worker` refuses a loopback DEE_PUBLIC_URL with a mail server elsewhere; the
+    # development values (links to 127.0.0.1, mail to a catcher on the Docker host) must
+    # not be that.
+    environment = DEV.environment("dee-worker")
+    assert Settings.from_env(environment).public_url_problem() is None
+    # Positive control: the same values with a provider's server are refused.
+    provider = {**environment, "DEE_SMTP_URL": "smtps://user:pw@smtp.example.com:465"}
+    assert Settings.from_env(provider).public_url_problem() is not None

@@ -37,6 +37,7 @@ from temporalio.converter import (
 )
 from temporalio.envconfig import ClientConfig
 from temporalio.exceptions import ApplicationError
+from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
 from dee.errors import DeeError
@@ -162,16 +163,19 @@ def temporal_environment(environ: Mapping[str, str] | None = None) -> dict[str, 
     }
 
 
-async def connect(*, profile: str | None = None, settings: Settings | None = None) -> Client:
+async def connect(
+    *, profile: str | None = None, settings: Settings | None = None, runtime: Runtime | None = None
+) -> Client:
     """A client configured from the environment (and profile file), with pydantic payloads,
-    encrypted with the payload keys of ``settings`` (default: the environment's)."""
+    encrypted with the payload keys of ``settings`` (default: the environment's), on
+    ``runtime`` (default: the SDK's; the worker gives one that exports metrics)."""
     converter = data_converter_for(settings if settings is not None else Settings.from_env())
     config = ClientConfig.load_client_connect_config(
         profile=profile, override_env_vars=temporal_environment()
     )
     config.setdefault("target_host", "localhost:7233")
     try:
-        return await Client.connect(**config, data_converter=converter)
+        return await Client.connect(**config, data_converter=converter, runtime=runtime)
     except RuntimeError as exc:
         raise TemporalSetupError(
             f"cannot connect to Temporal at {config['target_host']}: {exc}; set "
