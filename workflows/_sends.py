@@ -22,6 +22,9 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
+    from pydantic import ValidationError
+
+    from dee.plans.decoding import DECODING
     from dee.plans.model import SendEmailStep, SendVoiceStep, Step
     from dee.runs.channels import (
         SEND_HEARTBEAT_TIMEOUT,
@@ -213,7 +216,13 @@ def _closed(error: ActivityError) -> WindowClosed | None:
         return None
     if not cause.details:
         return None
-    return WindowClosed.model_validate(cause.details[0])
+    try:
+        # Written by a worker of this or another release: fields it added are dropped.
+        return WindowClosed.model_validate(cause.details[0], context=DECODING)
+    except ValidationError:
+        # Details no release of DEE writes: the send fails, rather than the workflow task
+        # for ever.
+        return None
 
 
 def _fail(step: Step, error: ActivityError) -> NoReturn:

@@ -21,6 +21,7 @@ import pytest
 import pytest_asyncio
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
+from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from dee.runs.client import run_state, send_event
@@ -37,6 +38,7 @@ from tests.helpers.windows import (
     weekday,
     window_plan,
 )
+from workflows._sends import _closed
 from workflows.execution_plan import ExecutionPlanWorkflow
 
 UTC = datetime.UTC
@@ -326,3 +328,47 @@ async def test_runs_of_older_engines_send_at_once(
         starts = await activity_starts(handle)
     assert result.outcome == "done" and e.subjects == ["Hi"]
     assert len(starts) == 1 and starts[0] - now < datetime.timedelta(minutes=1)
+
+
+def _activity_error(cause: BaseException) -> ActivityError:
+    error = ActivityError(
+        "activity failed",
+        scheduled_event_id=5,
+        started_event_id=6,
+        identity="worker",
+        activity_type="send_email",
+        activity_id="1",
+        retry_state=None,
+    )
+    error.__cause__ = cause
+    return error
+
+
+@pytest.mark.parametrize(
+    ("details", "held"),
+    [
+        # What the activity writes, with a field a later release might add.
+        (
+            {
+                "until": "2026-12-07T14:00:00Z",
+                "kind": "sendWindow",
+                "step_id": "s",
+                "zones": ["America/New_York"],
+                "reason": "send window of s opens 2026-12-07 09:00 America/New_York",
+                "added_later": 1,
+            },
+            True,
+        ),
+        # Details no release writes: the send fails rather than the workflow task for ever.
+        ({"until": "soon"}, False),
+        ("not even a mapping", False),
+    ],
+)
+def test_outside_window_details_are_read_with_care(details: object, held: bool) -> None:
+    cause = ApplicationError("closed", details, type="OutsideWindow", non_retryable=True)
+    closed = _closed(_activity_error(cause))
+    assert (closed is not None) is held
+    if closed is not None:
+        assert closed.until == datetime.datetime(2026, 12, 7, 14, tzinfo=UTC)
+    other = ApplicationError("refused", type="InvalidRecipient", non_retryable=True)
+    assert _closed(_activity_error(other)) is None
