@@ -1,5 +1,6 @@
-"""How one attempt of a channel's activity behaves: it heartbeats while it works, and sorts
-its failures into permanent ones (:func:`permanent`) and the rest, which are retried.
+"""How one attempt of a channel's activity behaves: it checks its window first
+(:func:`check_window`), heartbeats while it works, and sorts its failures into permanent
+ones (:func:`permanent`) and the rest, which are retried.
 
 Heartbeats let a worker that dies mid-send be noticed in seconds. Without them Temporal only
 learns an attempt is lost when its start-to-close timeout ends (minutes); with
@@ -18,8 +19,16 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from dee.metrics import count_send
+from dee.runs.model import Contact
+from dee.runs.windows import (
+    OUTSIDE_WINDOW,
+    NoOpeningError,
+    WindowCheck,
+    closed_details,
+    closed_until,
+)
 
-__all__ = ["HEARTBEAT_INTERVAL", "counted", "heartbeating", "permanent"]
+__all__ = ["HEARTBEAT_INTERVAL", "check_window", "counted", "heartbeating", "permanent"]
 
 HEARTBEAT_INTERVAL: Final = 2.0
 
@@ -72,3 +81,35 @@ async def counted(channel: str, send: Awaitable[_R]) -> _R:
         raise
     finally:
         count_send(channel, status)
+
+
+async def check_window(check: WindowCheck | None, contact: Contact) -> None:
+    """Raise ``OutsideWindow`` (non-retryable, with a :class:`~dee.runs.windows.WindowClosed`
+    as its details) when the attempt falls outside its window, before it does anything.
+
+    The time is the attempt's start, from the Temporal server's clock (skipped time
+    included on the time-skipping test server), not this machine's: a retry that lands in
+    a closed window is held again rather than going out late.
+    """
+    if check is None:
+        return
+    # When this attempt started by the server's clock. Not current_attempt_scheduled_time:
+    # the time-skipping test server reports there the end of the previous attempt (one
+    # backoff interval early), and the start is the closer to the send in any case (a task
+    # may wait in the queue for a busy worker).
+    now = activity.info().started_time
+    try:
+        # Off the event loop: the first use of a holiday calendar builds it (~0.1 s).
+        closed = await asyncio.to_thread(closed_until, check, contact, now=now)
+    except (NoOpeningError, LookupError) as exc:
+        raise permanent(
+            f"step {check.step_id!r}: {check.kind} {exc}; fix the plan's schedule (dee plans "
+            "validate reports what is wrong)",
+            "InvalidWindow",
+        ) from None
+    if closed is None:
+        return
+    activity.logger.info("%s: outside its window until %s", check.step_id, closed.until)
+    raise ApplicationError(
+        closed.reason, closed_details(closed), type=OUTSIDE_WINDOW, non_retryable=True
+    )

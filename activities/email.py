@@ -38,7 +38,7 @@ import aiosmtplib
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities._attempt import counted, heartbeating, permanent
+from activities._attempt import check_window, counted, heartbeating, permanent
 from activities._headers import POLICY, set_header
 from activities._smtp import SmtpConfig, SmtpUrlError, parse_smtp_url, send_message
 from dee.errors import ContentError
@@ -78,6 +78,8 @@ class EmailActivities:
     @activity.defn(name="send_email")
     async def send_email(self, input: SendEmailInput) -> SendEmailResult:
         """Send ``input.step``'s email to ``input.contact`` unless an attempt already did."""
+        # Before anything else: a send outside its window renders, claims and sends nothing.
+        await check_window(input.window, input.contact)
         async with heartbeating():
             return await counted("email", self._send_email(input))
 

@@ -60,7 +60,7 @@ from twilio.base.exceptions import TwilioException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.twiml.voice_response import VoiceResponse
 
-from activities._attempt import counted, heartbeating, permanent
+from activities._attempt import check_window, counted, heartbeating, permanent
 from dee.errors import ContentError
 from dee.metrics import timed
 from dee.plans.content import PlanContent, render_script
@@ -104,6 +104,8 @@ class VoiceActivities:
     @activity.defn(name="place_call")
     async def place_call(self, input: PlaceCallInput) -> PlaceCallResult:
         """Place the call for one visit of a send-voice step, at most once."""
+        # Before anything else: a send outside its window renders, claims and sends nothing.
+        await check_window(input.window, input.contact)
         async with heartbeating():
             return await counted("voice", self._place_call(input))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -24,13 +25,15 @@ sys.path.insert(0, str(ROOT))
 from temporalio.client import WorkflowFailureError  # noqa: E402
 
 from dee.plans.content import PlanContent  # noqa: E402
-from dee.runs.client import send_event  # noqa: E402
+from dee.plans.model import ExecutionPlan  # noqa: E402
+from dee.runs.client import run_state, send_event  # noqa: E402
 from dee.runs.model import ENGINE  # noqa: E402
 from tests.helpers.engine import Engine, engine, wait_for_messages  # noqa: E402
 from tests.helpers.plans import simple_plan  # noqa: E402
 from tests.helpers.smtp import smtp_server  # noqa: E402
 from tests.helpers.temporal import new_task_queue, start_time_skipping_env  # noqa: E402
 from tests.helpers.twilio_api import twilio_api  # noqa: E402
+from tests.helpers.windows import CONTENT, weekday, window_plan  # noqa: E402
 from tests.server.test_twilio_routes import call_plan  # noqa: E402
 from tests.workflows.test_execution_plan import loop_plan  # noqa: E402
 from tests.workflows.test_exits import spec_variant, with_until  # noqa: E402
@@ -143,6 +146,30 @@ async def until_held(e: Engine) -> str:
     return handle.id
 
 
+def _closed_window_plan(plan_id: str) -> ExecutionPlan:
+    """An email whose window opens on one weekday three days from now: closed today."""
+    day = datetime.datetime.now(datetime.UTC).date() + datetime.timedelta(days=3)
+    return window_plan(plan_id, send_window={"days": [weekday(day)], "from": "09:00"})
+
+
+async def window_hold(e: Engine) -> str:
+    """An email attempted outside its window: held on a timer until it opens, then sent."""
+    handle = await e.start(e.version(_closed_window_plan("held"), CONTENT))
+    await handle.result()
+    return handle.id
+
+
+async def window_hold_unsubscribed(e: Engine) -> str:
+    """An unsubscribe while an email is held for its window ends the run at once."""
+    handle = await e.start(e.version(_closed_window_plan("held-unsub"), CONTENT))
+    async with asyncio.timeout(30):
+        while (await run_state(e.client, handle.id)).holding is None:
+            await asyncio.sleep(0.05)
+    await send_event(e.client, handle.id, type="unsubscribe", event_id="u1")
+    await handle.result()
+    return handle.id
+
+
 SCENARIOS: dict[str, Callable[[Engine], Awaitable[str]]] = {
     "spec-reply": reply,
     "spec-open": opened,
@@ -158,6 +185,8 @@ SCENARIOS: dict[str, Callable[[Engine], Awaitable[str]]] = {
 ENGINE3_ONLY: dict[str, Callable[[Engine], Awaitable[str]]] = {
     "exit-on-reply": exit_on_reply,
     "until-held": until_held,
+    "send-window-hold": window_hold,
+    "send-window-hold-unsubscribed": window_hold_unsubscribed,
 }
 #: The histories of earlier engines are kept as recorded: engine 1's under the plain names,
 #: engine 2's as ``engine2-<name>``. What dee.start_run starts now (dee.runs.model.ENGINE)

@@ -67,7 +67,7 @@ with workflow.unsafe.imports_passed_through():
         event_digest,
         pack_digests,
     )
-    from workflows._sends import SendFailed, Sends
+    from workflows._sends import SendFailed, SendInterrupted, Sends
 
 __all__ = ["CONTINUE_AFTER_SIGNALS", "MAX_CARRIED_INPUT_BYTES", "Interpreter"]
 
@@ -143,7 +143,13 @@ class Interpreter:
         self._result: RunResult | None = None
         #: A wait's ``until`` that could not be evaluated (the run then ends with it).
         self._condition_error: ConditionError | None = None
-        self._sends = Sends(input, self._execution, engine=input.engine, show_step=self._show_step)
+        self._sends = Sends(
+            input,
+            self._execution,
+            engine=input.engine,
+            show_step=self._show_step,
+            interrupted=self._interrupted,
+        )
         #: Signals this execution received, repeats included.
         self._signals = 0
 
@@ -217,6 +223,7 @@ class Interpreter:
             dropped=self._dropped,
             foreign=self._foreign,
             continued=self._input.progress.continued if self._input.progress else 0,
+            holding=None if result else self._sends.holding,
         )
 
     def _should_continue_as_new(self) -> bool:
@@ -319,6 +326,9 @@ class Interpreter:
             return await send
         except SendFailed as failed:
             self._end(FAILED, failed.failure.step_id, failed.failure)
+        except SendInterrupted as interrupted:
+            self._end_if_interrupted(interrupted.step_id)
+            raise AssertionError("a hold ends early only when the run is interrupted") from None
 
     async def _wait(self, step: WaitStep) -> str:
         self._show_step(step.id)

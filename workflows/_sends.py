@@ -1,6 +1,12 @@
 """How the interpreter (:mod:`workflows._interpreter`) sends: one channel activity a send,
 with the send options every channel shares (:mod:`dee.runs.channels`).
 
+Engine 3 gives each send its window (:mod:`dee.runs.windows`): the activity decides from
+the server's clock whether the window is open and, when it is not, fails with
+``OutsideWindow`` and the opening time. The send is then held on a durable timer until
+then (summarised ``send window of <step> opens <local time> <zone>``) and tried again; an
+event that ends the run (an unsubscribe) ends it during the hold at once.
+
 Deterministic like the interpreter, and passed through Temporal's sandbox with it.
 """
 
@@ -8,13 +14,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from datetime import timedelta
+from typing import Any, Final, NoReturn, TypeVar
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
+    from pydantic import ValidationError
+
+    from dee.plans.decoding import DECODING
     from dee.plans.model import SendEmailStep, SendVoiceStep, Step
     from dee.runs.channels import (
         SEND_HEARTBEAT_TIMEOUT,
@@ -25,9 +35,14 @@ with workflow.unsafe.imports_passed_through():
         SendEmailInput,
         VoiceChannel,
     )
-    from dee.runs.model import RunFailure, RunInput
+    from dee.runs.model import Hold, RunFailure, RunInput
+    from dee.runs.windows import OUTSIDE_WINDOW, WindowCheck, WindowClosed, window_check
 
-__all__ = ["SendFailed", "Sends"]
+__all__ = ["MAX_HOLDS", "SendFailed", "SendInterrupted", "Sends"]
+
+#: How often one send may be held for its window before the run fails: each hold ends when
+#: the window opens, so only retries that keep failing until it closes again add more.
+MAX_HOLDS: Final = 50
 
 _I = TypeVar("_I")
 _R = TypeVar("_R")
@@ -42,11 +57,20 @@ class SendFailed(Exception):
         self.failure = failure
 
 
+class SendInterrupted(Exception):
+    """An event ended the run while a send was held for its window (nothing was sent)."""
+
+    def __init__(self, step_id: str) -> None:
+        super().__init__(step_id)
+        self.step_id = step_id
+
+
 class Sends:
     """The sends of one run execution.
 
     ``show_step`` makes a step the run's searchable current step; engine 1 called it at
-    every send, later engines only where a run waits.
+    every send, later engines only where a run waits (and where a send is held).
+    ``interrupted`` says whether an event has ended the run, to stop a hold.
     """
 
     def __init__(
@@ -56,11 +80,19 @@ class Sends:
         *,
         engine: int,
         show_step: Callable[[str], None],
+        interrupted: Callable[[], bool],
     ) -> None:
         self._input = input
         self._execution = execution
         self._engine = engine
         self._show_step = show_step
+        self._interrupted = interrupted
+        #: The send held until its window opens, for the run's state.
+        self.holding: Hold | None = None
+
+    def _window(self, step: SendEmailStep | SendVoiceStep) -> WindowCheck | None:
+        # Older engines never check windows: their runs keep sending as they did.
+        return window_check(self._input.plan, step) if self._engine >= 3 else None
 
     async def email(self, step: SendEmailStep, *, visit: int) -> str:
         """Send the step's email; the step's result (``sent <message id>``)."""
@@ -77,6 +109,7 @@ class Sends:
             contact=input.contact,
             variables=input.variables,
             sender=input.sender,
+            window=self._window(step),
         )
         result = await self._send(step, EmailChannel.send_email, message, f"email {step.id}")
         return f"{result.status} {result.message_id}"
@@ -97,6 +130,7 @@ class Sends:
             voicemail_message=input.content.scripts[message_id] if message_id else None,
             contact=input.contact,
             variables=input.variables,
+            window=self._window(step),
         )
         result = await self._send(step, VoiceChannel.place_call, call, f"call {step.id}")
         return f"{result.status} {result.call_sid}"
@@ -109,7 +143,9 @@ class Sends:
         summary: str,
     ) -> _R:
         """Run one channel's activity for ``step`` with the send options every channel
-        shares; a failure that outlasts the retries raises :class:`SendFailed`."""
+        shares, held while its window is closed; a failure that outlasts the retries raises
+        :class:`SendFailed`, an event that ends the run during a hold
+        :class:`SendInterrupted`."""
         if self._engine < 2:
             # Engine 1 showed every send as the current step; engine 2 shows waits only.
             self._show_step(step.id)
@@ -117,27 +153,76 @@ class Sends:
         # cancelled, so nothing is sent after it says it has ended. Patched: runs that
         # started before this do as they did (report at once).
         waits = self._engine >= 2 or workflow.patched("send-cancellation-waits")
-        try:
-            result = await workflow.execute_activity_method(
-                channel,
-                message,
-                start_to_close_timeout=SEND_TIMEOUT,
-                heartbeat_timeout=SEND_HEARTBEAT_TIMEOUT,
-                retry_policy=SEND_RETRY_POLICY,
-                summary=summary,
-                cancellation_type=(
-                    ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
-                    if waits
-                    else ActivityCancellationType.TRY_CANCEL
-                ),
+        for _ in range(MAX_HOLDS + 1):
+            try:
+                result = await workflow.execute_activity_method(
+                    channel,
+                    message,
+                    start_to_close_timeout=SEND_TIMEOUT,
+                    heartbeat_timeout=SEND_HEARTBEAT_TIMEOUT,
+                    retry_policy=SEND_RETRY_POLICY,
+                    summary=summary,
+                    cancellation_type=(
+                        ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+                        if waits
+                        else ActivityCancellationType.TRY_CANCEL
+                    ),
+                )
+            except ActivityError as error:
+                closed = _closed(error) if self._engine >= 3 else None
+                if closed is None:
+                    _fail(step, error)
+                await self._hold(step, closed)
+                continue
+            task = asyncio.current_task()
+            if waits and task is not None and task.cancelling():
+                # Cancelled while the send finished anyway: the run stops here, after it.
+                raise asyncio.CancelledError()
+            return result
+        raise SendFailed(
+            RunFailure(
+                step_id=step.id,
+                reason=f"the send was held for its window {MAX_HOLDS} times and each try "
+                "after it failed until the window closed; check the channel (SMTP, Twilio)",
+                kind=OUTSIDE_WINDOW,
             )
-        except ActivityError as error:
-            _fail(step, error)
-        task = asyncio.current_task()
-        if waits and task is not None and task.cancelling():
-            # Cancelled while the send finished anyway: the run stops here, after it.
-            raise asyncio.CancelledError()
-        return result
+        )
+
+    async def _hold(self, step: Step, closed: WindowClosed) -> None:
+        """Wait until ``closed.until`` on a durable timer, unless an event ends the run."""
+        self.holding = Hold(step_id=step.id, until=closed.until, reason=closed.reason)
+        self._show_step(step.id)
+        try:
+            remaining = closed.until - workflow.now()
+            if remaining <= timedelta(0) and not self._interrupted():
+                return
+            try:
+                await workflow.wait_condition(
+                    self._interrupted,
+                    timeout=max(remaining, timedelta(seconds=1)),
+                    timeout_summary=closed.reason,
+                )
+            except TimeoutError:
+                return
+            raise SendInterrupted(step.id)
+        finally:
+            self.holding = None
+
+
+def _closed(error: ActivityError) -> WindowClosed | None:
+    """What an ``OutsideWindow`` failure says about the window; ``None`` for others."""
+    cause = error.cause
+    if not isinstance(cause, ApplicationError) or cause.type != OUTSIDE_WINDOW:
+        return None
+    if not cause.details:
+        return None
+    try:
+        # Written by a worker of this or another release: fields it added are dropped.
+        return WindowClosed.model_validate(cause.details[0], context=DECODING)
+    except ValidationError:
+        # Details no release of DEE writes: the send fails, rather than the workflow task
+        # for ever.
+        return None
 
 
 def _fail(step: Step, error: ActivityError) -> NoReturn:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from dee.errors import Problem
 from dee.plans.model import ExecutionPlan, Step
+from dee.plans.schedule import Schedule
 from dee.plans.versions import PlanSummary, PlanVersion
 from dee.runs.client import RunSummary
 from dee.runs.model import RunFailure, RunState
@@ -98,6 +99,8 @@ def plan_details(stored: PlanVersion) -> list[str]:
     ]
     if plan.metadata.description:
         fields.append(("description", one_line(plan.metadata.description)))
+    if plan.schedule != Schedule():
+        fields.append(("schedule", one_line(plan.schedule.describe())))
     fields.append(("digest", stored.digest))
     lines = [f"{name + ':':<13}{value}" for name, value in fields]
     lines += ["", f"steps ({len(plan.steps)}):"]
@@ -165,6 +168,10 @@ def run_details(run_id: str, state: RunState) -> list[str]:
         fields.append(("outcome", state.outcome))
     if state.failure is not None:
         fields.append(("failure", _failure(state.failure)))
+    if state.holding is not None:
+        # "until 2026-12-07T14:00:00Z (send window of intro-email opens 2026-12-07 09:00 ...)"
+        until = timestamp(state.holding.until)
+        fields.append(("holding", f"{until} ({one_line(state.holding.reason)})"))
     lines = _field_lines(fields)
     lines += ["", f"history ({count(len(state.history), 'step')}):"]
     if state.history:

@@ -53,6 +53,7 @@ from dee.plans.model import (
     Transition,
     Transitions,
 )
+from dee.plans.schedule import Schedule
 
 __all__ = ["execution_plan", "steps", "transitions"]
 
@@ -174,11 +175,15 @@ def execution_plan(
     description: str | None = None,
     exit_on: Iterable[str] | None = None,
     pause_on_auto_reply: Mapping[str, Any] | AutoReplyPause | None = None,
+    schedule: Schedule | Mapping[str, Any] | None = None,
 ) -> ExecutionPlan:
     """A plan ready for :func:`dee.validate_plan` and :meth:`dee.PlanRegistry.create`.
 
     ``created_by`` may be left out: the registry then names whoever creates the version.
     ``exit_on`` lists the events that end a run wherever it is (:mod:`dee.plans.exits`).
+    ``schedule`` is a :class:`~dee.plans.schedule.Schedule` or its fields by their Python
+    names (``{"timezone": "contact", "send_window": {"days": ["mon"], "from": "09:00",
+    "to": "17:00"}}``).
     """
     metadata: dict[str, Any] = {}
     if created_by is not None:
@@ -196,4 +201,6 @@ def execution_plan(
         document["exit_on"] = tuple(exit_on)
     if pause_on_auto_reply is not None:
         document["pause_on_auto_reply"] = pause_on_auto_reply
+    if schedule is not None:
+        document["schedule"] = schedule
     return _build(ExecutionPlan, document)

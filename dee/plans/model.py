@@ -22,10 +22,10 @@ import datetime
 import json
 from typing import Annotated, Any, ClassVar, Final, Literal, NamedTuple, TypeAlias, get_args
 
-from pydantic import ConfigDict, Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, model_validator
 
-from dee.plans.decoding import TolerantModel
+from dee.plans._base import PlanModel as _Model
+from dee.plans.schedule import Schedule, Window
 
 __all__ = [
     "MAX_CALL_SECONDS",
@@ -71,17 +71,6 @@ ContentId = Annotated[str, Field(pattern=ID_PATTERN)]
 MAX_WAIT_SECONDS: Final = 365 * 86_400
 #: Twilio's longest call (``time_limit``) is four hours.
 MAX_CALL_SECONDS: Final = 4 * 3_600
-
-
-class _Model(TolerantModel):
-    model_config = ConfigDict(
-        frozen=True,
-        extra="forbid",
-        alias_generator=to_camel,
-        validate_by_name=True,
-        validate_by_alias=True,
-        serialize_by_alias=True,
-    )
 
 
 class Duration(_Model):
@@ -205,6 +194,8 @@ class SendEmailStep(_StepModel):
     subject: Annotated[str, Field(min_length=1, max_length=998, pattern=SINGLE_LINE_PATTERN)]
     reply_to: Annotated[str, Field(pattern=EMAIL_PATTERN, max_length=254)] | None = None
     tracking: Tracking = Tracking()
+    #: When this email may go, instead of the plan's ``schedule.sendWindow``.
+    send_window: Window | None = None
 
     def describe(self) -> str:
         subject = _single_line(json.dumps(self.subject, ensure_ascii=False))
@@ -214,6 +205,8 @@ class SendEmailStep(_StepModel):
         tracked = [name for name in ("opens", "clicks") if getattr(self.tracking, name)]
         if tracked:
             parts.append(f"tracking {'+'.join(tracked)}")
+        if self.send_window is not None:
+            parts.append(f"window {self.send_window.describe()}")
         return ", ".join(parts)
 
     def node_label(self) -> str:
@@ -235,6 +228,8 @@ class SendVoiceStep(_StepModel):
     caller_id: Annotated[str, Field(pattern=PHONE_PATTERN)]
     max_duration: Duration | None = None
     voicemail: Voicemail = Voicemail()
+    #: When this call may be placed, instead of the plan's ``schedule.callWindow``.
+    call_window: Window | None = None
 
     def describe(self) -> str:
         parts = [f"script {self.script_id}", f"caller {self.caller_id}"]
@@ -244,6 +239,8 @@ class SendVoiceStep(_StepModel):
             parts.append("voicemail detection")
         if self.voicemail.message_id is not None:
             parts.append(f"voicemail message {self.voicemail.message_id}")
+        if self.call_window is not None:
+            parts.append(f"window {self.call_window.describe()}")
         return ", ".join(parts)
 
     def node_label(self) -> str:
@@ -399,6 +396,9 @@ class ExecutionPlan(_Model):
     exit_on: tuple[Annotated[str, Field(max_length=50)], ...] | None = None
     pause_on_auto_reply: AutoReplyPause | None = None
     metadata: PlanMetadata = PlanMetadata()
+    #: When the plan's sends may reach a contact (:mod:`dee.plans.schedule`). Left out of
+    #: dumps when it is the default, so plans without one dump (and digest) as before.
+    schedule: Annotated[Schedule, Field(exclude_if=lambda value: value == Schedule())] = Schedule()
 
     @property
     def first_step(self) -> Step | None:

@@ -264,17 +264,17 @@ class PlanRegistry(Store):
         metadata = {"createdBy": row.created_by, "createdAt": as_utc(row.created_at)}
         if meaning["description"] is not None:
             metadata["description"] = meaning["description"]
+        # Every field of the plan the text has (name, steps, transitions and what is set of
+        # exitOn, pauseOnAutoReply, schedule, ...), less what is not the plan's own.
+        plan_fields = {k: v for k, v in meaning.items() if k not in ("description", "content")}
+        document = {
+            **plan_fields,
+            "id": row.plan_id,
+            "version": row.version,
+            "metadata": metadata,
+        }
         try:
-            plan = ExecutionPlan.model_validate(
-                {
-                    "id": row.plan_id,
-                    "version": row.version,
-                    "name": meaning["name"],
-                    "steps": meaning["steps"],
-                    "transitions": meaning["transitions"],
-                    "metadata": metadata,
-                }
-            )
+            plan = ExecutionPlan.model_validate(document)
             content = PlanContent.model_validate(meaning["content"])
         except ValidationError as exc:
             raise _unreadable(row, exc) from exc

@@ -36,6 +36,11 @@ is about, a stable code and a message that says what was expected. The codes:
 ``expression-unknown-event-type``  a ``when`` names an event type DEE does not know
 ``until-always-holds``         a wait's ``until`` is ``default``
 ``unknown-exit-event``         ``exitOn`` names an event it does not know
+``invalid-timezone``            the schedule names a zone that does not exist
+``invalid-window``              a window's times are not HH:MM, or ``from`` is not before ``to``
+``unknown-day``                 a window names a day that is not mon ... sun
+``outside-calling-hours``       a call window reaches outside 08:00-21:00 local time
+``unknown-holidays``            the schedule's ``holidays`` is not a known calendar
 ==============================  ===========================================================
 
 Problems with the document's shape (wrong types, unknown fields, an unknown step type) are
@@ -60,6 +65,7 @@ from dee.plans.model import (
     Step,
     WaitStep,
 )
+from dee.plans.schedule_checks import SCHEDULE, check_schedule
 
 __all__ = ["DEFAULT_MAX_STEPS", "ensure_valid", "successors", "validate_plan"]
 
@@ -160,6 +166,7 @@ class _Validator:
                     f"exitOn names {name!r}; expected some of {', '.join(EXIT_EVENTS)}",
                 )
         self.check_transitions()
+        self.problems.extend(check_schedule(self.plan))
         if self.content is not None:
             self.problems.extend(check_content(self.plan, self.content))
         # With two steps of one id the graph is ambiguous: report that alone and check
@@ -170,7 +177,7 @@ class _Validator:
         order = {step.id: index for index, step in enumerate(steps)}
         # Plan-wide problems first, then in step order; stable within a step.
         self.problems.sort(
-            key=lambda p: -1 if p.step_id is None else order.get(p.step_id, len(order))
+            key=lambda p: -1 if p.step_id in (None, SCHEDULE) else order.get(p.step_id, len(order))
         )
         return self.problems
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+from typing import Final
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,12 +15,17 @@ from dee.plans.content import PlanContent
 from dee.plans.model import ExecutionPlan
 
 __all__ = [
+    "BOOKKEEPING",
     "PlanSummary",
     "PlanVersion",
     "canonical_digest",
     "canonical_meaning",
     "plan_digest",
 ]
+
+
+#: The fields of a plan document that are not part of what a version means.
+BOOKKEEPING: Final = frozenset({"id", "version", "metadata"})
 
 
 class PlanVersion(BaseModel):
@@ -63,7 +69,10 @@ class PlanSummary(BaseModel):
 
 def canonical_meaning(plan: ExecutionPlan, content: PlanContent) -> str:
     """What a version means, as canonical JSON (sorted keys, no spaces, UTF-8 as is): name,
-    steps, transitions, description and content.
+    steps, transitions, description, content, and every other field of the plan that its
+    document has (``exitOn``, ``pauseOnAutoReply``, ``schedule``: each left out of the
+    document while unset or at its default, so versions stored before a field existed keep
+    their digests).
 
     Id, version and the ``createdBy``/``createdAt`` bookkeeping are left out, so creating
     the same plan again, by someone else, does not make a new version. The registry stores
@@ -71,13 +80,9 @@ def canonical_meaning(plan: ExecutionPlan, content: PlanContent) -> str:
     reads the version back from these exact bytes, whatever its models add since.
     """
     document = plan.to_document()
-    meaning = {
-        "name": document["name"],
-        "steps": document["steps"],
-        "transitions": document["transitions"],
-        "description": document["metadata"].get("description"),
-        "content": content.model_dump(mode="json"),
-    }
+    meaning = {key: value for key, value in document.items() if key not in BOOKKEEPING}
+    meaning["description"] = document["metadata"].get("description")
+    meaning["content"] = content.model_dump(mode="json")
     return json.dumps(meaning, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 

@@ -21,6 +21,7 @@ from dee.plans.content import EmailTemplate
 from dee.plans.decoding import TolerantModel
 from dee.plans.model import SendEmailStep, SendVoiceStep
 from dee.runs.model import Contact
+from dee.runs.windows import WindowCheck
 
 #: Sends retry with exponential backoff for about 20 minutes in all, then fail the run.
 SEND_RETRY_POLICY: Final = RetryPolicy(
@@ -68,6 +69,8 @@ class SendEmailInput(_Message):
     variables: dict[str, JsonValue] = {}
     #: ``From``; ``DEE_FROM_ADDRESS`` when ``None``.
     sender: str | None = None
+    #: The send window the attempt checks first (:mod:`dee.runs.windows`); ``None``: none.
+    window: WindowCheck | None = None
 
 
 class SendEmailResult(_Message):
@@ -97,6 +100,8 @@ class PlaceCallInput(_Message):
     voicemail_message: str | None = None
     contact: Contact
     variables: dict[str, JsonValue] = {}
+    #: The call window the attempt checks first (:mod:`dee.runs.windows`); ``None``: none.
+    window: WindowCheck | None = None
 
 
 class PlaceCallResult(_Message):

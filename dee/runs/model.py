@@ -32,6 +32,7 @@ __all__ = [
     "MAX_RUN_EVENTS",
     "FAILED",
     "SEARCH_ATTRIBUTES",
+    "Hold",
     "UNSUBSCRIBED",
     "VISIT_LIMIT",
     "WORKFLOW_NAME",
@@ -334,6 +335,15 @@ class RunInput(_Frozen):
         return self
 
 
+class Hold(_Frozen):
+    """A send the run holds back until ``until``: its window is closed (engine 3)."""
+
+    step_id: str
+    until: datetime.datetime
+    #: ``send window of intro-email opens 2026-12-07 09:00 America/New_York``
+    reason: str
+
+
 class RunResult(_Frozen):
     """How a run ended."""
 
@@ -368,3 +378,5 @@ class RunState(_Frozen):
     foreign: int = 0
     #: How often the run continued as new.
     continued: int = 0
+    #: The send the run is holding until its window opens, if any.
+    holding: Hold | None = None

@@ -160,6 +160,14 @@ class FailureBody(ApiAnswer):
     kind: str | None
 
 
+class HoldBody(ApiAnswer):
+    """A send held until its window opens (engine 3)."""
+
+    step_id: str
+    until: datetime.datetime
+    reason: str
+
+
 class EventCountBody(ApiAnswer):
     type: str
     step_id: str | None
@@ -187,6 +195,9 @@ class RunStateBody(ApiAnswer):
     dropped: int = 0
     foreign: int = 0
     continued: int = 0
+    #: The send the run holds until its window opens: ``until`` and the reason, which
+    #: says when in the contact's zone.
+    holding: HoldBody | None = None
 
 
 class CancelRequested(ApiAnswer):

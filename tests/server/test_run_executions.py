@@ -27,6 +27,7 @@ from tests.helpers.engine import CONTACT, Engine, engine
 from tests.helpers.server import RunningServer, running_server
 from tests.helpers.smtp import SmtpServer
 from tests.helpers.twilio_api import TwilioApi, twilio_api
+from tests.helpers.windows import ANY_HOUR
 
 PUBLIC_URL = "https://dee.example.com"
 SECRET = "test-secret-key"
@@ -42,6 +43,8 @@ def engaged_plan() -> tuple[ExecutionPlan, PlanContent]:
         {
             "id": "executions",
             "name": "Executions",
+            # Calls at any hour: the test is not about calling hours.
+            "schedule": ANY_HOUR,
             "metadata": {"createdBy": "tests"},
             "steps": [
                 {

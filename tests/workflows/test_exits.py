@@ -20,6 +20,7 @@ from tests.helpers.engine import Engine, engine, wait_for_messages
 from tests.helpers.smtp import SmtpServer
 from tests.helpers.spec import SPEC_CONTENT, SPEC_YAML
 from tests.helpers.twilio_api import TwilioApi, twilio_api
+from tests.helpers.windows import at_any_hour
 from workflows.execution_plan import ExecutionPlanWorkflow
 
 
@@ -30,8 +31,9 @@ def twilio() -> Iterator[TwilioApi]:
 
 
 def spec_variant(e: Engine, plan_id: str, **update: object) -> PlanVersion:
-    """The spec's plan under another id, with ``update`` applied to the plan (validated)."""
-    plan = dee.load_plan(SPEC_YAML)
+    """The spec's plan under another id, with ``update`` applied to the plan (validated),
+    calling at any hour (its call is not what these tests are about)."""
+    plan = at_any_hour(dee.load_plan(SPEC_YAML))
     document = plan.model_copy(update={"id": plan_id, **update}).to_document()
     changed = dee.plan_from_document(document)
     return e.registry.create(changed, dee.load_content(SPEC_CONTENT, changed))

@@ -32,6 +32,9 @@ COVERED = {
 #: Runs of engine 2 (dee.runs.model.ENGINE: fewer search attribute upserts, no patch
 #: markers) take the same paths.
 COVERED |= {f"engine2-{name}" for name in COVERED}
+#: Paths only engine 3 takes: a send held for its window, then sent; an unsubscribe that
+#: ends such a hold.
+COVERED |= {"engine3-send-window-hold", "engine3-send-window-hold-unsubscribed"}
 
 
 def test_there_are_histories_to_replay() -> None:
