@@ -149,6 +149,7 @@ class Interpreter:
             engine=input.engine,
             show_step=self._show_step,
             interrupted=self._interrupted,
+            resume_on=lambda: self._resume_on,
         )
         #: Signals this execution received, repeats included.
         self._signals = 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any, Final, NoReturn, TypeVar
 
 from temporalio import workflow
@@ -70,7 +70,8 @@ class Sends:
 
     ``show_step`` makes a step the run's searchable current step; engine 1 called it at
     every send, later engines only where a run waits (and where a send is held).
-    ``interrupted`` says whether an event has ended the run, to stop a hold.
+    ``interrupted`` says whether an event has ended the run, to stop a hold; ``resume_on``
+    the local date an out-of-office reply holds sends until (``pauseOnAutoReply``).
     """
 
     def __init__(
@@ -81,18 +82,25 @@ class Sends:
         engine: int,
         show_step: Callable[[str], None],
         interrupted: Callable[[], bool],
+        resume_on: Callable[[], date | None] = lambda: None,
     ) -> None:
         self._input = input
         self._execution = execution
         self._engine = engine
         self._show_step = show_step
         self._interrupted = interrupted
+        self._resume_on = resume_on
         #: The send held until its window opens, for the run's state.
         self.holding: Hold | None = None
 
     def _window(self, step: SendEmailStep | SendVoiceStep) -> WindowCheck | None:
         # Older engines never check windows: their runs keep sending as they did.
-        return window_check(self._input.plan, step) if self._engine >= 3 else None
+        if self._engine < 3:
+            return None
+        resume_on = self._resume_on()
+        if resume_on is not None and resume_on <= workflow.now().date() - timedelta(days=1):
+            resume_on = None  # long past in every zone: nothing to hold for
+        return window_check(self._input.plan, step, not_before=resume_on)
 
     async def email(self, step: SendEmailStep, *, visit: int) -> str:
         """Send the step's email; the step's result (``sent <message id>``)."""

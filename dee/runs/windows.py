@@ -93,8 +93,18 @@ class WindowClosed(_Frozen):
     reason: str
 
 
-def window_check(plan: ExecutionPlan, step: SendEmailStep | SendVoiceStep) -> WindowCheck | None:
-    """The check a send of ``step`` makes: ``None`` for an email without a window."""
+ONE_DAY: Final = datetime.timedelta(days=1)
+
+
+def window_check(
+    plan: ExecutionPlan,
+    step: SendEmailStep | SendVoiceStep,
+    *,
+    not_before: datetime.date | None = None,
+) -> WindowCheck | None:
+    """The check a send of ``step`` makes: ``None`` for an email without a window and with
+    no ``not_before`` (the local date an out-of-office reply holds sends until; with it, a
+    step without a window checks one that is always open from that day)."""
     schedule = plan.schedule
     window: Window | None
     kind: Literal["sendWindow", "callWindow"]
@@ -103,15 +113,16 @@ def window_check(plan: ExecutionPlan, step: SendEmailStep | SendVoiceStep) -> Wi
     else:
         kind = "callWindow"
         window = step.call_window or schedule.call_window or DEFAULT_CALL_WINDOW
-    if window is None:
+    if window is None and not_before is None:
         return None
     return WindowCheck(
         kind=kind,
         step_id=step.id,
-        window=window,
+        window=window or Window(),
         timezone=schedule.timezone,
         fallback_timezone=schedule.fallback_timezone,
-        holidays=schedule.holidays,
+        holidays=schedule.holidays if window is not None else None,
+        not_before=not_before,
     )
 
 
@@ -275,6 +286,9 @@ def closed_until(
     others = len(zones) - 1
     more = f" (and {others} more zone{'s' if others > 1 else ''})" if others else ""
     what = "send window" if check.kind == "sendWindow" else "call window"
+    if check.not_before is not None and opens.date() >= check.not_before - ONE_DAY:
+        # The hold is an out-of-office reply's (pauseOnAutoReply), maybe with a window too.
+        what = f"out of office until {check.not_before - ONE_DAY:%Y-%m-%d}:"
     return WindowClosed(
         until=opens,
         kind=check.kind,
