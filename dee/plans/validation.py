@@ -34,6 +34,9 @@ is about, a stable code and a message that says what was expected. The codes:
 ``expression-bad-arguments``    a function gets the wrong number or kind of arguments
 ``expression-unknown-step``     a ``when`` names a step that is not in the plan
 ``expression-unknown-event-type``  a ``when`` names an event type DEE does not know
+``expression-not-a-call-step``  ``callOutcome`` / ``hasCallOutcome`` names a step that is
+                                not a ``sendVoice`` step
+``expression-unknown-call-outcome``  ``hasCallOutcome`` names an outcome that does not exist
 ==============================  ===========================================================
 
 Problems with the document's shape (wrong types, unknown fields, an unknown step type) are
@@ -54,6 +57,7 @@ from dee.plans.model import (
     Duration,
     EndStep,
     ExecutionPlan,
+    SendVoiceStep,
     Step,
     WaitStep,
 )
@@ -121,6 +125,7 @@ class _Validator:
         self.ids: dict[str, Step] = {}
         self.edges: dict[str, list[str]] = defaultdict(list)
         self.id_set: frozenset[str] = frozenset()
+        self.call_steps = frozenset(s.id for s in plan.steps if isinstance(s, SendVoiceStep))
 
     def add(self, step_id: str | None, code: str, message: str) -> None:
         self.problems.append(Problem(step_id, code, message))
@@ -223,7 +228,10 @@ class _Validator:
                 )
             else:
                 self.edges[step.id].append(condition.goto)
-            for problem in check_condition(condition.when, step_ids=self.id_set):
+            problems = check_condition(
+                condition.when, step_ids=self.id_set, call_steps=self.call_steps
+            )
+            for problem in problems:
                 self.add(
                     step.id,
                     problem.code,
