@@ -66,6 +66,7 @@ with workflow.unsafe.imports_passed_through():
         event_digest,
         pack_digests,
     )
+    from workflows._calls import Calls
     from workflows._sends import SendFailed, Sends
 
 __all__ = ["CONTINUE_AFTER_SIGNALS", "MAX_CARRIED_INPUT_BYTES", "Interpreter"]
@@ -133,6 +134,13 @@ class Interpreter:
         self._wait_until: datetime | None = progress.wait_until if progress else None
         self._result: RunResult | None = None
         self._sends = Sends(input, self._execution, engine=input.engine, show_step=self._show_step)
+        #: Engine 3: a call step waits for its call to end, and records how it did.
+        self._calls = Calls(
+            self._sends,
+            progress.calls if progress else (),
+            show_step=self._show_step,
+            interrupted=self._interrupted,
+        )
         #: Signals this execution received, repeats included.
         self._signals = 0
 
@@ -158,6 +166,7 @@ class Interpreter:
         self._events.append(event)
         if self._own(event):
             self._tally.add(event.type, event.step_id)
+            self._calls.observe(event)
         else:
             self._foreign += 1
 
@@ -181,6 +190,7 @@ class Interpreter:
             dropped=self._dropped,
             foreign=self._foreign,
             continued=self._input.progress.continued if self._input.progress else 0,
+            calls=self._calls.recorded(),
         )
 
     def _should_continue_as_new(self) -> bool:
@@ -265,6 +275,10 @@ class Interpreter:
         match step:
             case SendEmailStep():
                 return await self._sent(self._sends.email(step, visit=self._visits[step.id]))
+            case SendVoiceStep() if self._engine3:
+                done = await self._sent(self._calls.call(step, visit=self._visits[step.id]))
+                self._end_if_interrupted(step.id)
+                return done
             case SendVoiceStep():
                 return await self._sent(self._sends.call(step, visit=self._visits[step.id]))
             case WaitStep():
@@ -307,6 +321,7 @@ class Interpreter:
             visits=self._visits,
             contact=self._input.contact.attributes(),
             variables=self._input.variables,
+            call_outcomes=self._calls.outcomes(),
         )
         for condition in step.conditions:
             try:
@@ -377,6 +392,7 @@ class Interpreter:
             foreign=self._foreign,
             unsubscribed=self._unsubscribed,
             wait_until=wait_until,
+            calls=self._calls.recorded(),
         )
         carried = self._input.model_copy(update={"progress": progress})
         if len(carried.model_dump_json()) > MAX_CARRIED_INPUT_BYTES:

@@ -166,6 +166,16 @@ class EventCountBody(ApiAnswer):
     count: int
 
 
+class CallOutcomeBody(ApiAnswer):
+    """How the latest call of one sendVoice step ended (engine 3 runs)."""
+
+    step_id: str
+    visit: int
+    call_sid: str
+    outcome: str
+    source: Literal["callback", "fetched"]
+
+
 class RunStateBody(ApiAnswer):
     run_id: str
     plan_id: str
@@ -187,6 +197,8 @@ class RunStateBody(ApiAnswer):
     dropped: int = 0
     foreign: int = 0
     continued: int = 0
+    #: The latest call outcome of each sendVoice step (what ``events.callOutcome`` reads).
+    calls: list[CallOutcomeBody] = []
 
 
 class CancelRequested(ApiAnswer):
