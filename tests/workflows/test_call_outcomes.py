@@ -10,22 +10,21 @@ from __future__ import annotations
 
 import datetime
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 from temporalio.testing import WorkflowEnvironment
 
 import dee
 from dee.cli._format import run_details
-from dee.plans.content import EmailTemplate, PlanContent
-from dee.plans.model import ExecutionPlan
+from dee.plans.versions import PlanVersion
 from dee.runs.client import send_event
 from dee.runs.model import CallOutcome, Contact, RunInput, RunProgress, RunResult, RunState
 from tests.helpers.engine import CONTACT, Engine, engine
 from tests.helpers.server import RunningServer, running_server
 from tests.helpers.smtp import SmtpServer
+from tests.helpers.spec import EXAMPLES
 from tests.helpers.twilio_api import TwilioApi, twilio_api
 from tests.helpers.twilio_callbacks import (
     amd_params,
@@ -37,48 +36,20 @@ from tests.helpers.twilio_callbacks import (
 from workflows._calls import outcome_bound
 from workflows.execution_plan import ExecutionPlanWorkflow
 
-#: The issue's example: after the follow-up call, a voicemail gets an email.
-PLAN = """
-id: call-outcomes
-name: Follow-up call
-metadata: {createdBy: tests}
-steps:
-  - type: sendVoice
-    id: follow-up-call
-    scriptId: pitch
-    callerId: "+15551234567"
-    maxDuration: {minutes: 5}
-    voicemail: {detect: true}
-  - {type: branch, id: after-call, conditions: [
-      {when: 'events.callOutcome("follow-up-call") == "voicemail"', goto: vm-email},
-      {when: 'events.hasCallOutcome("follow-up-call", "answered")', goto: talked},
-      {when: default, goto: end-sequence}]}
-  - {type: sendEmail, id: vm-email, templateId: vm, subject: "Sorry we missed you"}
-  - {type: end, id: left-voicemail, outcome: left-voicemail}
-  - {type: end, id: talked, outcome: talked}
-  - {type: end, id: end-sequence, outcome: not-reached}
-transitions:
-  - {from: follow-up-call, to: after-call}
-  - {from: after-call, to: vm-email, condition: voicemail}
-  - {from: after-call, to: talked, condition: answered}
-  - {from: after-call, to: end-sequence, condition: default}
-  - {from: vm-email, to: left-voicemail}
-"""
-CONTENT = PlanContent(
-    templates={"vm": EmailTemplate(html="<p>We left you a message, {{ contact.firstName }}.</p>")},
-    scripts={"pitch": "Hello {{ contact.firstName }}, about {{ product }}."},
-)
+#: The README's example (the issue's): after the follow-up call, a voicemail gets an email.
+PLAN = EXAMPLES / "call-outcomes.yaml"
 STEP = "follow-up-call"
 
 
-def plan() -> ExecutionPlan:
-    document = yaml.safe_load(PLAN)
-    document["id"] = f"call-outcomes-{uuid.uuid4().hex[:8]}"
-    return dee.plan_from_document(document)
+def version(e: Engine) -> PlanVersion:
+    """The example plan, under an id of the test's own."""
+    plan = dee.load_plan(PLAN)
+    plan = plan.model_copy(update={"id": f"call-outcomes-{uuid.uuid4().hex[:8]}"})
+    return e.version(plan, dee.load_content(EXAMPLES / "content", plan))
 
 
 @pytest.fixture
-def twilio() -> AsyncIterator[TwilioApi]:
+def twilio() -> Iterator[TwilioApi]:
     with twilio_api() as api:
         yield api
 
@@ -157,10 +128,12 @@ async def test_the_call_outcome_takes_its_branch(
     ending: str,
 ) -> None:
     e = dee_engine
-    handle = await e.start(e.version(plan(), CONTENT))
+    handle = await e.start(version(e))
     sid, status_url, amd_url = await placed_call(twilio, 0, set())
     for hook, value, *answered_by in callbacks:
         if hook == "amd":
+            # The call is live when a machine is detected: the message can be left.
+            twilio.set_status(sid, "in-progress")
             params, url = amd_params(twilio, sid, value), amd_url
         else:
             extra = {"AnsweredBy": answered_by[0]} if answered_by else {}
@@ -177,12 +150,15 @@ async def test_the_call_outcome_takes_its_branch(
     )
     call_step = state.history[0]
     assert (call_step.step_id, call_step.result) == (STEP, f"placed {sid} {outcome}")
-    goto = {"voicemail": "vm-email", "answered": "talked"}.get(outcome, "end-sequence")
+    goto = {"voicemail": "vm-email", "answered": "end-talked"}.get(outcome, "end-sequence")
     assert state.history[1].result == f"-> {goto}"
     # The callback said it: nobody asked Twilio.
     assert twilio.fetches == []
-    assert e.subjects == (["Sorry we missed you"] if outcome == "voicemail" else [])
+    assert e.subjects == (["Sorry we missed you, Ana"] if outcome == "voicemail" else [])
     assert [event.type for event in state.events].count("call-outcome") == 1
+    # The voicemail message was left on the machine the asynchronous AMD found.
+    left = ("amd", "machine_end_beep") in callbacks
+    assert [update.sid for update in twilio.updates] == ([sid] if left else [])
 
 
 @pytest.mark.parametrize(
@@ -206,8 +182,8 @@ async def test_without_a_final_callback_the_run_asks_twilio(
     ending: str,
 ) -> None:
     e = dee_engine
-    version = e.version(plan(), CONTENT)
-    handle = await e.start(version)
+    plan_version = version(e)
+    handle = await e.start(plan_version)
     sid, _, _ = await placed_call(twilio, 0, set())
     twilio.set_status(sid, status, answered_by=answered_by)
 
@@ -223,7 +199,7 @@ async def test_without_a_final_callback_the_run_asks_twilio(
     assert call_step.result == f"placed {sid} {outcome}"
     assert call_step.finished_at is not None
     waited = call_step.finished_at - call_step.started_at
-    (step,) = (s for s in version.plan.steps if s.id == STEP)
+    (step,) = (s for s in plan_version.plan.steps if s.id == STEP)
     assert isinstance(step, dee.SendVoiceStep)
     assert outcome_bound(step) == datetime.timedelta(minutes=16)
     assert outcome_bound(step) <= waited < outcome_bound(step) + datetime.timedelta(minutes=1)
@@ -233,7 +209,7 @@ async def test_a_call_twilio_does_not_know_fails_the_step(
     dee_engine: Engine, twilio: TwilioApi
 ) -> None:
     e = dee_engine
-    handle = await e.start(e.version(plan(), CONTENT))
+    handle = await e.start(version(e))
     sid, _, _ = await placed_call(twilio, 0, set())
     with twilio._state.lock:
         twilio._state.calls.clear()
@@ -250,7 +226,7 @@ async def test_an_unsubscribe_ends_the_call_wait_at_once(
     dee_engine: Engine, twilio: TwilioApi
 ) -> None:
     e = dee_engine
-    handle = await e.start(e.version(plan(), CONTENT))
+    handle = await e.start(version(e))
     await placed_call(twilio, 0, set())
     await send_event(e.client, handle.id, type="unsubscribe", event_id="stop")
 
@@ -271,19 +247,19 @@ async def test_engine_2_runs_finish_the_call_step_when_the_call_is_placed(
     dee_engine: Engine, twilio: TwilioApi
 ) -> None:
     e = dee_engine
-    version = e.version(plan(), CONTENT)
+    plan_version = version(e)
     contact = Contact.model_validate({**CONTACT, "id": f"c-{uuid.uuid4().hex[:8]}"})
     handle = await e.client.start_workflow(
         ExecutionPlanWorkflow.run,
         RunInput(
-            plan=version.plan,
-            content=version.content,
-            digest=version.digest,
+            plan=plan_version.plan,
+            content=plan_version.content,
+            digest=plan_version.digest,
             contact=contact,
             variables={"product": "DEE"},
             engine=2,
         ),
-        id=f"{version.plan.id}:{contact.id}",
+        id=f"{plan_version.plan.id}:{contact.id}",
         task_queue=e.task_queue,
     )
     result: RunResult = await handle.result()
@@ -298,7 +274,7 @@ async def test_engine_2_runs_finish_the_call_step_when_the_call_is_placed(
 async def test_carried_outcomes_are_read_after_continue_as_new(dee_engine: Engine) -> None:
     # A run that continued as new after its call: its branch reads the carried outcome.
     e = dee_engine
-    version = e.version(plan(), CONTENT)
+    plan_version = version(e)
     contact = Contact.model_validate({**CONTACT, "id": f"c-{uuid.uuid4().hex[:8]}"})
     carried = CallOutcome(step_id=STEP, visit=1, call_sid="CA" + "0" * 32, outcome="voicemail")
     progress = RunProgress(
@@ -311,15 +287,15 @@ async def test_carried_outcomes_are_read_after_continue_as_new(dee_engine: Engin
     handle = await e.client.start_workflow(
         ExecutionPlanWorkflow.run,
         RunInput(
-            plan=version.plan,
-            content=version.content,
-            digest=version.digest,
+            plan=plan_version.plan,
+            content=plan_version.content,
+            digest=plan_version.digest,
             contact=contact,
             variables={"product": "DEE"},
             progress=progress,
             engine=3,
         ),
-        id=f"{version.plan.id}:{contact.id}",
+        id=f"{plan_version.plan.id}:{contact.id}",
         task_queue=e.task_queue,
     )
     result: RunResult = await handle.result()
