@@ -2,13 +2,15 @@
 generic workflow that runs any plan version.
 
 The run walks the plan from its first step: a ``wait`` is a durable timer, ``sendEmail`` and
-``sendVoice`` are activities with a bounded exponential retry policy, a ``branch`` evaluates
-its conditions over the events received so far, and an ``end`` completes the run with its
-outcome. Events arrive through the ``event`` signal at any time (before their step ran too)
-and are de-duplicated by id; the ``state`` query shows where the run is. Every run execution
-has an identity of its own (its first Temporal run id, kept across continue-as-new): the
-sends carry it into their tokens and ledger rows, and an event that names another execution
-(an open of the email a previous run with the same run id sent) is kept but never counted.
+``sendVoice`` are activities with a bounded exponential retry policy (in engine 3 runs a
+``sendVoice`` step then waits for its call to end: :mod:`workflows._calls`), a ``branch``
+evaluates its conditions over the events and call outcomes received so far, and an ``end``
+completes the run with its outcome. Events arrive through the ``event`` signal at any time
+(before their step ran too) and are de-duplicated by id; the ``state`` query shows where
+the run is. Every run execution has an identity of its own (its first Temporal run id, kept
+across continue-as-new): the sends carry it into their tokens and ledger rows, and an event
+that names another execution (an open of the email a previous run with the same run id
+sent) is kept but never counted.
 
 A send that fails for good ends the run with outcome ``failed`` (never a hung run); an
 ``unsubscribe`` event ends it with outcome ``unsubscribed``, interrupting a wait; a step

@@ -8,12 +8,14 @@ nothing skips ahead to its bound and asks the loopback API how the call went.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from temporalio.testing import WorkflowEnvironment
 
 import dee
@@ -327,3 +329,32 @@ def test_runs_show_lists_the_calls() -> None:
         [STEP, "CA1", "no-answer", "callback"],
         [STEP, "#2", "CA2", "voicemail", "fetched"],
     ]
+
+
+async def test_a_late_voicemail_report_corrects_the_outcome(
+    dee_engine: Engine, server: RunningServer, twilio: TwilioApi
+) -> None:
+    # The AMD callback reaches the server after the final status: the call step has
+    # finished as answered, and a branch after a wait reads voicemail.
+    e = dee_engine
+    document = yaml.safe_load(PLAN.read_text())
+    document["id"] = f"late-amd-{uuid.uuid4().hex[:8]}"
+    document["steps"].insert(1, {"type": "wait", "id": "pause", "duration": {"hours": 1}})
+    document["transitions"][0] = {"from": STEP, "to": "pause"}
+    document["transitions"].append({"from": "pause", "to": "after-call"})
+    plan = dee.plan_from_document(document)
+    handle = await e.start(e.version(plan, dee.load_content(EXAMPLES / "content", plan)))
+    sid, status_url, amd_url = await placed_call(twilio, 0, set())
+    await callback(server, twilio, status_url, status_params(twilio, sid, "completed"))
+    async with asyncio.timeout(30):
+        while (await _state(e, handle.id)).current_step != "pause":
+            await asyncio.sleep(0.05)
+    assert (await _state(e, handle.id)).calls[0].outcome == "answered"
+    await callback(server, twilio, amd_url, amd_params(twilio, sid, "machine_end_other"))
+
+    result: RunResult = await handle.result()
+    state = await _state(e, handle.id)
+    assert result.outcome == "left-voicemail"
+    # The step's line says what it saw; the record (what the branch read) was corrected.
+    assert state.history[0].result == f"placed {sid} answered"
+    assert [(call.outcome, call.source) for call in state.calls] == [("voicemail", "callback")]
