@@ -168,7 +168,8 @@ class Interpreter:
         self._events.append(event)
         if self._own(event):
             self._tally.add(event.type, event.step_id)
-            self._calls.observe(event)
+            if self._engine3:
+                self._calls.observe(event)
         else:
             self._foreign += 1
 

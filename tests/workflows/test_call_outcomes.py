@@ -35,6 +35,7 @@ from tests.helpers.twilio_callbacks import (
     server_settings,
     status_params,
 )
+from workflows import _interpreter as interpreter
 from workflows._calls import outcome_bound
 from workflows.execution_plan import ExecutionPlanWorkflow
 
@@ -358,3 +359,26 @@ async def test_a_late_voicemail_report_corrects_the_outcome(
     # The step's line says what it saw; the record (what the branch read) was corrected.
     assert state.history[0].result == f"placed {sid} answered"
     assert [(call.outcome, call.source) for call in state.calls] == [("voicemail", "callback")]
+
+
+async def test_a_run_that_continues_as_new_after_its_call_keeps_the_outcome(
+    dee_engine: Engine,
+    server: RunningServer,
+    twilio: TwilioApi,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The run continues as new after any signal (the worker is in this process, and the
+    # interpreter is imported once per worker): right after its call step, before the
+    # branch, which then reads the outcome the run carried.
+    monkeypatch.setattr(interpreter, "CONTINUE_AFTER_SIGNALS", 1)
+    e = dee_engine
+    handle = await e.start(version(e))
+    sid, status_url, _ = await placed_call(twilio, 0, set())
+    params = status_params(twilio, sid, "completed", AnsweredBy="machine_end_beep")
+    await callback(server, twilio, status_url, params)
+
+    result: RunResult = await handle.result()
+    state = await _state(e, handle.id)
+    assert result.outcome == "left-voicemail"
+    assert state.continued >= 1
+    assert [(call.call_sid, call.outcome) for call in state.calls] == [(sid, "voicemail")]
