@@ -5,8 +5,8 @@ SMTP server and loopback Twilio API, and writes each run's history to
 ``tests/histories/<name>.json``. Re-record only on purpose: the point of the recorded
 histories is that a change to the interpreter must still replay the runs already in flight.
 
-    .venv/bin/python scripts/record_histories.py                          # every engine 2 one
-    .venv/bin/python scripts/record_histories.py engine2-call-voicemail   # only those named
+    .venv/bin/python scripts/record_histories.py                          # every engine 3 one
+    .venv/bin/python scripts/record_histories.py engine3-call-voicemail   # only those named
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from temporalio.client import WorkflowFailureError  # noqa: E402
 
 from dee.plans.content import PlanContent  # noqa: E402
 from dee.runs.client import send_event  # noqa: E402
+from dee.runs.model import ENGINE  # noqa: E402
 from tests.helpers.engine import Engine, engine, wait_for_messages  # noqa: E402
 from tests.helpers.plans import simple_plan  # noqa: E402
 from tests.helpers.smtp import smtp_server  # noqa: E402
@@ -32,6 +33,7 @@ from tests.helpers.temporal import new_task_queue, start_time_skipping_env  # no
 from tests.helpers.twilio_api import twilio_api  # noqa: E402
 from tests.server.test_twilio_routes import call_plan  # noqa: E402
 from tests.workflows.test_execution_plan import loop_plan  # noqa: E402
+from tests.workflows.test_exits import spec_variant, with_until  # noqa: E402
 from workflows.execution_plan import CONTINUE_AFTER_SIGNALS  # noqa: E402
 
 HISTORIES = ROOT / "tests" / "histories"
@@ -121,6 +123,26 @@ async def voicemail(e: Engine) -> str:
     return handle.id
 
 
+async def exit_on_reply(e: Engine) -> str:
+    """A plan with ``exitOn: [reply]``: a reply in the middle of the wait ends the run."""
+    handle = await e.start(spec_variant(e, "exits-on-reply", exit_on=("reply",)))
+    await wait_for_messages(e, 1)
+    await send_event(e.client, handle.id, type="reply", step_id="intro-email", event_id="r1")
+    await handle.result()
+    return handle.id
+
+
+async def until_held(e: Engine) -> str:
+    """A wait with ``until``: an open ends it early and the branch takes the open's way."""
+    handle = await e.start(
+        spec_variant(e, "until-open", **with_until('events.hasOpen("intro-email")'))
+    )
+    await wait_for_messages(e, 1)
+    await send_event(e.client, handle.id, type="open", step_id="intro-email", event_id="o1")
+    await handle.result()
+    return handle.id
+
+
 SCENARIOS: dict[str, Callable[[Engine], Awaitable[str]]] = {
     "spec-reply": reply,
     "spec-open": opened,
@@ -132,22 +154,30 @@ SCENARIOS: dict[str, Callable[[Engine], Awaitable[str]]] = {
     "continued-mid-wait": continued,
     "call-voicemail": voicemail,
 }
-#: The same paths for runs of engine 2 (dee.runs.model.ENGINE), which dee.start_run starts
-#: now; the histories above are engine 1's and stay as recorded.
-SCENARIOS.update({f"engine2-{name}": scenario for name, scenario in list(SCENARIOS.items())})
-ENGINE1 = {name for name in SCENARIOS if not name.startswith("engine2-")}
+#: Paths only runs of engine 3 can take.
+ENGINE3_ONLY: dict[str, Callable[[Engine], Awaitable[str]]] = {
+    "exit-on-reply": exit_on_reply,
+    "until-held": until_held,
+}
+#: The histories of earlier engines are kept as recorded: engine 1's under the plain names,
+#: engine 2's as ``engine2-<name>``. What dee.start_run starts now (dee.runs.model.ENGINE)
+#: is recorded as ``engine<N>-<name>``.
+CURRENT = f"engine{ENGINE}-"
+FROZEN = {*SCENARIOS, *(f"engine{n}-{name}" for n in range(2, ENGINE) for name in SCENARIOS)}
+SCENARIOS.update({f"{CURRENT}{name}": scenario for name, scenario in list(SCENARIOS.items())})
+SCENARIOS.update({f"{CURRENT}{name}": scenario for name, scenario in ENGINE3_ONLY.items()})
 
 
 async def main() -> None:
     HISTORIES.mkdir(parents=True, exist_ok=True)
     env = await start_time_skipping_env()
     try:
-        chosen = sys.argv[1:] or [name for name in SCENARIOS if name not in ENGINE1]
-        recorded = [name for name in chosen if name in ENGINE1]
+        chosen = sys.argv[1:] or [name for name in SCENARIOS if name.startswith(CURRENT)]
+        recorded = [name for name in chosen if name in FROZEN or name not in SCENARIOS]
         if recorded:
             raise SystemExit(
-                f"{', '.join(recorded)}: engine 1's histories are kept as recorded (start_run "
-                "now starts engine 2 runs); record engine2-<name> instead"
+                f"{', '.join(recorded)}: earlier engines' histories are kept as recorded "
+                f"(start_run now starts engine {ENGINE} runs); record {CURRENT}<name> instead"
             )
         for name in chosen:
             scenario = SCENARIOS[name]

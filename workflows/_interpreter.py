@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Iterable
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import date, datetime, timedelta
 from typing import Final, NoReturn, TypeVar, assert_never
 
 from temporalio import workflow
@@ -43,6 +43,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from dee.errors import ConditionError
     from dee.plans.conditions import ConditionContext, EventTally, evaluate_condition
+    from dee.plans.exits import exits_for
     from dee.plans.model import BranchStep, EndStep, SendEmailStep, SendVoiceStep, Step, WaitStep
     from dee.plans.validation import successors
     from dee.runs.model import (
@@ -129,12 +130,22 @@ class Interpreter:
         self._unsubscribed = (progress is not None and progress.unsubscribed) or any(
             event.type == "unsubscribe" for event in carried
         )
+        #: Event type to the outcome it ends the run with: the plan's ``exitOn`` from
+        #: engine 3 on; before, an unsubscribe alone (``self._unsubscribed``).
+        self._exits = exits_for(input.plan.exit_on) if self._engine3 else {}
+        #: The outcome an ``exitOn`` event has ended the run with, once one arrived.
+        self._exit: str | None = progress.exit if progress else None
+        #: The day the run's next send waits for after an out-of-office reply
+        #: (``pauseOnAutoReply``, engine 3), in the contact's time zone.
+        self._resume_on: date | None = progress.resume_on if progress else None
         self._visits: dict[str, int] = dict(progress.visits) if progress else {}
         self._history: list[StepVisit] = list(progress.history) if progress else []
         self._current: str | None = progress.next_step if progress else input.plan.steps[0].id
         #: Set when this execution resumes a wait its predecessor was in.
         self._wait_until: datetime | None = progress.wait_until if progress else None
         self._result: RunResult | None = None
+        #: A wait's ``until`` that could not be evaluated (the run then ends with it).
+        self._condition_error: ConditionError | None = None
         self._sends = Sends(input, self._execution, engine=input.engine, show_step=self._show_step)
         #: Engine 3: a call step waits for its call to end, and records how it did.
         self._calls = Calls(
@@ -158,6 +169,13 @@ class Interpreter:
         if event.type == "unsubscribe":
             # The contact's wish, whichever of the contact's emails it came from.
             self._unsubscribed = True
+        if event.type == "auto-reply" and self._engine3 and self._own(event):
+            self._auto_reply(event)
+        exit = self._exits.get(event.type)
+        if exit is not None and self._exit is None and self._own(event):
+            # A reply, bounce or complaint ends the run only when it is about this
+            # execution's emails (a bounce of an earlier run's email says nothing new).
+            self._exit = exit
         digest = event_digest(event.event_id)
         if digest in self._seen:
             return
@@ -172,6 +190,24 @@ class Interpreter:
                 self._calls.observe(event)
         else:
             self._foreign += 1
+
+    def _auto_reply(self, event: RunEvent) -> None:
+        """An out-of-office reply: with ``pauseOnAutoReply``, hold the next send until the
+        day after the return date it names, at most ``maxDays`` after it came (the latest
+        reply says when the contact is back)."""
+        pause = self._input.plan.pause_on_auto_reply
+        back = event.details.get("returnDate")
+        if pause is None or not isinstance(back, str):
+            return
+        latest = workflow.now().date() + timedelta(days=pause.max_days)
+        try:
+            # Any text may come here (an event posted to the API): a date that does not
+            # parse holds nothing, and one past the limit holds until the limit (no
+            # arithmetic on it, so 9999-12-31 cannot overflow).
+            back_on = date.fromisoformat(back)
+        except ValueError:
+            return
+        self._resume_on = latest if back_on >= latest else back_on + timedelta(days=1)
 
     def state(self) -> RunState:
         plan = self._input.plan
@@ -240,13 +276,15 @@ class Interpreter:
             workflow.upsert_search_attributes([CONTACT_ID_ATTRIBUTE.value_set(contact_id)])
 
     def _interrupted(self) -> bool:
-        """Whether an event has ended the run wherever it is (an unsubscribe)."""
-        return self._unsubscribed
+        """Whether an event has ended the run wherever it is (an unsubscribe, an exitOn)."""
+        return self._unsubscribed or self._exit is not None
 
     def _end_if_interrupted(self, step_id: str) -> None:
         """End the run at ``step_id`` when :meth:`_interrupted`, with the event's outcome."""
         if self._unsubscribed:
             self._end(UNSUBSCRIBED, step_id)
+        if self._exit is not None:
+            self._end(self._exit, step_id)
 
     def _enter(self, step: Step) -> None:
         self._end_if_interrupted(step.id)
@@ -303,42 +341,82 @@ class Interpreter:
         self._show_step(step.id)
         until = self._wait_until or workflow.now() + step.duration.to_timedelta()
         self._wait_until = None
+        holds = self._condition(step.id, step.until)
+        if holds():
+            # What the wait waits for has happened already (a reply before the wait began).
+            return self._until_held(step.id)
         if until <= workflow.now():
             return f"waited {step.duration}"
         try:
-            # An unsubscribe ends the run at once rather than after the wait; a long wait
-            # that gathers many events continues as new in the middle, keeping its end.
+            # An unsubscribe (or an exitOn event) ends the run at once rather than after the
+            # wait, and so does the wait's condition; a long wait that gathers many events
+            # continues as new in the middle, keeping its end.
             await workflow.wait_condition(
-                lambda: self._interrupted() or self._should_continue_as_new(),
+                lambda: self._interrupted() or holds() or self._should_continue_as_new(),
                 timeout=until - workflow.now(),
-                timeout_summary=f"wait {step.id} {step.duration}",
+                timeout_summary=f"wait {step.id} {step.duration}"
+                + ("" if step.until is None else " or until"),
             )
         except TimeoutError:
             return f"waited {step.duration}"
         self._end_if_interrupted(step.id)
+        if holds():
+            return self._until_held(step.id)
         self._continue_as_new(wait_until=until)
 
-    def _branch(self, step: BranchStep) -> str:
-        context = ConditionContext(
+    def _condition(self, step_id: str, when: str | None) -> Callable[[], bool]:
+        """Whether ``when`` holds now, as a function that never raises (always false without
+        a condition): one that cannot be evaluated holds, and :meth:`_until_held` then ends
+        the run with the reason, as a branch does. Raised from inside ``wait_condition``,
+        the error would fail the workflow task over and over instead."""
+        if when is None:
+            return lambda: False
+        context = self._context()
+
+        def holds() -> bool:
+            if self._condition_error is not None:
+                return True
+            try:
+                return evaluate_condition(when, context, step_id=step_id)
+            except ConditionError as error:
+                self._condition_error = error
+                return True
+
+        return holds
+
+    def _until_held(self, step_id: str) -> str:
+        if self._condition_error is not None:
+            self._end_failed_condition(step_id, self._condition_error)
+        return "until held"
+
+    def _context(self) -> ConditionContext:
+        """What conditions read: live, so a condition evaluated again sees new events."""
+        return ConditionContext(
             events=self._tally,
             visits=self._visits,
             contact=self._input.contact.attributes(),
             variables=self._input.variables,
             call_outcomes=self._calls.outcomes(),
         )
+
+    def _branch(self, step: BranchStep) -> str:
+        context = self._context()
         for condition in step.conditions:
             try:
                 holds = evaluate_condition(condition.when, context, step_id=step.id)
             except ConditionError as error:
-                self._end(
-                    FAILED,
-                    step.id,
-                    RunFailure(step_id=step.id, reason=str(error), kind="ConditionError"),
-                )
+                self._end_failed_condition(step.id, error)
             if holds:
                 return f"-> {condition.goto}"
         # Validation guarantees a default, which always holds.
         raise AssertionError(f"branch {step.id!r} has no condition that holds")
+
+    def _end_failed_condition(self, step_id: str, error: ConditionError) -> NoReturn:
+        self._end(
+            FAILED,
+            step_id,
+            RunFailure(step_id=step_id, reason=str(error), kind="ConditionError"),
+        )
 
     # -- endings -------------------------------------------------------------------------
 
@@ -394,6 +472,8 @@ class Interpreter:
             dropped=self._dropped,
             foreign=self._foreign,
             unsubscribed=self._unsubscribed,
+            exit=self._exit,
+            resume_on=self._resume_on,
             wait_until=wait_until,
             calls=self._calls.recorded(),
         )

@@ -93,7 +93,7 @@ def plan_details(stored: PlanVersion) -> list[str]:
     fields = [
         ("plan", f"{plan.id} v{stored.version}"),
         ("name", one_line(plan.name)),
-        ("created by", one_line(plan.metadata.created_by)),
+        ("created by", one_line(plan.metadata.created_by or "")),
         ("created at", timestamp(stored.created_at)),
     ]
     if plan.metadata.description:

@@ -169,8 +169,19 @@ def validate(file: Path, content_dir: Path | None, max_steps: int) -> None:
 @_FILE
 @_CONTENT
 @_MAX_STEPS
+@click.option(
+    "--created-by",
+    metavar="NAME",
+    help="Who creates the version, when the plan's metadata names nobody (default: the OS user).",
+)
 @click.pass_context
-def create(ctx: click.Context, file: Path, content_dir: Path | None, max_steps: int) -> None:
+def create(
+    ctx: click.Context,
+    file: Path,
+    content_dir: Path | None,
+    max_steps: int,
+    created_by: str | None,
+) -> None:
     """Store the plan in FILE and its content as a new version.
 
     Creating a plan that equals its latest version (same steps, transitions, name,
@@ -180,7 +191,7 @@ def create(ctx: click.Context, file: Path, content_dir: Path | None, max_steps: 
     content = _read_content(file, content_dir, plan)
     with _registry(ctx) as registry:
         try:
-            stored = registry.create(plan, content, max_steps=max_steps)
+            stored = registry.create(plan, content, max_steps=max_steps, created_by=created_by)
         except PlanInvalidError as exc:
             _fail_with_problems(str(file), exc.problems)
     click.echo(f"{stored.plan.id} v{stored.version}")

@@ -47,6 +47,7 @@ from dee.plans.loader import data_problems
 from dee.plans.model import (
     STEP_MODELS,
     STEP_TYPES,
+    AutoReplyPause,
     ExecutionPlan,
     Step,
     Transition,
@@ -168,21 +169,31 @@ def execution_plan(
     id: str,
     name: str,
     steps: Iterable[Step],
-    created_by: str,
+    created_by: str | None = None,
     transitions: Transitions = "linear",
     description: str | None = None,
+    exit_on: Iterable[str] | None = None,
+    pause_on_auto_reply: Mapping[str, Any] | AutoReplyPause | None = None,
 ) -> ExecutionPlan:
-    """A plan ready for :func:`dee.validate_plan` and :meth:`dee.PlanRegistry.create`."""
-    metadata: dict[str, Any] = {"created_by": created_by}
+    """A plan ready for :func:`dee.validate_plan` and :meth:`dee.PlanRegistry.create`.
+
+    ``created_by`` may be left out: the registry then names whoever creates the version.
+    ``exit_on`` lists the events that end a run wherever it is (:mod:`dee.plans.exits`).
+    """
+    metadata: dict[str, Any] = {}
+    if created_by is not None:
+        metadata["created_by"] = created_by
     if description is not None:
         metadata["description"] = description
-    return _build(
-        ExecutionPlan,
-        {
-            "id": id,
-            "name": name,
-            "steps": tuple(steps),
-            "transitions": transitions,
-            "metadata": metadata,
-        },
-    )
+    document: dict[str, Any] = {
+        "id": id,
+        "name": name,
+        "steps": tuple(steps),
+        "transitions": transitions,
+        "metadata": metadata,
+    }
+    if exit_on is not None:
+        document["exit_on"] = tuple(exit_on)
+    if pause_on_auto_reply is not None:
+        document["pause_on_auto_reply"] = pause_on_auto_reply
+    return _build(ExecutionPlan, document)

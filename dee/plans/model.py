@@ -32,6 +32,7 @@ __all__ = [
     "MAX_WAIT_SECONDS",
     "STEP_MODELS",
     "STEP_TYPES",
+    "AutoReplyPause",
     "BoundedDuration",
     "BranchStep",
     "Condition",
@@ -261,19 +262,23 @@ class SendVoiceStep(_StepModel):
 
 
 class WaitStep(_StepModel):
-    """Pause the run for ``duration`` (a durable timer)."""
+    """Pause the run for ``duration`` (a durable timer), or until ``until`` holds when the
+    wait has a condition (an expression like a branch's, see :mod:`dee.plans.conditions`)."""
 
     node_shape: ClassVar[tuple[str, str]] = ("(", ")")
 
     type: Literal["wait"] = "wait"
     id: StepId
     duration: Duration
+    until: Annotated[str, Field(min_length=1)] | None = None
 
     def describe(self) -> str:
-        return str(self.duration)
+        if self.until is None:
+            return str(self.duration)
+        return f"{self.duration}, until {_single_line(self.until)}"
 
     def node_label(self) -> str:
-        return f"wait {self.duration}"
+        return f"wait {self.duration}" + ("" if self.until is None else " or until")
 
     def durations(self) -> tuple[BoundedDuration, ...]:
         return (BoundedDuration("duration", self.duration, MAX_WAIT_SECONDS),)
@@ -366,10 +371,19 @@ Transitions: TypeAlias = Literal["linear"] | tuple[Transition, ...]
 
 
 class PlanMetadata(_Model):
-    created_by: Annotated[str, Field(min_length=1, max_length=200)]
+    #: Who created the plan; when a document leaves it out, the creator's name: the API
+    #: key's on the API, ``--created-by`` or the OS user on the CLI (the registry fills it).
+    created_by: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     description: str | None = None
     #: Assigned by the registry when the version is created.
     created_at: datetime.datetime | None = None
+
+
+class AutoReplyPause(_Model):
+    """``pauseOnAutoReply``: an out-of-office reply that names a return date holds the run's
+    next send until the day after that date, and at most ``max_days`` after the reply."""
+
+    max_days: Annotated[int, Field(ge=1, le=365)] = 14
 
 
 class ExecutionPlan(_Model):
@@ -380,7 +394,11 @@ class ExecutionPlan(_Model):
     name: Annotated[str, Field(min_length=1, max_length=200)]
     steps: tuple[Step, ...]
     transitions: Transitions = "linear"
-    metadata: PlanMetadata
+    #: Events that end a run wherever it is (:mod:`dee.plans.exits`); ``None``: the default,
+    #: ``[unsubscribe, bounce, complaint]``.
+    exit_on: tuple[Annotated[str, Field(max_length=50)], ...] | None = None
+    pause_on_auto_reply: AutoReplyPause | None = None
+    metadata: PlanMetadata = PlanMetadata()
 
     @property
     def first_step(self) -> Step | None:

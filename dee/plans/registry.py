@@ -18,6 +18,7 @@ Storage is SQLite by default (``.dee/dee.db`` in the working folder) or PostgreS
 from __future__ import annotations
 
 import datetime
+import getpass
 import json
 import logging
 import random
@@ -57,6 +58,10 @@ logger = logging.getLogger(__name__)
 MAX_CREATE_ATTEMPTS = 50
 
 
+#: The longest ``createdBy`` (the database column's size).
+MAX_CREATED_BY = 200
+
+
 def upgrade_database(url: str | None = None) -> None:
     """Bring the database at ``url`` (default as for :class:`PlanRegistry`) to the newest
     schema. Opening a registry does this too; this is for ``dee db upgrade``."""
@@ -84,9 +89,13 @@ class PlanRegistry(Store):
         content: PlanContent | None = None,
         *,
         max_steps: int = DEFAULT_MAX_STEPS,
+        created_by: str | None = None,
     ) -> PlanVersion:
         """Store ``plan`` with ``content`` as its next version, or return the latest version
         when that one has the same digest (then ``created`` is ``False``).
+
+        The version's ``createdBy`` is the plan's own when it names one, else
+        ``created_by`` (the caller: the API key's name, ``--created-by``), else the OS user.
 
         Only the latest version is compared: creating an older version's plan and content
         again makes a new version, so the latest is always what was created last.
@@ -100,6 +109,13 @@ class PlanRegistry(Store):
         problems = validate_plan(plan, content, max_steps=max_steps)
         if problems:
             raise PlanValidationError(problems, plan_id=plan.id)
+        creator = plan.metadata.created_by or created_by or os_user()
+        if len(creator) > MAX_CREATED_BY:
+            raise RegistryError(
+                plan_id=plan.id,
+                message=f"createdBy is {len(creator):,} characters; the limit is "
+                f"{MAX_CREATED_BY}: name the creator more briefly",
+            )
         canonical = canonical_meaning(plan, content)
         digest = canonical_digest(canonical)
         stored_content = content.model_dump_json()
@@ -123,7 +139,9 @@ class PlanRegistry(Store):
                     stored = plan.model_copy(
                         update={
                             "version": number,
-                            "metadata": plan.metadata.model_copy(update={"created_at": created_at}),
+                            "metadata": plan.metadata.model_copy(
+                                update={"created_at": created_at, "created_by": creator}
+                            ),
                         }
                     )
                     connection.execute(
@@ -135,7 +153,7 @@ class PlanRegistry(Store):
                             document=json.dumps(stored.to_document(), ensure_ascii=False),
                             content=stored_content,
                             content_digests=content_digests,
-                            created_by=plan.metadata.created_by,
+                            created_by=creator,
                             created_at=created_at,
                             canonical=canonical,
                         )
@@ -275,6 +293,16 @@ class PlanRegistry(Store):
         ):
             raise _changed(row)
         return PlanVersion(plan=plan, content=content, digest=row.digest)
+
+
+def os_user() -> str:
+    """The OS user's name (a plan's ``createdBy`` when nobody else is named), or
+    ``unknown`` where the OS has none to give (a container without a passwd entry)."""
+    try:
+        name = getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown"
+    return name[:200] or "unknown"
 
 
 def _changed(row: Row[Any]) -> RegistryError:

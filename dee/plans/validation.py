@@ -37,6 +37,8 @@ is about, a stable code and a message that says what was expected. The codes:
 ``expression-not-a-call-step``  ``callOutcome`` / ``hasCallOutcome`` names a step that is
                                 not a ``sendVoice`` step
 ``expression-unknown-call-outcome``  ``hasCallOutcome`` names an outcome that does not exist
+``until-always-holds``         a wait's ``until`` is ``default``
+``unknown-exit-event``         ``exitOn`` names an event it does not know
 ==============================  ===========================================================
 
 Problems with the document's shape (wrong types, unknown fields, an unknown step type) are
@@ -50,8 +52,9 @@ from collections.abc import Sequence
 from typing import Final
 
 from dee.errors import PlanValidationError, Problem
-from dee.plans.conditions import check_condition
+from dee.plans.conditions import DEFAULT, check_condition
 from dee.plans.content import PlanContent, check_content, content_path
+from dee.plans.exits import EXIT_EVENTS
 from dee.plans.model import (
     BranchStep,
     Duration,
@@ -154,6 +157,13 @@ class _Validator:
         self.id_set = frozenset(self.ids)
         for step in steps:
             self.check_step(step)
+        for name in self.plan.exit_on or ():
+            if name not in EXIT_EVENTS:
+                self.add(
+                    None,
+                    "unknown-exit-event",
+                    f"exitOn names {name!r}; expected some of {', '.join(EXIT_EVENTS)}",
+                )
         self.check_transitions()
         if self.content is not None:
             self.problems.extend(check_content(self.plan, self.content))
@@ -185,6 +195,17 @@ class _Validator:
             self.check_duration(step.id, name, duration, limit)
         if isinstance(step, BranchStep):
             self.check_branch(step)
+        elif isinstance(step, WaitStep) and step.until is not None:
+            if step.until.strip() == DEFAULT:
+                self.add(
+                    step.id,
+                    "until-always-holds",
+                    "until is 'default', which always holds, so the wait would end at once: "
+                    "write a condition such as 'events.hasReply(\"intro-email\")' or drop until",
+                )
+            problems = check_condition(step.until, step_ids=self.id_set, call_steps=self.call_steps)
+            for problem in problems:
+                self.add(step.id, problem.code, f"until ({step.until[:80]!r}): {problem.message}")
 
     def check_duration(self, step_id: str, name: str, duration: Duration, limit: int) -> None:
         total = duration.total_seconds

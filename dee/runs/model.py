@@ -284,6 +284,11 @@ class RunProgress(_Frozen):
     #: Events that belong to another execution of the same run id: kept, never counted.
     foreign: int = 0
     unsubscribed: bool = False
+    #: The outcome an ``exitOn`` event ended the run with (:mod:`dee.plans.exits`), when
+    #: one arrived in the execution that continued as new.
+    exit: Annotated[str, Field(max_length=64)] | None = None
+    #: The day the next send waits for after an out-of-office reply (``pauseOnAutoReply``).
+    resume_on: datetime.date | None = None
     #: When the run continued as new during a wait: the moment that wait ends.
     wait_until: datetime.datetime | None = None
     #: The latest call outcome of each sendVoice step (what ``events.callOutcome`` reads).

@@ -10,7 +10,9 @@ makes). Bodies and answers use the camelCase names of plan documents (:class:`Ap
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
+import re
 from collections.abc import Iterator, Sequence
 from typing import Annotated, Any, Final
 
@@ -25,6 +27,7 @@ from dee.server.state import ServerState, server_state
 
 __all__ = [
     "AUTH_ERRORS",
+    "Caller",
     "MAX_VERSION",
     "NOT_JSON",
     "PLAN_NOT_FOUND",
@@ -37,6 +40,7 @@ __all__ = [
     "check_api_key",
     "error_response",
     "invalid_plan",
+    "key_secrets",
     "registry_errors",
     "require_api_key",
     "v1_router",
@@ -60,13 +64,36 @@ def _unauthorized(message: str) -> ApiError:
 async def require_api_key(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(api_key_bearer)],
     state: Annotated[ServerState, Depends(server_state)],
-) -> None:
-    """Let the request through only with one of ``settings.api_keys`` as its bearer token."""
-    check_api_key(credentials.credentials if credentials else None, state.settings.api_keys)
+) -> str:
+    """Let the request through only with one of ``settings.api_keys`` as its bearer token;
+    the key's name (see :func:`check_api_key`)."""
+    return check_api_key(credentials.credentials if credentials else None, state.settings.api_keys)
 
 
-def check_api_key(given: str | None, keys: Sequence[str]) -> None:
-    """Refuse (401) unless ``given`` is one of ``keys``."""
+#: ``name:secret`` in ``DEE_API_KEYS``: a name of this shape, a colon, the key itself.
+_NAMED_KEY: Final = re.compile(r"^([A-Za-z0-9_.@-]{1,64}):(.+)$", re.DOTALL)
+
+
+def _name_and_secret(entry: str) -> tuple[str, str]:
+    """An entry of ``DEE_API_KEYS`` as its name and the secret a client sends. A key given
+    without a name is named ``key-`` and 8 hex digits of its SHA-256 (never the key)."""
+    named = _NAMED_KEY.match(entry)
+    if named:
+        return named.group(1), named.group(2)
+    return f"key-{hashlib.sha256(entry.encode()).hexdigest()[:8]}", entry
+
+
+def key_secrets(keys: Sequence[str]) -> list[str]:
+    """What clients send for each entry of ``DEE_API_KEYS`` (the entries without names)."""
+    return [_name_and_secret(key)[1] for key in keys]
+
+
+def check_api_key(given: str | None, keys: Sequence[str]) -> str:
+    """Refuse (401) unless ``given`` is the secret of one of ``keys``; that key's name.
+
+    An entry is ``name:secret`` or the secret alone. The name is who a request acts as
+    (a plan version's ``createdBy`` when its document names nobody).
+    """
     if not keys:
         raise _unauthorized(
             "the API has no keys configured: set DEE_API_KEYS (comma-separated) on the server"
@@ -74,9 +101,16 @@ def check_api_key(given: str | None, keys: Sequence[str]) -> None:
     if given is None:
         raise _unauthorized("send an API key as `Authorization: Bearer <key>`")
     # Every key is compared, in constant time, so timing tells nothing about which is near.
-    matches = [hmac.compare_digest(given.encode(), key.encode()) for key in keys]
+    names = [_name_and_secret(key) for key in keys]
+    matches = [hmac.compare_digest(given.encode(), secret.encode()) for _, secret in names]
     if not any(matches):
         raise _unauthorized("the API key is not one of DEE_API_KEYS")
+    return names[matches.index(True)][0]
+
+
+#: The name of the API key a request came with (:func:`require_api_key`; FastAPI runs it
+#: once a request however many times it is asked for).
+Caller = Annotated[str, Depends(require_api_key)]
 
 
 Responses = dict[int | str, dict[str, Any]]

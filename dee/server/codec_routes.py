@@ -59,6 +59,7 @@ from dee.server._api import (
     api_key_bearer,
     check_api_key,
     error_response,
+    key_secrets,
 )
 from dee.server._http import ApiError
 from dee.server.state import ServerState
@@ -182,7 +183,7 @@ def _session_valid(
     given = mac_text.encode("ascii", "replace")
     matches = [
         hmac.compare_digest(given, _mac_text(_session_mac(codec, key, expires)).encode())
-        for key in api_keys
+        for key in key_secrets(api_keys)
     ]
     return any(matches)
 

@@ -56,6 +56,7 @@ from dee.server.inbound_match import (
     unsubscribe_request,
 )
 from dee.server.inbound_store import Delivery, InboundKind, InboundStore
+from dee.server.return_date import message_return_date
 from dee.server.sendgrid import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
@@ -235,6 +236,12 @@ async def _receive(state: ServerState, mail: InboundMail, *, source: str) -> Inb
         details: dict[str, JsonValue] = {"source": source, "matchedBy": match.matched_by}
         if mail.auto_reason:
             details["autoReason"] = mail.auto_reason
+            back = message_return_date(
+                mail.raw, subject=mail.subject, received=datetime.datetime.now(datetime.UTC).date()
+            )
+            if back is not None:
+                # For pauseOnAutoReply: the run holds its next send until the day after.
+                details["returnDate"] = back.isoformat()
         # Recorded only after the run took it: a failed signal leaves the provider to retry.
         delivery = await _deliver(
             state,

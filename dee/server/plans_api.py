@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 from typing import Annotated, Any
 
 from fastapi import Path, Response
@@ -33,6 +34,7 @@ from dee.server._api import (
     PLAN_NOT_FOUND,
     ApiAnswer,
     ApiRequest,
+    Caller,
     ProblemBody,
     State,
     invalid_plan,
@@ -108,7 +110,7 @@ def _version_body(stored: PlanVersion) -> PlanVersionBody:
         name=plan.name,
         digest=stored.digest,
         created_at=stored.created_at,
-        created_by=plan.metadata.created_by,
+        created_by=plan.metadata.created_by or "",
         plan=plan,
         content_digests=stored.content.digests(),
     )
@@ -128,7 +130,9 @@ def _version_body(stored: PlanVersion) -> PlanVersionBody:
         422: {"model": PlanErrorBody, "description": "The plan has problems (`invalid-plan`)"},
     },
 )
-async def create_plan(body: CreatePlanRequest, response: Response, state: State) -> PlanCreated:
+async def create_plan(
+    body: CreatePlanRequest, response: Response, state: State, caller: Caller
+) -> PlanCreated:
     """Validate the plan against its content and store it as the plan's next version.
 
     Creating what equals the latest version stores nothing and answers that version with
@@ -139,7 +143,9 @@ async def create_plan(body: CreatePlanRequest, response: Response, state: State)
     except PlanInvalidError as exc:
         raise invalid_plan(exc) from exc
     with registry_errors():
-        stored = await asyncio.to_thread(state.registry.create, plan, body.content)
+        stored = await asyncio.to_thread(
+            functools.partial(state.registry.create, created_by=caller), plan, body.content
+        )
     if not stored.created:
         response.status_code = 200
     return PlanCreated(
@@ -184,7 +190,7 @@ async def list_versions(plan_id: PlanId, state: State) -> list[VersionSummaryBod
             name=stored.plan.name,
             digest=stored.digest,
             created_at=stored.created_at,
-            created_by=stored.plan.metadata.created_by,
+            created_by=stored.plan.metadata.created_by or "",
         )
         for stored in versions
     ]

@@ -175,6 +175,19 @@ def test_create_then_create_again_then_change_the_content(database: str, spec_co
     assert (changed.exit_code, changed.stdout, changed.stderr) == (0, "outbound-intro v2\n", "")
 
 
+def test_create_names_the_creator_when_the_plan_does_not(database: str, tmp_path: Path) -> None:
+    plan = write(
+        tmp_path / "tiny.yaml",
+        "id: tiny\nname: Tiny\nsteps:\n"
+        "  - {type: wait, id: pause, duration: {hours: 1}}\n"
+        "  - {type: end, id: done, outcome: finished}\n",
+    )
+    created = run(database, "plans", "create", str(plan), "--created-by", "ana")
+    shown = run(database, "plans", "show", "tiny", "--json")
+    assert (created.exit_code, created.stdout) == (0, "tiny v1\n")
+    assert json.loads(shown.stdout)["metadata"]["createdBy"] == "ana"
+
+
 def test_create_refuses_an_invalid_plan(database: str, tmp_path: Path) -> None:
     plan = write(tmp_path / "broken.yaml", INVALID_PLAN)
 

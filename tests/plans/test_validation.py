@@ -469,8 +469,9 @@ CASES: list[tuple[str, dee.ExecutionPlan, list[Problem]]] = [
         ],
     ),
     (
-        # Call outcomes: of a step that is not a call, of a step that does not exist (that
-        # problem only), and an outcome that does not exist; a call's own outcome is fine.
+        # Call outcomes, in a wait's until and a branch: of a step that is not a call, of a
+        # step that does not exist (that problem only), and an outcome that does not exist;
+        # a call's own outcome is fine.
         "call-outcomes",
         plan(
             [
@@ -481,6 +482,7 @@ CASES: list[tuple[str, dee.ExecutionPlan, list[Problem]]] = [
                     "scriptId": "script",
                     "callerId": "+15551234567",
                 },
+                {**WAIT, "until": 'events.hasCallOutcome("mail", "busy")'},
                 branch(
                     "after-call",
                     ('events.callOutcome("mail") == "voicemail"', "done"),
@@ -494,6 +496,13 @@ CASES: list[tuple[str, dee.ExecutionPlan, list[Problem]]] = [
             ]
         ),
         [
+            Problem(
+                "pause",
+                "expression-not-a-call-step",
+                'until (\'events.hasCallOutcome("mail", "busy")\'): events.hasCallOutcome '
+                "names step 'mail', which is not a sendVoice step: only a call has an outcome; "
+                "name one of the plan's sendVoice steps",
+            ),
             Problem(
                 "after-call",
                 "expression-not-a-call-step",

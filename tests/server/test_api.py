@@ -260,6 +260,29 @@ async def test_create_list_and_show_plans(dev_env: WorkflowEnvironment, tmp_path
         assert list(old["contentDigests"]) == ["templates/hello.html"]
 
 
+async def test_a_plan_without_metadata_is_created_by_the_api_keys_name(
+    dev_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    named = "crm-sync:s3cret-for-the-crm"
+    async with api_server(dev_env, tmp_path / "dee.db", api_keys=(KEY, named)) as up:
+        anonymous = {key: value for key, value in SLOW.items() if key != "metadata"}
+        # The part before the colon is the key's name, never sent: the secret alone is.
+        assert (
+            await up.http.post("/v1/plans", json={"plan": anonymous}, headers=authorized(named))
+        ).status_code == 401
+        created = await up.http.post(
+            "/v1/plans", json={"plan": anonymous}, headers=authorized("s3cret-for-the-crm")
+        )
+        assert created.status_code == 201, created.text
+        shown = (await up.http.get("/v1/plans/api-slow")).json()
+        assert shown["createdBy"] == "crm-sync"
+        # A key without a name is named by a hash of it, never by the key itself.
+        other = await up.http.post("/v1/plans", json={"plan": {**anonymous, "id": "api-slow-2"}})
+        assert other.status_code == 201, other.text
+        by = (await up.http.get("/v1/plans/api-slow-2")).json()["createdBy"]
+        assert by.startswith("key-") and len(by) == 12 and KEY not in by
+
+
 @pytest.mark.parametrize(
     ("path", "expected"),
     [

@@ -5,6 +5,7 @@ server, and the real SMTP server that received the email being answered."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email
 import email.policy
 import email.utils
@@ -471,7 +472,7 @@ async def stack(
             yield Stack(dev_env, server, registry, smtp, task_queue, database)
 
 
-def answering(received: EmailMessage, **options: str) -> EmailMessage:
+def answering(received: EmailMessage, *, body: str | None = None, **options: str) -> EmailMessage:
     """A reply to ``received`` as a mail client writes one."""
     return message(
         subject=options.pop("subject", f"Re: {received['Subject']}"),
@@ -479,6 +480,7 @@ def answering(received: EmailMessage, **options: str) -> EmailMessage:
         references=str(received["Message-ID"]),
         to=str(received["From"]),
         headers=options,
+        **({} if body is None else {"body": body}),
     )
 
 
@@ -537,8 +539,12 @@ async def test_a_reply_ends_the_run_replied_and_counts_once(stack: Stack) -> Non
 
 async def test_an_out_of_office_reply_does_not_end_the_sequence(stack: Stack) -> None:
     run_id, sent = await stack.start()
+    back = datetime.datetime.now(datetime.UTC).date() + datetime.timedelta(days=10)
     notice = answering(
-        sent, subject=f"Automatic reply: {sent['Subject']}", **{"Auto-Submitted": "auto-replied"}
+        sent,
+        subject=f"Automatic reply: {sent['Subject']}",
+        body=f"I am out of the office until {back:%B} {back.day}, {back.year}.",
+        **{"Auto-Submitted": "auto-replied"},
     )
     response = await stack.post_raw(notice.as_bytes())
     assert response.status_code == 200, response.text
@@ -550,6 +556,8 @@ async def test_an_out_of_office_reply_does_not_end_the_sequence(stack: Stack) ->
     [event] = state.events
     assert (event.type, event.step_id) == ("auto-reply", "intro-email")
     assert event.details["autoReason"] == "Auto-Submitted: auto-replied"
+    # The return date it names, for pauseOnAutoReply.
+    assert event.details["returnDate"] == back.isoformat()
 
 
 async def test_an_unmatched_message_is_kept_and_reported(
