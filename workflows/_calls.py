@@ -68,8 +68,8 @@ class Calls:
         self._interrupted = interrupted
         #: Step id -> the latest outcome of its call, in the order the calls ended.
         self._latest: dict[str, CallOutcome] = {call.step_id: call for call in carried}
-        #: Call SID -> (step id, outcome) reported by a call-outcome event not yet recorded.
-        self._reported: dict[str, tuple[str, str]] = {}
+        #: (step id, call SID) -> the outcome a call-outcome event reported, not yet recorded.
+        self._reported: dict[tuple[str, str], str] = {}
         #: Call SIDs an AMD voicemail event named, of calls not yet recorded.
         self._machines: set[str] = set()
 
@@ -83,7 +83,7 @@ class Calls:
             outcome = event.details.get("outcome")
             # Hostile or mistaken details (an API event) are ignored, not recorded.
             if isinstance(outcome, str) and outcome in CALL_OUTCOMES:
-                self._reported.setdefault(sid, (step_id, outcome))
+                self._reported.setdefault((step_id, sid), outcome)
         elif event.type == "voicemail":
             latest = self._latest.get(step_id)
             if latest is not None and latest.call_sid == sid:
@@ -126,7 +126,7 @@ class Calls:
             outcome = reported
         if outcome == "answered" and sid in self._machines:
             outcome = "voicemail"
-        self._reported.pop(sid, None)
+        self._reported.pop((step.id, sid), None)
         self._machines.discard(sid)
         self._record(
             CallOutcome(step_id=step.id, visit=visit, call_sid=sid, outcome=outcome, source=source)
@@ -134,8 +134,7 @@ class Calls:
         return f"{line} {outcome}"
 
     def _reported_for(self, step: SendVoiceStep, sid: str) -> str | None:
-        reported = self._reported.get(sid)
-        return reported[1] if reported is not None and reported[0] == step.id else None
+        return self._reported.get((step.id, sid))
 
     def _record(self, call: CallOutcome) -> None:
         # Moved to the end: the calls show in the order they ended.

@@ -13,9 +13,13 @@ import datetime
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import CancelledError
 from temporalio.testing import WorkflowEnvironment
 
 import dee
@@ -225,12 +229,23 @@ async def test_a_call_twilio_does_not_know_fails_the_step(
     assert twilio.fetches == [sid]
 
 
+async def waiting_for_the_call(e: Engine) -> WorkflowHandle[Any, RunResult]:
+    """A run of the example plan once it waits for its call to end (its bound's timer)."""
+    handle = await e.start(version(e))
+    await placed_call(e.twilio, 0, set())
+    async with asyncio.timeout(30):
+        while EventType.EVENT_TYPE_TIMER_STARTED not in [
+            event.event_type async for event in handle.fetch_history_events()
+        ]:
+            await asyncio.sleep(0.05)
+    return handle
+
+
 async def test_an_unsubscribe_ends_the_call_wait_at_once(
     dee_engine: Engine, twilio: TwilioApi
 ) -> None:
     e = dee_engine
-    handle = await e.start(version(e))
-    await placed_call(twilio, 0, set())
+    handle = await waiting_for_the_call(e)
     await send_event(e.client, handle.id, type="unsubscribe", event_id="stop")
 
     result: RunResult = await handle.result()
@@ -382,3 +397,18 @@ async def test_a_run_that_continues_as_new_after_its_call_keeps_the_outcome(
     assert result.outcome == "left-voicemail"
     assert state.continued >= 1
     assert [(call.call_sid, call.outcome) for call in state.calls] == [(sid, "voicemail")]
+
+
+async def test_a_run_cancelled_while_its_call_lasts_ends_cancelled_at_once(
+    dee_engine: Engine, twilio: TwilioApi
+) -> None:
+    e = dee_engine
+    handle = await waiting_for_the_call(e)
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError) as caught:
+        await handle.result()
+    assert isinstance(caught.value.cause, CancelledError)
+    state = await _state(e, handle.id)
+    assert (state.outcome, state.current_step) == ("cancelled", STEP)
+    # Cancelled in the wait, not at its bound: Twilio was never asked.
+    assert twilio.fetches == []
