@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo dev test lint format clean
+.PHONY: install demo dev test lint format lock clean
 
 $(BIN)/dee: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,15 @@ lint: install
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# The image's runtime dependencies pinned with their hashes (the Dockerfile installs them with
+# --require-hashes): run it after changing [project] dependencies in pyproject.toml. Pins
+# already in the lock are kept; `rm requirements/runtime.lock` first to move them all on.
+# uv is installed into the venv for this only.
+lock: install
+	$(BIN)/pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
+		--custom-compile-command "make lock" --output-file requirements/runtime.lock
 
 clean:
 	rm -rf $(VENV) .dee .mypy_cache .pytest_cache .ruff_cache *.egg-info

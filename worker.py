@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
+from datetime import timedelta
 from typing import Any, Final
 
 from temporalio import activity, workflow
@@ -23,6 +25,8 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.email import EmailActivities
 from activities.voice import VoiceActivities
+from dee import metrics
+from dee.logs import configure_logging
 from dee.runs.channels import EmailChannel, VoiceChannel
 from dee.runs.ledger import SendLedger
 from dee.runs.temporal import connect, ensure_search_attributes
@@ -139,18 +143,40 @@ def build_worker(
         activities=[email.send_email, voice.place_call, voice.call_outcome],
         workflow_runner=options.pop("workflow_runner", WORKFLOW_RUNNER),
         max_cached_workflows=options.pop("max_cached_workflows", settings.workflow_cache),
+        # Without it the SDK cancels every send in flight the moment the worker is asked to
+        # stop; with it they finish (and are recorded) first.
+        graceful_shutdown_timeout=options.pop(
+            "graceful_shutdown_timeout", timedelta(seconds=settings.shutdown_timeout)
+        ),
         **options,
     )
 
 
 async def run_worker(settings: Settings | None = None, *, client: Client | None = None) -> None:
-    """Run until SIGINT or SIGTERM, then finish in-flight tasks and stop."""
+    """Run until SIGINT or SIGTERM, then let the activities in flight finish (for up to
+    ``DEE_SHUTDOWN_TIMEOUT`` seconds, then they are cancelled) and stop.
+
+    Refuses to start (``ValueError``) when the settings would send links that lead nowhere
+    (:meth:`Settings.public_url_problem`).
+    """
     settings = settings or Settings.from_env()
-    # Its payload keys too: a worker encrypts and decrypts with the keys it is given.
-    client = client or await connect(settings=settings)
+    problem = settings.public_url_problem()
+    if problem:
+        raise ValueError(problem)
+    sdk_metrics = None
+    if client is None:
+        runtime = None
+        if settings.worker_metrics_address:
+            runtime, sdk_metrics = metrics.sdk_runtime()
+        # Its payload keys too: a worker encrypts and decrypts with the keys it is given.
+        client = await connect(settings=settings, runtime=runtime)
     added = await ensure_search_attributes(client)
     if added:
         logger.info("registered search attributes: %s", ", ".join(added))
+    served = None
+    if settings.worker_metrics_address:
+        served = metrics.serve(settings.worker_metrics_address, forward=sdk_metrics)
+        logger.info("metrics served at http://%s:%d/metrics", served.host, served.port)
     ledger = SendLedger(settings.database_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -164,19 +190,30 @@ async def run_worker(settings: Settings | None = None, *, client: Client | None 
                 client.namespace,
             )
             await stop.wait()
-            logger.info("stopping: finishing in-flight tasks")
+            logger.info(
+                "stopping: activities in flight have %.0f s to finish (DEE_SHUTDOWN_TIMEOUT)",
+                settings.shutdown_timeout,
+            )
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
         ledger.close()
+        if served is not None:
+            served.close()
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    asyncio.run(run_worker())
+    try:
+        settings = Settings.from_env()
+        problem = settings.public_url_problem()
+        if problem:
+            raise ValueError(problem)
+    except ValueError as exc:
+        # As `dee worker` does: a setting to fix, said once, without a traceback.
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(2) from None
+    configure_logging(settings)
+    asyncio.run(run_worker(settings))
 
 
 if __name__ == "__main__":

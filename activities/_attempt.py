@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from typing import Final
+from collections.abc import AsyncIterator, Awaitable
+from typing import Final, Protocol, TypeVar
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-__all__ = ["HEARTBEAT_INTERVAL", "heartbeating", "permanent"]
+from dee.metrics import count_send
+
+__all__ = ["HEARTBEAT_INTERVAL", "counted", "heartbeating", "permanent"]
 
 HEARTBEAT_INTERVAL: Final = 2.0
 
@@ -44,3 +46,29 @@ def permanent(message: str, kind: str) -> ApplicationError:
     """A failure no retry can mend (a refused recipient, a missing setting): it ends the
     step at once, with ``kind`` as the error's type."""
     return ApplicationError(message, type=kind, non_retryable=True)
+
+
+class _Result(Protocol):
+    @property
+    def status(self) -> str: ...
+
+
+_R = TypeVar("_R", bound=_Result)
+
+
+async def counted(channel: str, send: Awaitable[_R]) -> _R:
+    """``send``'s result, counted in ``dee_sends_total`` by its status, or as ``failed``
+    (a permanent failure), ``error`` (retried) or ``cancelled``."""
+    status = "error"
+    try:
+        result = await send
+        status = result.status
+        return result
+    except ApplicationError as exc:
+        status = "failed" if exc.non_retryable else "error"
+        raise
+    except asyncio.CancelledError:
+        status = "cancelled"
+        raise
+    finally:
+        count_send(channel, status)

@@ -133,6 +133,15 @@ class _CommittingSMTP(aiosmtplib.SMTP):
         self._commit = commit
         self.committed = False
 
+    async def __aexit__(self, kind: Any, error: BaseException | None, traceback: Any) -> None:
+        # A cancelled send (a worker stopping, a timed-out attempt) hangs up at once:
+        # aiosmtplib would say QUIT and wait up to a command's timeout for the answer,
+        # behind whatever the server was still doing.
+        if isinstance(error, asyncio.CancelledError):
+            self.close()
+            return
+        await super().__aexit__(kind, error, traceback)
+
     async def data(
         self,
         message: str | bytes,

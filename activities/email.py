@@ -38,10 +38,11 @@ import aiosmtplib
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities._attempt import heartbeating, permanent
+from activities._attempt import counted, heartbeating, permanent
 from activities._headers import POLICY, set_header
 from activities._smtp import SmtpConfig, SmtpUrlError, parse_smtp_url, send_message
 from dee.errors import ContentError
+from dee.metrics import timed
 from dee.plans.content import PlanContent, RenderedEmail, render_email
 from dee.plans.model import EMAIL_PATTERN
 from dee.runs.channels import SendEmailInput, SendEmailResult
@@ -78,7 +79,7 @@ class EmailActivities:
     async def send_email(self, input: SendEmailInput) -> SendEmailResult:
         """Send ``input.step``'s email to ``input.contact`` unless an attempt already did."""
         async with heartbeating():
-            return await self._send_email(input)
+            return await counted("email", self._send_email(input))
 
     async def _send_email(self, input: SendEmailInput) -> SendEmailResult:
         settings = self._settings
@@ -111,13 +112,14 @@ class EmailActivities:
         try:
             # Off the event loop: a slow template (bounded by dee.plans.sandbox) delays no
             # other send, and heartbeats go on.
-            rendered = await asyncio.to_thread(
-                render_email,
-                step,
-                PlanContent(templates={step.template_id: input.template}),
-                contact=input.contact.attributes(),
-                variables=input.variables,
-            )
+            with timed("render", "email"):
+                rendered = await asyncio.to_thread(
+                    render_email,
+                    step,
+                    PlanContent(templates={step.template_id: input.template}),
+                    contact=input.contact.attributes(),
+                    variables=input.variables,
+                )
         except ContentError as exc:
             raise permanent(f"step {step.id!r}: {exc}", "TemplateError") from None
 
@@ -176,9 +178,14 @@ class EmailActivities:
             committed = True
 
         try:
-            await _send(
-                smtp, message, sender=sender.addr_spec, recipient=recipient.addr_spec, commit=commit
-            )
+            with timed("send", "email"):
+                await _send(
+                    smtp,
+                    message,
+                    sender=sender.addr_spec,
+                    recipient=recipient.addr_spec,
+                    commit=commit,
+                )
         except SupersededError:
             activity.logger.warning(
                 "email %s: another attempt took this send over; this one ended DATA without "

@@ -71,8 +71,9 @@ from twilio.base.exceptions import TwilioException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.twiml.voice_response import VoiceResponse
 
-from activities._attempt import heartbeating, permanent
+from activities._attempt import counted, heartbeating, permanent
 from dee.errors import ContentError
+from dee.metrics import timed
 from dee.plans.call_outcomes import MACHINE_ANSWERS, call_outcome
 from dee.plans.content import PlanContent, render_script
 from dee.runs.calls import CALL_SID_PATTERN, twilio_client
@@ -124,7 +125,7 @@ class VoiceActivities:
     async def place_call(self, input: PlaceCallInput) -> PlaceCallResult:
         """Place the call for one visit of a send-voice step, at most once."""
         async with heartbeating():
-            return await self._place_call(input)
+            return await counted("voice", self._place_call(input))
 
     @activity.defn(name="call_outcome")
     async def call_outcome(self, input: CallOutcomeInput) -> CallOutcomeResult:
@@ -181,7 +182,8 @@ class VoiceActivities:
                 "MissingPhone",
             )
         # Off the event loop, as for email (templates are bounded by dee.plans.sandbox).
-        twiml, voicemail_twiml = await asyncio.to_thread(self._twiml, input)
+        with timed("render", "voice"):
+            twiml, voicemail_twiml = await asyncio.to_thread(self._twiml, input)
         create: dict[str, Any] = {
             "to": input.contact.phone,
             "from_": step.caller_id,
@@ -330,13 +332,14 @@ class VoiceActivities:
                 raise permanent(
                     f"call {message_id}: another attempt took this call over", "Superseded"
                 )
-            call = _twilio("place the call", lambda: client.calls.create(**create))
+            with timed("send", "voice"):
+                call = _twilio("place the call", lambda: client.calls.create(**create))
             sid = str(call.sid)
             self._ledger.mark_sent(message_id, provider_id=sid, attempt=attempt)
+            # Not the run id: it holds the contact id, which can be an address.
             log.info(
-                "placed call %s for run %r step %r visit %d: %s",
+                "placed call %s for step %r visit %d: %s",
                 message_id,
-                input.run_id,
                 input.step.id,
                 input.visit,
                 sid,

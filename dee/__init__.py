@@ -102,6 +102,7 @@ if TYPE_CHECKING:
     from dee.server.inbound_mail import InboundError
     from dee.server.inbound_store import InboundStore
     from dee.server.sendgrid import SendGridError, SignatureError
+    from dee.storage.schema import SchemaVersionError
 
 __all__ = [
     "BranchStep",
@@ -157,6 +158,7 @@ __all__ = [
     "RunState",
     "RunSummary",
     "RunUnavailableError",
+    "SchemaVersionError",
     "SendEmailInput",
     "SendEmailResult",
     "SendEmailStep",
@@ -221,6 +223,7 @@ _LAZY: dict[str, str] = {
     "InboundStore": "dee.server.inbound_store",
     "SendGridError": "dee.server.sendgrid",
     "SignatureError": "dee.server.sendgrid",
+    "SchemaVersionError": "dee.storage.schema",
 }
 
 

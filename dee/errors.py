@@ -31,6 +31,8 @@ Every exception DEE raises on purpose derives from :class:`DeeError`::
     ├── InboundError           an inbound message cannot be read (dee.server.inbound_mail)
     ├── SendGridError          a SendGrid event webhook call is not valid (dee.server.sendgrid)
     │   └── SignatureError     its signature or timestamp does not check out
+    ├── SchemaVersionError     the database is not at the schema revision this release needs
+    │                          and the process may not migrate it (dee.storage.schema)
     ├── DevError               ``dee dev`` cannot start (dee.cli.dev)
     └── SmtpCatcherError       the local mail catcher cannot start (dee.cli._smtp_catcher)
 

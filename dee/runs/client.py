@@ -37,6 +37,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+from dee.metrics import count_signal
 from dee.plans.model import ID_PATTERN
 from dee.plans.versions import PlanVersion
 from dee.runs._history import describe, not_found, state_from_history, worker_seen
@@ -244,16 +245,24 @@ async def send_event(
         details=dict(details or {}),
         execution=execution,
     )
+    outcome = "error"
     try:
         await client.get_workflow_handle(run_id).signal(EVENT_SIGNAL, event)
+        outcome = "signalled"
     except RPCError as exc:
         if _closed(exc):
+            outcome = "run-closed"
             raise RunClosedError(run_id, action="take events") from exc
         if not_found(exc):
+            outcome = "run-not-found"
             raise RunNotFoundError(run_id) from exc
         if _signals_exhausted(exc):
+            outcome = "busy"
             raise RunBusyError(run_id, exc.message) from exc
         raise
+    finally:
+        # The event's type is one RunEvent takes: a bounded label.
+        count_signal(event.type, outcome)
     return event
 
 

@@ -63,8 +63,10 @@ class ContactIds(Store):
     label = "contact id key"
     error: type[DeeError] = ContactIdsError
 
-    def __init__(self, url: str | None = None, *, echo: bool = False) -> None:
-        super().__init__(url, echo=echo)
+    def __init__(
+        self, url: str | None = None, *, echo: bool = False, migrate: bool | None = None
+    ) -> None:
+        super().__init__(url, echo=echo, migrate=migrate)
         self._key: bytes | None = None
         self._loading = threading.Lock()
 

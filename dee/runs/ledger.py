@@ -187,8 +187,10 @@ class SendLedger(Store):
     label = "send ledger"
     error = LedgerError
 
-    def __init__(self, url: str | None = None, *, echo: bool = False) -> None:
-        super().__init__(url, echo=echo)
+    def __init__(
+        self, url: str | None = None, *, echo: bool = False, migrate: bool | None = None
+    ) -> None:
+        super().__init__(url, echo=echo, migrate=migrate)
         # For mark_sent(bounded=True), the commit an email makes on the event loop's thread:
         # connections of its own, so that a pool busy with threaded calls cannot hold it
         # up, and no wait longer than COMMIT_TIMEOUT, so that a locked database fails the

@@ -51,6 +51,7 @@ from sqlalchemy import (
 )
 
 from dee.errors import DeeError
+from dee.metrics import count_suppression
 from dee.plans.model import EMAIL_PATTERN, PHONE_PATTERN
 from dee.storage.database import as_utc, insert_if_absent, metadata, write_transaction
 from dee.storage.store import Store, database_errors
@@ -191,8 +192,10 @@ class Suppressions(Store):
     error: type[DeeError] = SuppressionError
     _borrowed = False
 
-    def __init__(self, url: str | None = None, *, echo: bool = False) -> None:
-        super().__init__(url, echo=echo)
+    def __init__(
+        self, url: str | None = None, *, echo: bool = False, migrate: bool | None = None
+    ) -> None:
+        super().__init__(url, echo=echo, migrate=migrate)
         self._writers = threading.Lock()
 
     @classmethod
@@ -240,7 +243,10 @@ class Suppressions(Store):
             "at": datetime.datetime.now(datetime.UTC),
         }
         with self._writing() as connection:
-            return insert_if_absent(connection, suppressions, row, keys=[suppressions.c.address])
+            added = insert_if_absent(connection, suppressions, row, keys=[suppressions.c.address])
+        if added:
+            count_suppression(channel, reason)
+        return added
 
     @database_errors
     def remove(self, value: str) -> bool:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -35,6 +37,7 @@ from temporalio.converter import (
 )
 from temporalio.envconfig import ClientConfig
 from temporalio.exceptions import ApplicationError
+from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 
 from dee.errors import DeeError
@@ -49,6 +52,7 @@ __all__ = [
     "data_converter",
     "data_converter_for",
     "ensure_search_attributes",
+    "temporal_environment",
 ]
 
 logger = logging.getLogger(__name__)
@@ -143,14 +147,35 @@ def data_converter_for(settings: Settings) -> DataConverter:
     )
 
 
-async def connect(*, profile: str | None = None, settings: Settings | None = None) -> Client:
+def temporal_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment :mod:`temporalio.envconfig` reads, without ``TEMPORAL_*`` variables
+    set to the empty string.
+
+    envconfig takes an empty ``TEMPORAL_TLS`` or ``TEMPORAL_API_KEY`` as "connect with TLS"
+    and an empty certificate path as the working folder; DEE's settings, and compose files
+    passing ``${TEMPORAL_TLS:-}`` through, mean "not set".
+    """
+    env = os.environ if environ is None else environ
+    return {
+        name: value
+        for name, value in env.items()
+        if value != "" or not name.startswith("TEMPORAL_")
+    }
+
+
+async def connect(
+    *, profile: str | None = None, settings: Settings | None = None, runtime: Runtime | None = None
+) -> Client:
     """A client configured from the environment (and profile file), with pydantic payloads,
-    encrypted with the payload keys of ``settings`` (default: the environment's)."""
+    encrypted with the payload keys of ``settings`` (default: the environment's), on
+    ``runtime`` (default: the SDK's; the worker gives one that exports metrics)."""
     converter = data_converter_for(settings if settings is not None else Settings.from_env())
-    config = ClientConfig.load_client_connect_config(profile=profile)
+    config = ClientConfig.load_client_connect_config(
+        profile=profile, override_env_vars=temporal_environment()
+    )
     config.setdefault("target_host", "localhost:7233")
     try:
-        return await Client.connect(**config, data_converter=converter)
+        return await Client.connect(**config, data_converter=converter, runtime=runtime)
     except RuntimeError as exc:
         raise TemporalSetupError(
             f"cannot connect to Temporal at {config['target_host']}: {exc}; set "

@@ -17,6 +17,7 @@ from temporalio.service import RPCError
 
 from dee.errors import DeeError
 from dee.runs.errors import RunBusyError, RunClosedError, RunNotFoundError
+from dee.server.access_log import route_template
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -133,14 +134,17 @@ async def _dee_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, DeeError) and exc.transient:
         # A database down or locked: providers (mail hosts, SendGrid, Twilio) retry a 5xx
         # and drop a 4xx, so a passing outage must not lose the reply or bounce.
-        logger.error("request %s %s failed: %s", request.method, request.url.path, exc)
+        logger.error("request %s %s failed: %s", request.method, route_template(request.scope), exc)
         return _unavailable("storage-unavailable", str(exc))
-    logger.warning("request %s %s failed: %s", request.method, request.url.path, exc)
+    logger.warning("request %s %s failed: %s", request.method, route_template(request.scope), exc)
     return _answer(400, "bad-request", str(exc))
 
 
 async def _temporal_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.error("request %s %s: Temporal failed: %s", request.method, request.url.path, exc)
+    # The route as declared, never the path: paths hold tokens and run ids (access_log).
+    logger.error(
+        "request %s %s: Temporal failed: %s", request.method, route_template(request.scope), exc
+    )
     return _unavailable("temporal-unavailable", f"Temporal: {exc}")
 
 

@@ -16,7 +16,7 @@ from typing import Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["AccessLog", "quiet_uvicorn_access_log"]
+__all__ = ["AccessLog", "quiet_uvicorn_access_log", "route_template"]
 
 logger = logging.getLogger("dee.server.access")
 
@@ -65,13 +65,13 @@ class AccessLog:
             logger.info(
                 "%s %s %d %.1f ms",
                 scope["method"],
-                _route(scope),
+                route_template(scope),
                 status,
                 (time.perf_counter() - started) * 1000,
             )
 
 
-def _route(scope: Scope) -> str:
+def route_template(scope: Scope) -> str:
     """The template of the route ``scope`` matched (Starlette's router records it in the
     scope), never its path."""
     path = getattr(scope.get("route"), "path", None)

@@ -9,7 +9,8 @@
 - provider webhooks (:mod:`dee.server.inbound_routes`, :mod:`dee.server.twilio_routes`): replies,
   SendGrid events, Twilio call status and answering-machine callbacks;
 - the codec endpoint (:mod:`dee.server.codec_routes`), through which the Temporal Web UI shows
-  the payloads DEE encrypts, with CORS for the Web UI's origins.
+  the payloads DEE encrypts, with CORS for the Web UI's origins;
+- ``/metrics`` (:mod:`dee.server.metrics_route`), for Prometheus, off unless it has keys.
 
 Everything the routes need lives on ``app.state`` as one :class:`ServerState`, reached
 through :func:`server_state` so routes can be tested against a real app. While the app runs,
@@ -32,6 +33,7 @@ from dee.server import (
     bulk_api,
     codec_routes,
     inbound_routes,
+    metrics_route,
     plans_api,
     runs_api,
     suppressions_api,
@@ -97,7 +99,8 @@ def create_app(
     )
     app.state.dee = state
     api = (plans_api, runs_api, bulk_api, suppressions_api)
-    for module in (*api, tracking_routes, inbound_routes, twilio_routes, codec_routes):
+    routes = (tracking_routes, inbound_routes, twilio_routes, codec_routes, metrics_route)
+    for module in (*api, *routes):
         app.include_router(module.router)
     install_error_answers(
         app,

@@ -39,6 +39,7 @@ from typing import Final
 from temporalio.client import Client
 
 from dee.errors import DeeError
+from dee.metrics import count_hits
 from dee.server.hits import HitStore, NewHit, SignalClaim
 from dee.server.sweeper import STOP_TIMEOUT, signal_batch
 
@@ -128,6 +129,7 @@ class HitRecorder:
                 continue
             for _hit, future in batch:
                 future.set_result(None)
+            count_hits(hit.kind for hit, _future in batch)
             taken = [claim for claim in claims if claim is not None]
             if taken:
                 self._signal(taken)

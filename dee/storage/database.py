@@ -42,6 +42,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from dee.errors import RegistryError
+from dee.settings import database_pool
 
 __all__ = [
     "DATABASE_URL_ENV",
@@ -175,7 +176,8 @@ def make_engine(url: URL, *, echo: bool = False, timeout: float | None = None) -
     a lock (SQLite's busy timeout, PostgreSQL's ``lock_timeout``) and each statement
     (``statement_timeout``) give up after that many seconds and raise. Without it, SQLite
     waits up to :data:`SQLITE_BUSY_TIMEOUT` for another writer and PostgreSQL as long as
-    it takes.
+    it takes. A PostgreSQL engine keeps ``DEE_DATABASE_POOL_SIZE`` connections and opens
+    up to ``DEE_DATABASE_MAX_OVERFLOW`` more while busy.
     """
     bounded: dict[str, Any] = {} if timeout is None else {"pool_timeout": timeout}
     if url.get_backend_name() == "sqlite":
@@ -188,11 +190,15 @@ def make_engine(url: URL, *, echo: bool = False, timeout: float | None = None) -
         event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
         return engine
+    # DEE_DATABASE_POOL_SIZE and DEE_DATABASE_MAX_OVERFLOW: every process has a pool per
+    # store, and they all count against PostgreSQL's max_connections.
+    pool_size, max_overflow = database_pool()
+    pool = {"pool_size": pool_size, "max_overflow": max_overflow}
     if timeout is None:
-        return create_engine(url, echo=echo)
+        return create_engine(url, echo=echo, **pool)
     # libpq counts its connect timeout in whole seconds, and takes at least 2.
     connect = {"connect_timeout": max(2, math.ceil(timeout))}
-    engine = create_engine(url, echo=echo, connect_args=connect, **bounded)
+    engine = create_engine(url, echo=echo, connect_args=connect, **bounded, **pool)
     event.listen(engine, "begin", functools.partial(_postgres_begin, seconds=timeout))
     return engine
 

@@ -10,7 +10,10 @@ from typing import Concatenate, ParamSpec, Self, TypeVar
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from dee.errors import DeeError
-from dee.storage.database import make_engine, migrate, resolve_url, safe_url
+from dee.settings import database_pool, migrate_on_start
+from dee.storage.database import make_engine, resolve_url, safe_url
+from dee.storage.database import migrate as _migrate
+from dee.storage.schema import check_schema
 
 __all__ = ["Store", "database_errors"]
 
@@ -21,17 +24,34 @@ _S = TypeVar("_S", bound="Store")
 
 class Store:
     """A database opened from a URL (``None``: ``$DEE_DATABASE_URL``, else
-    ``sqlite:///.dee/dee.db``) with its schema migrated; closes as a context manager."""
+    ``sqlite:///.dee/dee.db``) with its schema migrated; closes as a context manager.
+
+    ``migrate`` (default: ``$DEE_MIGRATE_ON_START``, true unless set otherwise) says whether
+    opening migrates the database; when false, a database at another schema revision is
+    refused with :class:`dee.storage.schema.SchemaVersionError` saying to run
+    ``dee db upgrade``.
+    """
 
     #: What the store is called in messages, and the error it raises.
     label = "database"
     error: type[DeeError] = DeeError
 
-    def __init__(self, url: str | None = None, *, echo: bool = False) -> None:
+    def __init__(
+        self, url: str | None = None, *, echo: bool = False, migrate: bool | None = None
+    ) -> None:
+        try:
+            migrate = migrate_on_start() if migrate is None else migrate
+            # Read by make_engine: a wrong value is named here rather than as a traceback.
+            database_pool()
+        except ValueError as exc:
+            raise self.error(str(exc)) from None
         self.url = resolve_url(url)
         self._engine = make_engine(self.url, echo=echo)
         try:
-            migrate(self._engine)
+            if migrate:
+                _migrate(self._engine)
+            else:
+                check_schema(self._engine)
         except SQLAlchemyError as exc:
             self._engine.dispose()
             raise self.error(

@@ -15,10 +15,12 @@ from collections.abc import Iterator
 
 import psycopg
 from psycopg import sql
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from dee.plans.registry import PlanRegistry, upgrade_database
 from dee.runs.contacts import ContactIds
+from dee.storage.database import make_engine, resolve_url
 from tests.helpers.plans import simple_plan
 from tests.helpers.postgres import throwaway_postgres
 
@@ -131,3 +133,14 @@ def contact_id_in_process(url: str, value: str, start_at: float) -> str:
             return contacts.id_for(value)
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
+
+
+def drop_table(database_url: str, table: str) -> None:
+    """Drop ``table`` under a store that has it open: its next call fails as a database
+    that lost its schema does."""
+    engine = make_engine(resolve_url(database_url))
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(f"DROP TABLE {table}"))
+    finally:
+        engine.dispose()

@@ -14,6 +14,7 @@ from dee.errors import DeeError
 from dee.plans.registry import PlanRegistry
 from dee.runs.ledger import LedgerError, SendLedger, SupersededError
 from dee.storage.database import alembic_config, make_engine, resolve_url
+from tests.helpers.db import drop_table
 
 
 @pytest.fixture
@@ -171,12 +172,7 @@ def test_ledger_and_registry_share_a_database(database_url: str) -> None:
 
 def test_database_failure_is_a_ledger_error(database_url: str) -> None:
     with SendLedger(database_url) as ledger:
-        engine = make_engine(resolve_url(database_url))
-        try:
-            with engine.begin() as connection:
-                connection.execute(text("DROP TABLE sends"))
-        finally:
-            engine.dispose()
+        drop_table(database_url, "sends")
         with pytest.raises(LedgerError, match="the send ledger .* failed"):
             ledger.claim("m1", run_id="r", step_id="s", channel="email")
 

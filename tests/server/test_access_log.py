@@ -13,6 +13,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from dee.runs.tracking import open_pixel_url, unsubscribe_url
 from dee.settings import Settings
+from tests.helpers.db import drop_table
+from tests.helpers.logs import TEST_SIDE
 from tests.helpers.server import running_server
 
 SECRET = "access-log-signing-secret"
@@ -97,3 +99,24 @@ async def test_logs_hold_no_secret_token_or_address(
     # uvicorn's records, with their paths and query strings, were dropped before any handler.
     assert uvicorn_access.isEnabledFor(logging.INFO)
     assert written.records == []
+
+
+async def test_a_failed_request_is_logged_by_its_route_not_its_path(
+    dev_env: WorkflowEnvironment, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    database = f"sqlite:///{tmp_path / 'dee.db'}"
+    settings = Settings(database_url=database, api_keys=(API_KEY,))
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    caplog.set_level(logging.INFO)
+    async with running_server(settings, client=dev_env.client) as server:
+        # Positive control: the suppression list answers while its table is there.
+        assert (
+            await server.http.get(f"/v1/suppressions/{EMAIL}", headers=headers)
+        ).status_code == 404
+        drop_table(database, "suppressions")
+        failed = await server.http.get(f"/v1/suppressions/{EMAIL}", headers=headers)
+    assert (failed.status_code, failed.json()["code"]) == (503, "storage-unavailable")
+    # The server's lines (not the test's HTTP client's, which names the URL).
+    lines = [r.getMessage() for r in caplog.records if not r.name.startswith(TEST_SIDE)]
+    assert any(line.startswith("request GET /v1/suppressions/{value} failed: ") for line in lines)
+    assert [line for line in lines if EMAIL in line] == []

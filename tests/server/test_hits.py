@@ -25,6 +25,7 @@ from dee.server.hits import (
     event_id,
 )
 from dee.storage.database import alembic_config, make_engine, resolve_url, write_transaction
+from tests.helpers.db import drop_table
 
 RUN = "intro:ana@example.com"
 LINK = "https://example.com/pricing"
@@ -282,12 +283,7 @@ def test_migration_0003_goes_both_ways(database_url: str) -> None:
 
 
 def test_database_failure_is_a_hit_store_error(store: HitStore, database_url: str) -> None:
-    engine = make_engine(resolve_url(database_url))
-    try:
-        with engine.begin() as connection:
-            connection.execute(text("DROP TABLE tracking_hits"))
-    finally:
-        engine.dispose()
+    drop_table(database_url, "tracking_hits")
     with pytest.raises(HitStoreError, match="the tracking database .* failed"):
         store.record_hit(RUN, kind="open", step_id="intro", visit=1)
 

@@ -138,13 +138,18 @@ def worker_process(
     *,
     log: Path | None = None,
     fault: tuple[str, Path] | None = None,
+    cli: bool = False,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """``worker.py`` in a process of its own; its output goes to ``log`` when given.
 
     ``fault``: a point and signal, and a file to mark it, for :mod:`tests.helpers.hooked_worker`.
+    ``cli``: ``dee worker`` instead (what the image runs). ``extra_env``: more variables.
     """
     command = [sys.executable, str(ROOT / "worker.py")]
-    env = settings_env(settings, address)
+    if cli:
+        command = [sys.executable, "-m", "dee.cli.main", "worker"]
+    env = {**settings_env(settings, address), **(extra_env or {})}
     if fault is not None:
         command = [sys.executable, "-m", "tests.helpers.hooked_worker"]
         env.update(DEE_TEST_FAULT=fault[0], DEE_TEST_FAULT_MARK=str(fault[1]))
