@@ -108,7 +108,9 @@ class Calls:
         if placed.status == "suppressed":
             return line
         sid = placed.call_sid
-        self._show_step(step.id)
+        if self._reported_for(step, sid) is None:
+            # The run waits here (as at a wait step): make the step its searchable one.
+            self._show_step(step.id)
         source: Literal["callback", "fetched"] = "callback"
         try:
             await workflow.wait_condition(

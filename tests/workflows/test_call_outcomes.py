@@ -26,7 +26,15 @@ import dee
 from dee.cli._format import run_details
 from dee.plans.versions import PlanVersion
 from dee.runs.client import send_event
-from dee.runs.model import CallOutcome, Contact, RunInput, RunProgress, RunResult, RunState
+from dee.runs.model import (
+    CURRENT_STEP_ATTRIBUTE,
+    CallOutcome,
+    Contact,
+    RunInput,
+    RunProgress,
+    RunResult,
+    RunState,
+)
 from tests.helpers.engine import CONTACT, Engine, engine
 from tests.helpers.server import RunningServer, running_server
 from tests.helpers.smtp import SmtpServer
@@ -246,6 +254,9 @@ async def test_an_unsubscribe_ends_the_call_wait_at_once(
 ) -> None:
     e = dee_engine
     handle = await waiting_for_the_call(e)
+    # While the call lasts, the run shows the call step as where it is.
+    attributes = (await handle.describe()).typed_search_attributes
+    assert attributes.get(CURRENT_STEP_ATTRIBUTE) == STEP
     await send_event(e.client, handle.id, type="unsubscribe", event_id="stop")
 
     result: RunResult = await handle.result()
