@@ -140,7 +140,7 @@ def build_worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=[ExecutionPlanWorkflow],
-        activities=[email.send_email, voice.place_call],
+        activities=[email.send_email, voice.place_call, voice.call_outcome],
         workflow_runner=options.pop("workflow_runner", WORKFLOW_RUNNER),
         max_cached_workflows=options.pop("max_cached_workflows", settings.workflow_cache),
         # Without it the SDK cancels every send in flight the moment the worker is asked to

@@ -1,4 +1,4 @@
-"""Voice calls through Twilio: the ``place_call`` activity.
+"""Voice calls through Twilio: the ``place_call`` and ``call_outcome`` activities.
 
 A send-voice step becomes one outbound call whose TwiML ``<Say>``s the rendered script.
 Twilio reports the call's progress (initiated, ringing, answered, completed) to
@@ -43,6 +43,17 @@ Exactly once
     accepted but does not list yet would be placed twice; and, as the ledger says, two
     attempts running *at once* are not stopped, so keep the activity's start-to-close
     timeout above two Twilio requests (2 x 30 s).
+
+How the call went
+    An engine 3 run learns its call's outcome from Twilio's final status callback
+    (:mod:`dee.server.twilio_routes`). When none came within the step's bound, the run
+    asks: ``call_outcome`` fetches the call (``calls(sid).fetch()``) and maps its status
+    with :func:`dee.plans.call_outcomes.call_outcome`. A call that is somehow not over by
+    then (Twilio ends calls at the step's ``maxDuration``, or at 4 hours, so it should be)
+    is judged by where it is, and left alone: ``in-progress`` counts as ``answered``
+    (``voicemail`` when a machine answered), ``queued``, ``initiated`` and ``ringing`` as
+    ``no-answer`` (nobody picked up in all that time), anything else as ``failed``. The
+    activity only reads, so its retries are harmless.
 """
 
 from __future__ import annotations
@@ -63,9 +74,15 @@ from twilio.twiml.voice_response import VoiceResponse
 from activities._attempt import check_window, counted, heartbeating, permanent
 from dee.errors import ContentError
 from dee.metrics import timed
+from dee.plans.call_outcomes import MACHINE_ANSWERS, call_outcome
 from dee.plans.content import PlanContent, render_script
-from dee.runs.calls import twilio_client
-from dee.runs.channels import PlaceCallInput, PlaceCallResult
+from dee.runs.calls import CALL_SID_PATTERN, twilio_client
+from dee.runs.channels import (
+    CallOutcomeInput,
+    CallOutcomeResult,
+    PlaceCallInput,
+    PlaceCallResult,
+)
 from dee.runs.ledger import SendLedger, call_key
 from dee.runs.suppressions import Suppressions
 from dee.runs.tracking import CALL_AMD, CALL_STATUS, EXECUTION, TokenError, sign_token
@@ -88,12 +105,15 @@ HTTP_TIMEOUT_SECONDS: Final = 30.0
 CLOCK_SKEW: Final = datetime.timedelta(minutes=1)
 #: The most calls looked at when adopting an in-doubt call (newest first).
 ADOPT_SCAN_LIMIT: Final = 50
+#: Statuses of a call that has not been picked up (yet).
+NOT_PICKED_UP: Final = frozenset({"queued", "initiated", "ringing"})
 
 _T = TypeVar("_T")
 
 
 class VoiceActivities:
-    """Activities that place calls through Twilio; register ``place_call`` on the worker."""
+    """Activities that place calls through Twilio; register ``place_call`` and
+    ``call_outcome`` on the worker."""
 
     def __init__(self, settings: Settings, ledger: SendLedger) -> None:
         self._settings = settings
@@ -109,15 +129,49 @@ class VoiceActivities:
         async with heartbeating():
             return await counted("voice", self._place_call(input))
 
-    async def _place_call(self, input: PlaceCallInput) -> PlaceCallResult:
-        settings = self._settings
-        step = input.step
-        if not settings.twilio_account_sid or not settings.twilio_auth_token:
+    @activity.defn(name="call_outcome")
+    async def call_outcome(self, input: CallOutcomeInput) -> CallOutcomeResult:
+        """How call ``input.call_sid`` went, as Twilio has it now (see the module's doc)."""
+        self._require_credentials()
+        if not CALL_SID_PATTERN.match(input.call_sid):
+            raise permanent(
+                f"step {input.step_id!r}: {input.call_sid[:40]!r} is not a Twilio call SID "
+                "(CA and 32 hex digits), so the call cannot be looked up",
+                "InvalidCallSid",
+            )
+        async with heartbeating():
+            return await asyncio.to_thread(self._fetch_outcome, input)
+
+    def _fetch_outcome(self, input: CallOutcomeInput) -> CallOutcomeResult:
+        client, http = self._client()
+        try:
+            call = _twilio("fetch the call", lambda: client.calls(input.call_sid).fetch())
+        finally:
+            http.session.close()
+        status = str(call.status or "")
+        answered_by = str(call.answered_by) if call.answered_by else None
+        outcome = call_outcome(status, answered_by)
+        if outcome is None and status == "in-progress":
+            outcome = "voicemail" if answered_by in MACHINE_ANSWERS else "answered"
+        elif outcome is None:
+            outcome = "no-answer" if status in NOT_PICKED_UP else "failed"
+        activity.logger.info(
+            "call %s of step %r is %s: outcome %s", input.call_sid, input.step_id, status, outcome
+        )
+        return CallOutcomeResult(status=status, answered_by=answered_by, outcome=outcome)
+
+    def _require_credentials(self) -> None:
+        if not self._settings.twilio_account_sid or not self._settings.twilio_auth_token:
             raise permanent(
                 "Twilio credentials are not configured: set TWILIO_ACCOUNT_SID and "
                 "TWILIO_AUTH_TOKEN for the worker",
                 "MissingCredentials",
             )
+
+    async def _place_call(self, input: PlaceCallInput) -> PlaceCallResult:
+        settings = self._settings
+        step = input.step
+        self._require_credentials()
         if not settings.secret_key:
             raise permanent(
                 "DEE_SECRET_KEY is not set: the call's status callbacks cannot be signed",

@@ -66,6 +66,10 @@ async def noop_send_email(input: SendEmailInput) -> SendEmailResult:
     )
 
 
+#: The call SID the noop ``place_call`` answers (the spec plan calls once a run).
+NOOP_CALL_SID = f"CA{1:032d}"
+
+
 @activity.defn(name="place_call")
 async def noop_place_call(input: PlaceCallInput) -> PlaceCallResult:
     return PlaceCallResult(call_sid=f"CA{input.visit:032d}", status="placed")
@@ -110,7 +114,7 @@ async def main() -> None:
         if args.activities == "real":
             email = EmailActivities(settings, ledger)
             voice = VoiceActivities(settings, ledger)
-            activities = [email.send_email, voice.place_call]
+            activities = [email.send_email, voice.place_call, voice.call_outcome]
         else:
             activities = [noop_send_email, noop_place_call]
         async with Worker(

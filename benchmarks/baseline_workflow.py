@@ -8,6 +8,8 @@ models and send options a hand-written workflow would share.
 
 from __future__ import annotations
 
+import datetime
+
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
@@ -29,12 +31,16 @@ class HandWrittenSpecPlan:
     def __init__(self) -> None:
         self.replied = False
         self.opened = False
+        self.calls_ended: set[str] = set()
 
     @workflow.signal(name="event")
     def event(self, event: RunEvent) -> None:
         if event.step_id == "intro-email":
             self.replied |= event.type == "reply"
             self.opened |= event.type == "open"
+        sid = event.details.get("CallSid")
+        if event.type == "call-outcome" and isinstance(sid, str):
+            self.calls_ended.add(sid)
 
     @workflow.run
     async def run(self, input: RunInput) -> str:
@@ -51,7 +57,7 @@ class HandWrittenSpecPlan:
         call = input.plan.step("follow-up-call")
         assert isinstance(call, SendVoiceStep) and input.plan.version is not None
         message_id = call.voicemail.message_id
-        await workflow.execute_activity_method(
+        placed = await workflow.execute_activity_method(
             VoiceChannel.place_call,
             PlaceCallInput(
                 run_id=workflow.info().workflow_id,
@@ -67,6 +73,10 @@ class HandWrittenSpecPlan:
             start_to_close_timeout=SEND_TIMEOUT,
             heartbeat_timeout=SEND_HEARTBEAT_TIMEOUT,
             retry_policy=SEND_RETRY_POLICY,
+        )
+        # As DEE's engine 3 does: the call step lasts until the call has ended.
+        await workflow.wait_condition(
+            lambda: placed.call_sid in self.calls_ended, timeout=datetime.timedelta(hours=5)
         )
         return "replied"
 

@@ -11,7 +11,10 @@ per executed step).
         [--runs 100] [--rounds 2] [--activities real|noop] [--runner dee|sandbox] [--profile DIR]
 
 With ``--activities noop`` both variants call activities that return at once, so what is
-left is the workflows' own cost (and the SDK's): the interpreter's tax. The workers run
+left is the workflows' own cost (and the SDK's): the interpreter's tax. Both wait for the
+call to end, as DEE's engine 3 does: the benchmark plays Twilio and DEE's server, sending
+each run its call's ``call-outcome`` event (with the run's start for noop calls, whose SID
+is known; once the loopback API has the call for real ones). The workers run
 with bytecode written and read (``PYTHONDONTWRITEBYTECODE`` unset), as in production; with
 it set, the sandbox compiles the workflow module from source for every new run.
 """
@@ -40,27 +43,32 @@ from temporalio.client import Client, WorkflowHandle  # noqa: E402
 from temporalio.common import SearchAttributePair, TypedSearchAttributes  # noqa: E402
 
 import dee  # noqa: E402
+from benchmarks._worker import NOOP_CALL_SID  # noqa: E402
 from dee.plans.registry import PlanRegistry  # noqa: E402
 from dee.plans.versions import PlanVersion  # noqa: E402
 from dee.runs.model import (  # noqa: E402
     CONTACT_ID_ATTRIBUTE,
     CURRENT_STEP_ATTRIBUTE,
     ENGINE,
+    EVENT_SIGNAL,
     PLAN_ID_ATTRIBUTE,
     PLAN_VERSION_ATTRIBUTE,
     Contact,
+    RunEvent,
     RunInput,
 )
+from dee.runs.tracking import CALL_STATUS, execution_of, verify_token  # noqa: E402
 from tests.helpers.smtp import smtp_server  # noqa: E402
 from tests.helpers.spec import SPEC_CONTENT, SPEC_YAML  # noqa: E402
 from tests.helpers.temporal import start_dev_env  # noqa: E402
-from tests.helpers.twilio_api import twilio_api  # noqa: E402
+from tests.helpers.twilio_api import TwilioApi, twilio_api  # noqa: E402
 
 #: Steps a run of the "neither" path executes: email, wait, branch, email, call, end.
 EXECUTED_STEPS = 6
 #: Whether DEE's runs start with the search attributes start_run sets (--no-start-attributes:
 #: without, to see what their visibility writes cost the server).
 START_ATTRIBUTES = True
+SECRET_KEY = "benchmark-secret"
 WORKFLOW_TYPES = {"dee": "ExecutionPlanWorkflow", "baseline": "HandWrittenSpecPlan"}
 
 
@@ -108,10 +116,12 @@ async def start(
     task_queue: str,
     *,
     delay: datetime.timedelta | None = None,
+    call_sid: str | None = None,
 ) -> WorkflowHandle[Any, Any]:
     """One run, both variants through ``start_workflow`` with the same input; DEE's with
     what ``dee.start_run`` adds for the worker (its engine, the search attributes it sets
-    at start), not its client-side checks, which are no part of the interpreter's cost."""
+    at start), not its client-side checks, which are no part of the interpreter's cost.
+    With ``call_sid`` the run starts with the ``call-outcome`` of that call (a noop call)."""
     run_input = RunInput(
         plan=version.plan,
         content=version.content,
@@ -135,7 +145,36 @@ async def start(
         task_queue=task_queue,
         search_attributes=attributes if variant == "dee" and START_ATTRIBUTES else None,
         start_delay=delay,
+        start_signal=EVENT_SIGNAL if call_sid else None,
+        start_signal_args=[call_ended(call_sid)] if call_sid else [],
     )
+
+
+def call_ended(sid: str, *, execution: str | None = None) -> RunEvent:
+    """The event DEE's server signals when Twilio reports call ``sid`` completed."""
+    return RunEvent(
+        event_id=f"twilio:{sid}:call-outcome",
+        type="call-outcome",
+        step_id="follow-up-call",
+        at=datetime.datetime.now(datetime.UTC),
+        details={"CallSid": sid, "CallStatus": "completed", "outcome": "answered"},
+        execution=execution,
+    )
+
+
+async def end_calls(client: Client, twilio: TwilioApi) -> None:
+    """Play Twilio and DEE's status callback for every call the loopback API takes: each
+    run gets its call's outcome (until cancelled)."""
+    ended = 0
+    while True:
+        creates, calls = twilio.creates, twilio.calls
+        for request, call in zip(creates[ended:], calls[ended:], strict=False):
+            token = request["StatusCallback"].partition("?token=")[2]
+            payload = verify_token(token, secret=SECRET_KEY, kind=CALL_STATUS)
+            event = call_ended(str(call["sid"]), execution=execution_of(payload))
+            await client.get_workflow_handle(str(payload["r"])).signal(EVENT_SIGNAL, event)
+            ended += 1
+        await asyncio.sleep(0.05)
 
 
 def spawn_worker(
@@ -175,14 +214,20 @@ async def measure(
     runs: int,
     env: dict[str, str],
     options: list[str],
+    twilio: TwilioApi | None,
 ) -> Measurement:
+    """``twilio``: the loopback API real calls go to (``None``: noop activities)."""
     task_queue = f"bench-{variant}-{uuid.uuid4().hex[:8]}"
     worker = spawn_worker(client, variant, task_queue, options, env)
     assert worker.stdout is not None and worker.stdin is not None
+    sid = None if twilio else NOOP_CALL_SID
     try:
         started = time.perf_counter()
         handles = await asyncio.gather(
-            *(start(client, variant, version, index, task_queue) for index in range(runs))
+            *(
+                start(client, variant, version, index, task_queue, call_sid=sid)
+                for index in range(runs)
+            )
         )
         await asyncio.gather(*(handle.result() for handle in handles))
         seconds = time.perf_counter() - started
@@ -212,8 +257,10 @@ async def main() -> None:
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     env = await start_dev_env()
+    calls_ending: asyncio.Task[None] | None = None
     try:
         with tempfile.TemporaryDirectory() as scratch, twilio_api() as twilio:
+            calls_ending = asyncio.create_task(end_calls(env.client, twilio))
             async with smtp_server() as smtp:
                 database = f"sqlite:///{Path(scratch) / 'dee.db'}"
                 version = plan_version(database, args.wait)
@@ -221,7 +268,7 @@ async def main() -> None:
                     **{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
                     "DEE_DATABASE_URL": database,
                     "DEE_SMTP_URL": smtp.url,
-                    "DEE_SECRET_KEY": "benchmark-secret",
+                    "DEE_SECRET_KEY": SECRET_KEY,
                     "DEE_PUBLIC_URL": "https://dee.example.com",
                     "TWILIO_ACCOUNT_SID": twilio.account_sid,
                     "TWILIO_AUTH_TOKEN": twilio.auth_token,
@@ -237,7 +284,13 @@ async def main() -> None:
                             stats = args.profile / f"{variant}-{round_number + 1}.pstats"
                             options += ["--profile", str(stats)]
                         result = await measure(
-                            env.client, variant, version, args.runs, worker_env, options
+                            env.client,
+                            variant,
+                            version,
+                            args.runs,
+                            worker_env,
+                            options,
+                            twilio if args.activities == "real" else None,
                         )
                         results[variant].append(result)
                         print(
@@ -249,6 +302,8 @@ async def main() -> None:
                 sent = len(smtp.handler.messages)
                 calls = len(twilio.creates)
     finally:
+        if calls_ending is not None:
+            calls_ending.cancel()
         await env.shutdown()
     total_runs = args.runs * args.rounds * 2
     if args.activities == "real":

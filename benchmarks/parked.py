@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from temporalio.client import Client  # noqa: E402
 
+from benchmarks._worker import NOOP_CALL_SID  # noqa: E402
 from benchmarks.engine import WORKFLOW_TYPES, plan_version, spawn_worker, start  # noqa: E402
 from dee.plans.versions import PlanVersion  # noqa: E402
 from tests.helpers.temporal import start_dev_env  # noqa: E402
@@ -77,7 +78,9 @@ async def measure(
         async def one(index: int) -> Any:
             async with semaphore:
                 delay = datetime.timedelta(seconds=max(0.0, begin - time.time()))
-                return await start(client, variant, version, index, task_queue, delay=delay)
+                return await start(
+                    client, variant, version, index, task_queue, delay=delay, call_sid=NOOP_CALL_SID
+                )
 
         handles = await asyncio.gather(*(one(index) for index in range(args.runs)))
         late = time.time() - begin

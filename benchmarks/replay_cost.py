@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from temporalio.client import WorkflowHistory  # noqa: E402
 from temporalio.worker import Replayer, Worker  # noqa: E402
 
-from benchmarks._worker import noop_place_call, noop_send_email  # noqa: E402
+from benchmarks._worker import NOOP_CALL_SID, noop_place_call, noop_send_email  # noqa: E402
 from benchmarks.baseline_workflow import HandWrittenSpecPlan  # noqa: E402
 from benchmarks.engine import plan_version, start  # noqa: E402
 from dee.runs.temporal import data_converter  # noqa: E402
@@ -55,7 +55,9 @@ async def record() -> dict[str, WorkflowHistory]:
             ):
                 histories = {}
                 for variant in WORKFLOWS:
-                    handle = await start(env.client, variant, version, 0, "replay-cost")
+                    handle = await start(
+                        env.client, variant, version, 0, "replay-cost", call_sid=NOOP_CALL_SID
+                    )
                     await handle.result()
                     histories[variant] = await handle.fetch_history()
         return histories

@@ -22,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pydantic import JsonValue  # noqa: E402
 from temporalio.client import WorkflowFailureError  # noqa: E402
 
 from dee.plans.content import PlanContent  # noqa: E402
@@ -122,6 +123,19 @@ async def voicemail(e: Engine) -> str:
         while not e.twilio.creates:
             await asyncio.sleep(0.05)
     await send_event(e.client, handle.id, type="voicemail", step_id="call", event_id="vm1")
+    if ENGINE >= 3:
+        # The call step waits for the call to end: the status callback's outcome, which
+        # the voicemail above turns from answered into voicemail.
+        sid = str(e.twilio.calls[0]["sid"])
+        details: dict[str, JsonValue] = {"CallSid": sid, "outcome": "answered"}
+        await send_event(
+            e.client,
+            handle.id,
+            type="call-outcome",
+            step_id="call",
+            event_id="outcome1",
+            details=details,
+        )
     await handle.result()
     return handle.id
 

@@ -72,6 +72,17 @@ def test_quick_start_commands_print_what_the_readme_shows(tmp_path: Path) -> Non
     assert created.stdout == "outbound-intro v1\n"
 
 
+def test_call_outcomes_example_validates_as_the_readme_shows() -> None:
+    command = "dee plans validate examples/call-outcomes.yaml --content examples/content"
+    assert f"$ .venv/bin/{command}\nexamples/call-outcomes.yaml: valid (6 steps)\n" in README
+    plan = (EXAMPLES / "call-outcomes.yaml").read_text()
+    (shown,) = [block for block in _blocks("yaml") if "events.callOutcome" in block]
+    # The README shows the example's own lines.
+    assert shown in plan
+    validated = _dee(*command.split()[1:], cwd=ROOT)
+    assert validated.stdout == "examples/call-outcomes.yaml: valid (6 steps)\n", validated.stderr
+
+
 def test_spec_plan_example_script_runs() -> None:
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / "spec_plan.py")],

@@ -2,13 +2,15 @@
 generic workflow that runs any plan version.
 
 The run walks the plan from its first step: a ``wait`` is a durable timer, ``sendEmail`` and
-``sendVoice`` are activities with a bounded exponential retry policy, a ``branch`` evaluates
-its conditions over the events received so far, and an ``end`` completes the run with its
-outcome. Events arrive through the ``event`` signal at any time (before their step ran too)
-and are de-duplicated by id; the ``state`` query shows where the run is. Every run execution
-has an identity of its own (its first Temporal run id, kept across continue-as-new): the
-sends carry it into their tokens and ledger rows, and an event that names another execution
-(an open of the email a previous run with the same run id sent) is kept but never counted.
+``sendVoice`` are activities with a bounded exponential retry policy (in engine 3 runs a
+``sendVoice`` step then waits for its call to end: :mod:`workflows._calls`), a ``branch``
+evaluates its conditions over the events and call outcomes received so far, and an ``end``
+completes the run with its outcome. Events arrive through the ``event`` signal at any time
+(before their step ran too) and are de-duplicated by id; the ``state`` query shows where
+the run is. Every run execution has an identity of its own (its first Temporal run id, kept
+across continue-as-new): the sends carry it into their tokens and ledger rows, and an event
+that names another execution (an open of the email a previous run with the same run id
+sent) is kept but never counted.
 
 A send that fails for good ends the run with outcome ``failed`` (never a hung run); an
 ``unsubscribe`` event ends it with outcome ``unsubscribed``, interrupting a wait; a step
@@ -32,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from datetime import date, datetime, timedelta
 from typing import Final, NoReturn, TypeVar, assert_never
 
@@ -67,6 +69,8 @@ with workflow.unsafe.imports_passed_through():
         event_digest,
         pack_digests,
     )
+    from workflows._calls import Calls
+    from workflows._carry import MAX_CARRIED_INPUT_BYTES, carried_input, latest_within
     from workflows._sends import SendFailed, SendInterrupted, Sends
 
 __all__ = ["CONTINUE_AFTER_SIGNALS", "MAX_CARRIED_INPUT_BYTES", "Interpreter"]
@@ -79,19 +83,6 @@ _R = TypeVar("_R")
 #: frozen worker's timeout) replays the execution's history in one workflow task, which has
 #: 10 seconds, and each signal costs about 0.8 ms to replay (BENCHMARKS.md).
 CONTINUE_AFTER_SIGNALS: Final = 1_000
-#: Largest input a run continues as new with: Temporal refuses payloads over 2 MiB.
-MAX_CARRIED_INPUT_BYTES: Final = 1_900_000
-
-
-def _latest_within(events: Iterable[RunEvent], budget: int) -> tuple[RunEvent, ...]:
-    """The latest of ``events`` whose JSON fits in ``budget`` bytes, oldest first."""
-    kept: list[RunEvent] = []
-    for event in reversed(list(events)):
-        budget -= len(event.model_dump_json())
-        if budget < 0:
-            break
-        kept.append(event)
-    return tuple(reversed(kept))
 
 
 class _RunEnded(Exception):
@@ -151,6 +142,13 @@ class Interpreter:
             interrupted=self._interrupted,
             resume_on=lambda: self._resume_on,
         )
+        #: Engine 3: a call step waits for its call to end, and records how it did.
+        self._calls = Calls(
+            self._sends,
+            progress.calls if progress else (),
+            show_step=self._show_step,
+            interrupted=self._interrupted,
+        )
         #: Signals this execution received, repeats included.
         self._signals = 0
 
@@ -183,6 +181,8 @@ class Interpreter:
         self._events.append(event)
         if self._own(event):
             self._tally.add(event.type, event.step_id)
+            if self._engine3:
+                self._calls.observe(event)
         else:
             self._foreign += 1
 
@@ -225,6 +225,7 @@ class Interpreter:
             foreign=self._foreign,
             continued=self._input.progress.continued if self._input.progress else 0,
             holding=None if result else self._sends.holding,
+            calls=self._calls.recorded(),
         )
 
     def _should_continue_as_new(self) -> bool:
@@ -311,6 +312,10 @@ class Interpreter:
         match step:
             case SendEmailStep():
                 return await self._sent(self._sends.email(step, visit=self._visits[step.id]))
+            case SendVoiceStep() if self._engine3:
+                done = await self._sent(self._calls.call(step, visit=self._visits[step.id]))
+                self._end_if_interrupted(step.id)
+                return done
             case SendVoiceStep():
                 return await self._sent(self._sends.call(step, visit=self._visits[step.id]))
             case WaitStep():
@@ -390,6 +395,7 @@ class Interpreter:
             visits=self._visits,
             contact=self._input.contact.attributes(),
             variables=self._input.variables,
+            call_outcomes=self._calls.outcomes(),
         )
 
     def _branch(self, step: BranchStep) -> str:
@@ -456,7 +462,7 @@ class Interpreter:
             next_step=self._current,
             visits=self._visits,
             history=tuple(self._history[-MAX_CARRIED_HISTORY:]),
-            events=_latest_within(self._events, MAX_CARRIED_EVENT_BYTES),
+            events=latest_within(self._events, MAX_CARRIED_EVENT_BYTES),
             started_at=previous.started_at if previous else workflow.info().start_time,
             continued=(previous.continued + 1) if previous else 1,
             execution=self._execution,
@@ -468,23 +474,19 @@ class Interpreter:
             exit=self._exit,
             resume_on=self._resume_on,
             wait_until=wait_until,
+            calls=self._calls.recorded(),
         )
-        carried = self._input.model_copy(update={"progress": progress})
-        if len(carried.model_dump_json()) > MAX_CARRIED_INPUT_BYTES:
-            # Only a run started by hand with a huge plan or contact gets here (DEE's own
-            # limits keep a run under it): shed what is only shown, else end the run.
-            shown = {"events": (), "history": progress.history[-1:]}
-            carried = carried.model_copy(update={"progress": progress.model_copy(update=shown)})
-            if len(carried.model_dump_json()) > MAX_CARRIED_INPUT_BYTES:
-                self._end(
-                    FAILED,
-                    self._current,
-                    RunFailure(
-                        step_id=self._current,
-                        reason="the run's input and what it carries no longer fit in one "
-                        f"Temporal payload ({MAX_CARRIED_INPUT_BYTES:,} bytes); start runs "
-                        "with smaller plans, contacts and variables",
-                        kind="RunTooLarge",
-                    ),
-                )
+        carried = carried_input(self._input, progress)
+        if carried is None:
+            self._end(
+                FAILED,
+                self._current,
+                RunFailure(
+                    step_id=self._current,
+                    reason="the run's input and what it carries no longer fit in one "
+                    f"Temporal payload ({MAX_CARRIED_INPUT_BYTES:,} bytes); start runs "
+                    "with smaller plans, contacts and variables",
+                    kind="RunTooLarge",
+                ),
+            )
         workflow.continue_as_new(carried)

@@ -30,8 +30,11 @@ with workflow.unsafe.imports_passed_through():
         SEND_HEARTBEAT_TIMEOUT,
         SEND_RETRY_POLICY,
         SEND_TIMEOUT,
+        CallOutcomeInput,
+        CallOutcomeResult,
         EmailChannel,
         PlaceCallInput,
+        PlaceCallResult,
         SendEmailInput,
         VoiceChannel,
     )
@@ -124,6 +127,11 @@ class Sends:
 
     async def call(self, step: SendVoiceStep, *, visit: int) -> str:
         """Place the step's call; the step's result (``placed <call sid>``)."""
+        result = await self.place_call(step, visit=visit)
+        return f"{result.status} {result.call_sid}"
+
+    async def place_call(self, step: SendVoiceStep, *, visit: int) -> PlaceCallResult:
+        """Place the step's call (:mod:`workflows._calls` then waits for it to end)."""
         input = self._input
         assert input.plan.version is not None
         message_id = step.voicemail.message_id
@@ -140,8 +148,16 @@ class Sends:
             variables=input.variables,
             window=self._window(step),
         )
-        result = await self._send(step, VoiceChannel.place_call, call, f"call {step.id}")
-        return f"{result.status} {result.call_sid}"
+        return await self._send(step, VoiceChannel.place_call, call, f"call {step.id}")
+
+    async def call_outcome(self, step: SendVoiceStep, call_sid: str) -> CallOutcomeResult:
+        """Ask Twilio how the step's call ``call_sid`` went, with the sends' retries."""
+        ask = CallOutcomeInput(
+            run_id=workflow.info().workflow_id, step_id=step.id, call_sid=call_sid
+        )
+        return await self._send(
+            step, VoiceChannel.call_outcome, ask, f"call {step.id} outcome from Twilio"
+        )
 
     async def _send(
         self,

@@ -191,6 +191,23 @@ def run_details(run_id: str, state: RunState) -> list[str]:
                 ],
             )
         ]
+    if state.calls:
+        lines += ["", f"calls ({count(len(state.calls), 'call')}):"]
+        lines += [
+            f"  {line}"
+            for line in table(
+                ("STEP", "CALL", "OUTCOME", "FROM"),
+                [
+                    (
+                        call.step_id if call.visit == 1 else f"{call.step_id} #{call.visit}",
+                        one_line(call.call_sid),
+                        one_line(call.outcome),
+                        call.source,
+                    )
+                    for call in state.calls
+                ],
+            )
+        ]
     lines += ["", f"events ({count(len(state.events), 'event')}):"]
     if state.events:
         lines += [

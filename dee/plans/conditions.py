@@ -7,6 +7,9 @@ A branch's ``when`` is an expression over what the run has seen so far::
     events.hasReply()                           a reply to any step
     events.has("voicemail", "follow-up-call")   any event type, on a step or on any step
     events.count("open", "intro-email") >= 2    how many events of a type
+    events.callOutcome("call") == "voicemail"   how a sendVoice step's call ended (or none)
+    events.hasCallOutcome("call", "busy")       the same, as a test (outcomes: answered,
+                                                voicemail, no-answer, busy, failed, canceled)
     steps.visits("check-response") < 3          how often the run has entered a step
     contact.company == "Acme"                   a contact field (missing fields are none)
     plan_tier in ["pro", "enterprise"]          a run variable, by its bare name
@@ -29,16 +32,17 @@ contact lacks simply does not hold.
 from __future__ import annotations
 
 import functools
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import jinja2
 from jinja2 import nodes
 from jinja2.parser import Parser
 
 from dee.errors import ConditionError
+from dee.plans._context import ConditionContext, EventCounter, EventTally
+from dee.plans.call_outcomes import CALL_OUTCOME_EVENT, CALL_OUTCOMES
 
 __all__ = [
     "DEFAULT",
@@ -70,6 +74,7 @@ EVENT_TYPES: Final = frozenset(
         "no-answer",
         "busy",
         "call-failed",
+        CALL_OUTCOME_EVENT,
     }
 )
 
@@ -84,11 +89,15 @@ _SHORTHANDS: Final = {
     "hasClick": "click",
     "hasBounce": "bounce",
 }
+# function name -> its arguments, for the functions that read a sendVoice step's call outcome
+_CALL_FUNCTIONS: Final = {"callOutcome": ("step",), "hasCallOutcome": ("step", "outcome")}
 # function name -> (minimum args, maximum args, which arg names a step, which an event type)
 _EVENT_FUNCTIONS: Final[dict[str, tuple[int, int, int | None, int | None]]] = {
     **{name: (0, 1, 0, None) for name in _SHORTHANDS},
     "has": (1, 2, 1, 0),
     "count": (1, 2, 1, 0),
+    "callOutcome": (1, 1, 0, None),
+    "hasCallOutcome": (2, 2, 0, None),
 }
 _STEP_FUNCTIONS: Final[dict[str, tuple[int, int, int | None, int | None]]] = {
     "visits": (1, 1, 0, None),
@@ -141,6 +150,7 @@ def _parse(source: str) -> nodes.Expr:
 @dataclass(slots=True)
 class _Checker:
     step_ids: frozenset[str] | None
+    call_steps: frozenset[str] | None = None
     problems: list[ExpressionProblem] = field(default_factory=list)
     steps_named: list[str] = field(default_factory=list)
     count: int = 0
@@ -276,6 +286,8 @@ class _Checker:
                             f"{name} names step {arg.value!r}, which is not in this plan",
                         )
                     )
+            if callee.attr in _CALL_FUNCTIONS:
+                self._check_call_arg(name, _CALL_FUNCTIONS[callee.attr][index], arg.value)
             if index == type_arg and arg.value not in EVENT_TYPES:
                 self.problems.append(
                     ExpressionProblem(
@@ -284,6 +296,27 @@ class _Checker:
                         f"{', '.join(sorted(EVENT_TYPES))}",
                     )
                 )
+
+    def _check_call_arg(self, name: str, kind: str, value: str) -> None:
+        """An argument of a call-outcome function: a sendVoice step, or an outcome."""
+        if kind == "outcome" and value not in CALL_OUTCOMES:
+            self.problems.append(
+                ExpressionProblem(
+                    "expression-unknown-call-outcome",
+                    f"{name} names call outcome {value!r}; expected one of "
+                    f"{', '.join(CALL_OUTCOMES)}",
+                )
+            )
+        calls = self.call_steps
+        known = self.step_ids is None or value in self.step_ids
+        if kind == "step" and known and calls is not None and value not in calls:
+            self.problems.append(
+                ExpressionProblem(
+                    "expression-not-a-call-step",
+                    f"{name} names step {value!r}, which is not a sendVoice step: only a "
+                    "call has an outcome; name one of the plan's sendVoice steps",
+                )
+            )
 
 
 def _example(namespace: str) -> str:
@@ -322,15 +355,22 @@ def clear_caches() -> None:
 
 
 def check_condition(
-    source: str, *, step_ids: Iterable[str] | None = None
+    source: str,
+    *,
+    step_ids: Iterable[str] | None = None,
+    call_steps: Iterable[str] | None = None,
 ) -> list[ExpressionProblem]:
     """Every problem with a ``when`` expression; an empty list when it is fine.
 
-    ``step_ids``, when given, are the steps a condition may name.
+    ``step_ids``, when given, are the steps a condition may name; ``call_steps`` the
+    (``sendVoice``) steps whose call outcome it may read.
     """
     if source.strip() == DEFAULT:
         return []
-    checker = _Checker(frozenset(step_ids) if step_ids is not None else None)
+    checker = _Checker(
+        frozenset(step_ids) if step_ids is not None else None,
+        frozenset(call_steps) if call_steps is not None else None,
+    )
     try:
         checker.check(_parse(source))
     except _Invalid as exc:
@@ -350,48 +390,6 @@ def referenced_steps(source: str) -> list[str]:
     return checker.steps_named
 
 
-class EventCounter(Protocol):
-    """What conditions need to know about a run's events."""
-
-    def count(self, event_type: str, step_id: str | None = None) -> int:
-        """Events of ``event_type`` on ``step_id`` (or on any step when ``None``)."""
-        ...
-
-
-class EventTally:
-    """An :class:`EventCounter` over ``(event type, step id)`` pairs."""
-
-    def __init__(self, events: Iterable[tuple[str, str | None]] = ()) -> None:
-        self._by_step: Counter[tuple[str, str | None]] = Counter()
-        self._by_type: Counter[str] = Counter()
-        for event_type, step_id in events:
-            self.add(event_type, step_id)
-
-    def add(self, event_type: str, step_id: str | None, times: int = 1) -> None:
-        self._by_step[(event_type, step_id)] += times
-        self._by_type[event_type] += times
-
-    def counts(self) -> list[tuple[str, str | None, int]]:
-        """Every ``(event type, step id, count)``, in a stable order."""
-        counted = [(kind, step_id, n) for (kind, step_id), n in self._by_step.items()]
-        return sorted(counted, key=lambda item: (item[0], item[1] or ""))
-
-    def count(self, event_type: str, step_id: str | None = None) -> int:
-        if step_id is None:
-            return self._by_type[event_type]
-        return self._by_step[(event_type, step_id)]
-
-
-@dataclass(frozen=True, slots=True)
-class ConditionContext:
-    """What a branch can see when it evaluates its conditions."""
-
-    events: EventCounter
-    visits: Mapping[str, int] = field(default_factory=dict)
-    contact: Mapping[str, Any] = field(default_factory=dict)
-    variables: Mapping[str, Any] = field(default_factory=dict)
-
-
 def evaluate_condition(
     source: str, context: ConditionContext, *, step_id: str | None = None
 ) -> bool:
@@ -405,9 +403,6 @@ def evaluate_condition(
     if problems:
         raise ConditionError(problems[0].message, step_id=step_id, code=problems[0].code)
     return bool(_Evaluator(context).eval(_parse(source)))
-
-
-_MISSING: Final = object()
 
 
 class _Evaluator:
@@ -457,6 +452,9 @@ class _Evaluator:
         args = [arg.value for arg in node.args if isinstance(arg, nodes.Const)]
         if namespace.name == "steps":
             return self._context.visits.get(args[0], 0)
+        if function in _CALL_FUNCTIONS:
+            outcome = self._context.call_outcomes.get(args[0])
+            return outcome if function == "callOutcome" else outcome == args[1]
         events = self._context.events
         if function in _SHORTHANDS:
             return events.count(_SHORTHANDS[function], args[0] if args else None) > 0

@@ -34,6 +34,9 @@ is about, a stable code and a message that says what was expected. The codes:
 ``expression-bad-arguments``    a function gets the wrong number or kind of arguments
 ``expression-unknown-step``     a ``when`` names a step that is not in the plan
 ``expression-unknown-event-type``  a ``when`` names an event type DEE does not know
+``expression-not-a-call-step``  ``callOutcome`` / ``hasCallOutcome`` names a step that is
+                                not a ``sendVoice`` step
+``expression-unknown-call-outcome``  ``hasCallOutcome`` names an outcome that does not exist
 ``until-always-holds``         a wait's ``until`` is ``default``
 ``unknown-exit-event``         ``exitOn`` names an event it does not know
 ``invalid-timezone``            the schedule names a zone that does not exist
@@ -62,6 +65,7 @@ from dee.plans.model import (
     Duration,
     EndStep,
     ExecutionPlan,
+    SendVoiceStep,
     Step,
     WaitStep,
 )
@@ -130,6 +134,7 @@ class _Validator:
         self.ids: dict[str, Step] = {}
         self.edges: dict[str, list[str]] = defaultdict(list)
         self.id_set: frozenset[str] = frozenset()
+        self.call_steps = frozenset(s.id for s in plan.steps if isinstance(s, SendVoiceStep))
 
     def add(self, step_id: str | None, code: str, message: str) -> None:
         self.problems.append(Problem(step_id, code, message))
@@ -205,7 +210,8 @@ class _Validator:
                     "until is 'default', which always holds, so the wait would end at once: "
                     "write a condition such as 'events.hasReply(\"intro-email\")' or drop until",
                 )
-            for problem in check_condition(step.until, step_ids=self.id_set):
+            problems = check_condition(step.until, step_ids=self.id_set, call_steps=self.call_steps)
+            for problem in problems:
                 self.add(step.id, problem.code, f"until ({step.until[:80]!r}): {problem.message}")
 
     def check_duration(self, step_id: str, name: str, duration: Duration, limit: int) -> None:
@@ -250,7 +256,10 @@ class _Validator:
                 )
             else:
                 self.edges[step.id].append(condition.goto)
-            for problem in check_condition(condition.when, step_ids=self.id_set):
+            problems = check_condition(
+                condition.when, step_ids=self.id_set, call_steps=self.call_steps
+            )
+            for problem in problems:
                 self.add(
                     step.id,
                     problem.code,

@@ -5,6 +5,7 @@ contact's number and the message out of INFO logs."""
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Final
 
 from twilio.http.http_client import TwilioHttpClient
@@ -12,10 +13,12 @@ from twilio.rest import Client
 
 from dee.settings import Settings
 
-__all__ = ["TWILIO_API_URL", "twilio_client"]
+__all__ = ["CALL_SID_PATTERN", "TWILIO_API_URL", "twilio_client"]
 
 #: Twilio's own API; ``DEE_TWILIO_API_URL`` points DEE elsewhere (a test double, a proxy).
 TWILIO_API_URL: Final = "https://api.twilio.com"
+#: What a call SID looks like: anything else from a callback or a run is refused.
+CALL_SID_PATTERN: Final = re.compile(r"^CA[0-9a-fA-F]{32}$")
 
 
 class _QuietLogger(logging.LoggerAdapter[logging.Logger]):

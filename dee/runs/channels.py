@@ -38,6 +38,8 @@ __all__ = [
     "SEND_HEARTBEAT_TIMEOUT",
     "SEND_RETRY_POLICY",
     "SEND_TIMEOUT",
+    "CallOutcomeInput",
+    "CallOutcomeResult",
     "EmailChannel",
     "PlaceCallInput",
     "PlaceCallResult",
@@ -112,6 +114,23 @@ class PlaceCallResult(_Message):
     status: Literal["placed", "already-placed", "suppressed"]
 
 
+class CallOutcomeInput(_Message):
+    """Ask Twilio how call ``call_sid`` (of step ``step_id``) went."""
+
+    run_id: str
+    step_id: str
+    call_sid: str
+
+
+class CallOutcomeResult(_Message):
+    #: Twilio's ``status`` and ``answered_by`` for the call, as fetched.
+    status: str
+    answered_by: str | None = None
+    #: The call's outcome (:data:`dee.plans.call_outcomes.CALL_OUTCOMES`), also for a call
+    #: that is not over (see ``activities.voice``).
+    outcome: str
+
+
 class EmailChannel(Protocol):
     """The email activity (``activities.email.EmailActivities``)."""
 
@@ -127,4 +146,9 @@ class VoiceChannel(Protocol):
     @activity.defn(name="place_call")
     async def place_call(self, input: PlaceCallInput) -> PlaceCallResult:
         """Call ``input.contact`` for ``input.step`` unless an attempt already did."""
+        ...
+
+    @activity.defn(name="call_outcome")
+    async def call_outcome(self, input: CallOutcomeInput) -> CallOutcomeResult:
+        """How call ``input.call_sid`` went, as Twilio has it now."""
         ...

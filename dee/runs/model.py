@@ -36,6 +36,7 @@ __all__ = [
     "UNSUBSCRIBED",
     "VISIT_LIMIT",
     "WORKFLOW_NAME",
+    "CallOutcome",
     "Contact",
     "EventCount",
     "RunEvent",
@@ -228,6 +229,19 @@ class StepVisit(_Frozen):
     result: str | None = None
 
 
+class CallOutcome(_Frozen):
+    """How the latest call of one ``sendVoice`` step ended (engine 3 runs; the outcomes
+    are :data:`dee.plans.call_outcomes.CALL_OUTCOMES`)."""
+
+    step_id: str
+    visit: int
+    call_sid: str
+    outcome: str
+    #: ``callback``: Twilio's final status callback said it; ``fetched``: no callback came
+    #: in time and the run asked Twilio.
+    source: Literal["callback", "fetched"] = "callback"
+
+
 class RunFailure(_Frozen):
     step_id: str
     reason: str
@@ -278,6 +292,8 @@ class RunProgress(_Frozen):
     resume_on: datetime.date | None = None
     #: When the run continued as new during a wait: the moment that wait ends.
     wait_until: datetime.datetime | None = None
+    #: The latest call outcome of each sendVoice step (what ``events.callOutcome`` reads).
+    calls: tuple[CallOutcome, ...] = ()
 
     def seen_digests(self) -> set[bytes]:
         """The digests of every event id the run has seen (recomputed from ``events`` for
@@ -380,3 +396,5 @@ class RunState(_Frozen):
     continued: int = 0
     #: The send the run is holding until its window opens, if any.
     holding: Hold | None = None
+    #: The latest call outcome of each sendVoice step, in the order the calls ended.
+    calls: tuple[CallOutcome, ...] = ()

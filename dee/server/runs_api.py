@@ -174,6 +174,16 @@ class EventCountBody(ApiAnswer):
     count: int
 
 
+class CallOutcomeBody(ApiAnswer):
+    """How the latest call of one sendVoice step ended (engine 3 runs)."""
+
+    step_id: str
+    visit: int
+    call_sid: str
+    outcome: str
+    source: Literal["callback", "fetched"]
+
+
 class RunStateBody(ApiAnswer):
     run_id: str
     plan_id: str
@@ -198,6 +208,8 @@ class RunStateBody(ApiAnswer):
     #: The send the run holds until its window opens: ``until`` and the reason, which
     #: says when in the contact's zone.
     holding: HoldBody | None = None
+    #: The latest call outcome of each sendVoice step (what ``events.callOutcome`` reads).
+    calls: list[CallOutcomeBody] = []
 
 
 class CancelRequested(ApiAnswer):

@@ -33,6 +33,15 @@ AMD ``machine_start``, ``machine_end_*``, ``fax``       ``voicemail``
 AMD ``unknown``                                         nothing: the status tells
 =====================================================  ================================
 
+Call outcomes
+    A final status (``completed``, ``busy``, ``no-answer``, ``failed``, ``canceled``) is
+    also one ``call-outcome`` event, beside the event above, whose ``details.outcome`` says
+    how the call ended (:mod:`dee.plans.call_outcomes`): ``completed`` is ``voicemail``
+    when its ``AnsweredBy`` is a machine or a fax, else ``answered``; the others are
+    themselves. With asynchronous AMD a completed status has no ``AnsweredBy``: the run
+    turns ``answered`` into ``voicemail`` when the AMD callback's ``voicemail`` event names
+    the same call. An engine 3 run's ``sendVoice`` step waits for this event.
+
 Event ids are ``twilio:{CallSid}:{event type}``, so the run drops a callback Twilio sends
 again, and the answered, completed and AMD-human callbacks of one call make one
 ``call-answered`` between them: ``completed`` only counts when the answered callback was
@@ -61,7 +70,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from dataclasses import dataclass
 from typing import Annotated, Final
 from urllib.parse import parse_qsl
@@ -72,7 +80,8 @@ from temporalio.service import RPCError
 from twilio.base.exceptions import TwilioException
 from twilio.request_validator import RequestValidator
 
-from dee.runs.calls import twilio_client
+from dee.plans.call_outcomes import CALL_OUTCOME_EVENT, call_outcome
+from dee.runs.calls import CALL_SID_PATTERN, twilio_client
 from dee.runs.client import send_event
 from dee.runs.errors import RunClosedError, RunNotFoundError
 from dee.runs.ledger import LedgerError, SendLedger
@@ -121,7 +130,6 @@ DETAIL_FIELDS: Final = (
 )
 _MACHINES: Final = frozenset(kind for kind, event in AMD_EVENTS.items() if event == "voicemail")
 _NUMERIC_FIELDS: Final = frozenset({"CallDuration", "MachineDetectionDuration", "SipResponseCode"})
-_CALL_SID = re.compile(r"^CA[0-9a-fA-F]{32}$")
 #: How long the call update may take before it counts as failed.
 HTTP_TIMEOUT_SECONDS: Final = 10.0
 
@@ -142,7 +150,8 @@ class _Call:
 
 @router.post("/status", status_code=204, response_class=Response)
 async def call_status(request: Request, state: State) -> Response:
-    """Twilio's call status callback: answered, no answer, busy, failed become events."""
+    """Twilio's call status callback: answered, no answer, busy, failed become events, and
+    a final status also the call's outcome."""
     form = await _signed_form(request, state.settings, STATUS_PATH)
     call = _call_token(request, state.settings, CALL_STATUS)
     sid = _call_sid(form)
@@ -152,6 +161,10 @@ async def call_status(request: Request, state: State) -> Response:
         event_type = None
     if event_type is not None:
         await _signal(state, call, sid, event_type, _details(form, call))
+    outcome = call_outcome(form.get("CallStatus", ""), form.get("AnsweredBy"))
+    if outcome is not None:
+        details = {**_details(form, call), "outcome": outcome}
+        await _signal(state, call, sid, CALL_OUTCOME_EVENT, details)
     return Response(status_code=204)
 
 
@@ -241,7 +254,7 @@ def _call_token(request: Request, settings: Settings, kind: str) -> _Call:
 
 def _call_sid(form: dict[str, str]) -> str:
     sid = form.get("CallSid", "")
-    if not _CALL_SID.match(sid):
+    if not CALL_SID_PATTERN.match(sid):
         raise ApiError(400, "invalid-callback", f"CallSid {sid!r} is not a call SID (CA...)")
     return sid
 

@@ -14,11 +14,10 @@ from twilio.base.exceptions import TwilioRestException
 
 from dee import metrics
 from dee.runs.ledger import SendLedger
-from tests.activities.test_voice import call_input, ledger, place, twilio
+from tests.activities.test_voice import call_input, place
 from tests.helpers.twilio_api import TwilioApi
 
-# The fixtures `ledger` and `twilio` come from test_voice by name: pytest finds them here.
-__all__ = ["ledger", "twilio"]
+# The fixtures `ledger` and `twilio` come from tests/activities/conftest.py.
 
 
 def _voice() -> dict[str, float]:

@@ -7,8 +7,6 @@ import dataclasses
 import datetime
 import logging
 import socket
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,27 +23,12 @@ from dee.runs.model import Contact
 from dee.runs.suppressions import Suppressions
 from dee.runs.tracking import CALL_AMD, CALL_STATUS, key_id, verify_token
 from dee.settings import Settings
-from tests.helpers.twilio_api import TwilioApi, twilio_api
+from tests.helpers.twilio_api import TwilioApi
 
 SECRET = "test-secret-key"
 PUBLIC_URL = "https://dee.example.com"
 PHONE = "+15550001111"
 CALLER_ID = "+15559998888"
-
-
-@pytest.fixture
-def twilio() -> Iterator[TwilioApi]:
-    with twilio_api() as api:
-        yield api
-
-
-@pytest.fixture
-def ledger(tmp_path: Path) -> Iterator[SendLedger]:
-    ledger = SendLedger(f"sqlite:///{tmp_path / 'dee.db'}")
-    try:
-        yield ledger
-    finally:
-        ledger.close()
 
 
 def settings_for(twilio: TwilioApi, **changes: Any) -> Settings:

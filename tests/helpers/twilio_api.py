@@ -9,6 +9,8 @@ building, authentication, pagination and error parsing. It answers:
 * ``GET /2010-04-01/Accounts/{AccountSid}/Calls.json``: list calls, newest first, filtered
   by ``To``, ``From``, ``StartTime>`` and ``StartTime<``, paged with ``PageSize`` and
   ``Page`` the way Twilio pages (``first_page_uri``, ``next_page_uri``, ...).
+* ``GET /2010-04-01/Accounts/{AccountSid}/Calls/{Sid}.json``: fetch one call, ``404``
+  (20404) for an unknown one; :meth:`TwilioApi.set_status` moves a call along.
 * ``POST /2010-04-01/Accounts/{AccountSid}/Calls/{Sid}.json``: update a live call with
   ``Twiml``, ``Url`` or ``Status`` (``completed``, ``canceled``); answers ``200`` and the
   call resource, ``404`` (20404) for an unknown call, and ``400`` (21220) when the call
@@ -102,6 +104,7 @@ class _State:
     creates: list[CallRequest] = field(default_factory=list)
     lists: list[dict[str, list[str]]] = field(default_factory=list)
     updates: list[CallUpdate] = field(default_factory=list)
+    fetches: list[str] = field(default_factory=list)
     failures: list[_Failure] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -140,12 +143,21 @@ class TwilioApi:
         with self._state.lock:
             return list(self._state.updates)
 
-    def set_status(self, sid: str, status: str) -> None:
+    def set_status(self, sid: str, status: str, *, answered_by: str | None = None) -> None:
         """Move call ``sid`` to ``status`` (``in-progress``, ``completed``, ...), as the
-        call's progress would."""
+        call's progress would, answered by ``answered_by`` (``human``, ``machine_start``,
+        ...) when given."""
         with self._state.lock:
             (call,) = (call for call in self._state.calls if call["sid"] == sid)
             call["status"] = status
+            if answered_by is not None:
+                call["answered_by"] = answered_by
+
+    @property
+    def fetches(self) -> list[str]:
+        """The SID of every call fetched (``GET`` of one call), in order."""
+        with self._state.lock:
+            return list(self._state.fetches)
 
     @property
     def calls(self) -> list[dict[str, Any]]:
@@ -299,6 +311,16 @@ class TwilioApi:
             call["date_updated"] = _rfc2822(datetime.datetime.now(datetime.UTC))
             return 200, dict(call)
 
+    def _fetch(self, sid: str) -> tuple[int, dict[str, Any]]:
+        with self._state.lock:
+            self._state.fetches.append(sid)
+            found = [dict(call) for call in self._state.calls if call["sid"] == sid]
+        if not found:
+            return 404, _error(
+                404, 20404, f"The requested resource /Calls/{sid}.json was not found"
+            )
+        return 200, found[0]
+
     def _list(self, path: str, query: dict[str, list[str]]) -> tuple[int, dict[str, Any]]:
         def one(name: str) -> str | None:
             values = query.get(name)
@@ -436,8 +458,9 @@ def _handler(api: TwilioApi) -> type[BaseHTTPRequestHandler]:
             route = self._checked()
             if route is None:
                 return
-            if self._call_route() is not None:
-                self._answer(405, _error(405, 20004, "Method not allowed"))
+            call = self._call_route()
+            if call is not None:
+                self._answer(*api._fetch(call[1]))
                 return
             query = parse_qs(urlsplit(self.path).query, keep_blank_values=True)
             self._answer(*api._list(route[1], query))

@@ -25,12 +25,14 @@ def context(
     visits: dict[str, int] | None = None,
     contact: dict[str, Any] | None = None,
     variables: dict[str, Any] | None = None,
+    calls: dict[str, str] | None = None,
 ) -> ConditionContext:
     return ConditionContext(
         events=EventTally(events),
         visits=visits or {},
         contact=contact or {},
         variables=variables or {},
+        call_outcomes=calls or {},
     )
 
 
@@ -72,6 +74,20 @@ def context(
             True,
         ),
         ("true and false", context(), False),
+        # Call outcomes: the latest outcome of the step's call, none before it has one.
+        ('events.callOutcome("call") == "voicemail"', context(calls={"call": "voicemail"}), True),
+        ('events.callOutcome("call") == "voicemail"', context(calls={"call": "answered"}), False),
+        ('events.callOutcome("call") == none', context(), True),
+        (
+            'events.callOutcome("call") in ["busy", "no-answer"]',
+            context(calls={"call": "busy"}),
+            True,
+        ),
+        ('events.hasCallOutcome("call", "no-answer")', context(calls={"call": "no-answer"}), True),
+        ('events.hasCallOutcome("call", "answered")', context(calls={"call": "voicemail"}), False),
+        ('events.hasCallOutcome("call", "failed")', context(calls={"intro": "failed"}), False),
+        # The outcome event is an event type like any other.
+        ('events.has("call-outcome", "call")', context([("call-outcome", "call")]), True),
     ],
 )
 def test_evaluation(source: str, ctx: ConditionContext, expected: bool) -> None:
@@ -89,7 +105,7 @@ def test_evaluation(source: str, ctx: ConditionContext, expected: bool) -> None:
                 "expression-unknown-function",
                 "unknown function '__import__'; expected one of events.hasReply, "
                 "events.hasOpen, events.hasClick, events.hasBounce, events.has, "
-                "events.count, steps.visits",
+                "events.count, events.callOutcome, events.hasCallOutcome, steps.visits",
             ),
         ),
         (
@@ -134,7 +150,7 @@ def test_evaluation(source: str, ctx: ConditionContext, expected: bool) -> None:
                 "expression-unknown-function",
                 "unknown function 'contact.name.upper'; expected one of events.hasReply, "
                 "events.hasOpen, events.hasClick, events.hasBounce, events.has, "
-                "events.count, steps.visits",
+                "events.count, events.callOutcome, events.hasCallOutcome, steps.visits",
             ),
         ),
         # Jinja2 filters, tests and arithmetic are outside the language.
@@ -240,6 +256,27 @@ def test_evaluation(source: str, ctx: ConditionContext, expected: bool) -> None:
                 "'and' or 'or'",
             ),
         ),
+        # Call outcomes: the arguments they need, an outcome that does not exist.
+        (
+            'events.hasCallOutcome("call")',
+            ExpressionProblem(
+                "expression-bad-arguments", "events.hasCallOutcome takes 2 argument(s), got 1"
+            ),
+        ),
+        (
+            "events.callOutcome()",
+            ExpressionProblem(
+                "expression-bad-arguments", "events.callOutcome takes 1 argument(s), got 0"
+            ),
+        ),
+        (
+            'events.hasCallOutcome("call", "Voicemail")',
+            ExpressionProblem(
+                "expression-unknown-call-outcome",
+                "events.hasCallOutcome names call outcome 'Voicemail'; expected one of "
+                "answered, voicemail, no-answer, busy, failed, canceled",
+            ),
+        ),
     ],
 )
 def test_refused(source: str, expected: ExpressionProblem) -> None:
@@ -251,6 +288,20 @@ def test_refused(source: str, expected: ExpressionProblem) -> None:
         evaluate_condition(source, context(), step_id="check")
     assert caught.value.code == expected.code
     assert caught.value.step_id == "check"
+
+
+def test_call_outcomes_only_of_call_steps() -> None:
+    # Given the plan's sendVoice steps, the check refuses any other step, naming it.
+    source = 'events.callOutcome("intro") == "busy" or events.hasCallOutcome("call", "busy")'
+    assert check_condition(source, step_ids=STEPS, call_steps=["call"]) == [
+        ExpressionProblem(
+            "expression-not-a-call-step",
+            "events.callOutcome names step 'intro', which is not a sendVoice step: only a call "
+            "has an outcome; name one of the plan's sendVoice steps",
+        )
+    ]
+    assert check_condition(source, step_ids=STEPS, call_steps=["call", "intro"]) == []
+    assert referenced_steps(source) == ["intro", "call"]
 
 
 def test_referenced_steps() -> None:

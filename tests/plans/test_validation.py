@@ -348,7 +348,8 @@ CASES: list[tuple[str, dee.ExecutionPlan, list[Problem]]] = [
                 "expression-unknown-function",
                 'condition 2 (\'__import__("os").system("ls")\'): unknown function '
                 "'__import__(...).system'; expected one of events.hasReply, events.hasOpen, "
-                "events.hasClick, events.hasBounce, events.has, events.count, steps.visits",
+                "events.hasClick, events.hasBounce, events.has, events.count, "
+                "events.callOutcome, events.hasCallOutcome, steps.visits",
             ),
             Problem(
                 "check",
@@ -361,7 +362,8 @@ CASES: list[tuple[str, dee.ExecutionPlan, list[Problem]]] = [
                 "expression-unknown-function",
                 "condition 4 ('events.hasRepyl(\"mail\")'): unknown function "
                 "'events.hasRepyl'; expected one of events.hasReply, events.hasOpen, "
-                "events.hasClick, events.hasBounce, events.has, events.count, steps.visits",
+                "events.hasClick, events.hasBounce, events.has, events.count, "
+                "events.callOutcome, events.hasCallOutcome, steps.visits",
             ),
             Problem(
                 "check",
@@ -374,8 +376,8 @@ CASES: list[tuple[str, dee.ExecutionPlan, list[Problem]]] = [
                 "expression-unknown-event-type",
                 'condition 6 (\'events.count("opens", "mail") > 1\'): events.count names '
                 "event type 'opens'; expected one of auto-reply, bounce, busy, call-answered, "
-                "call-failed, click, delivered, dropped, no-answer, open, reply, spamreport, "
-                "unsubscribe, voicemail",
+                "call-failed, call-outcome, click, delivered, dropped, no-answer, open, reply, "
+                "spamreport, unsubscribe, voicemail",
             ),
         ],
     ),
@@ -464,6 +466,63 @@ CASES: list[tuple[str, dee.ExecutionPlan, list[Problem]]] = [
                 "templates/sneaky.html line 1 reads attribute '__class__'; names starting "
                 "with '_' are not available to templates",
             )
+        ],
+    ),
+    (
+        # Call outcomes, in a wait's until and a branch: of a step that is not a call, of a
+        # step that does not exist (that problem only), and an outcome that does not exist;
+        # a call's own outcome is fine.
+        "call-outcomes",
+        plan(
+            [
+                email("mail"),
+                {
+                    "type": "sendVoice",
+                    "id": "ring",
+                    "scriptId": "script",
+                    "callerId": "+15551234567",
+                },
+                {**WAIT, "until": 'events.hasCallOutcome("mail", "busy")'},
+                branch(
+                    "after-call",
+                    ('events.callOutcome("mail") == "voicemail"', "done"),
+                    ('events.hasCallOutcome("rnig", "busy")', "done"),
+                    ('events.hasCallOutcome("ring", "machine")', "done"),
+                    ('events.callOutcome("ring") in ["busy", "no-answer"]', "done"),
+                    ('events.hasCallOutcome("ring", "voicemail")', "done"),
+                    ("default", "done"),
+                ),
+                END,
+            ]
+        ),
+        [
+            Problem(
+                "pause",
+                "expression-not-a-call-step",
+                'until (\'events.hasCallOutcome("mail", "busy")\'): events.hasCallOutcome '
+                "names step 'mail', which is not a sendVoice step: only a call has an outcome; "
+                "name one of the plan's sendVoice steps",
+            ),
+            Problem(
+                "after-call",
+                "expression-not-a-call-step",
+                'condition 1 (\'events.callOutcome("mail") == "voicemail"\'): '
+                "events.callOutcome names step 'mail', which is not a sendVoice step: only a "
+                "call has an outcome; name one of the plan's sendVoice steps",
+            ),
+            Problem(
+                "after-call",
+                "expression-unknown-step",
+                'condition 2 (\'events.hasCallOutcome("rnig", "busy")\'): '
+                "events.hasCallOutcome names step 'rnig', which is not in this plan",
+            ),
+            Problem(
+                "after-call",
+                "expression-unknown-call-outcome",
+                'condition 3 (\'events.hasCallOutcome("ring", "machine")\'): '
+                "events.hasCallOutcome names call outcome 'machine'; expected one of "
+                "answered, voicemail, no-answer, busy, failed, canceled",
+            ),
         ],
     ),
     (

@@ -109,11 +109,12 @@ def _link(message: EmailMessage, pattern: str) -> str:
 class _Contact:
     """What one run sent the contact, and how the contact (or Twilio) answers it."""
 
-    def __init__(self, message: EmailMessage, status_callback: str) -> None:
+    def __init__(self, message: EmailMessage, status_callback: str, call_sid: str) -> None:
         self.message = message
         self.pixel = _link(message, r'<img src="([^"]+/t/o/[^"]+)"')
         self.click = _link(message, r'href="([^"]+/t/c/[^"]+)"')
         self.status_callback = status_callback
+        self.call_sid = call_sid
 
     async def open_and_click(self, server: RunningServer) -> None:
         assert (await server.http.get(self.pixel)).status_code == 200
@@ -134,11 +135,15 @@ class _Contact:
         )
         assert posted.status_code == 200, posted.text
 
-    async def answer(self, server: RunningServer, twilio: TwilioApi, sid: str) -> None:
+    async def answer(self, server: RunningServer, twilio: TwilioApi) -> None:
+        await self.call_status(server, twilio, "in-progress")
+
+    async def call_status(self, server: RunningServer, twilio: TwilioApi, status: str) -> None:
+        """Twilio's status callback for this run's call (``no-answer`` ends the call step)."""
         params = {
             "AccountSid": twilio.account_sid,
-            "CallSid": sid,
-            "CallStatus": "in-progress",
+            "CallSid": self.call_sid,
+            "CallStatus": status,
             "To": str(CONTACT["phone"]),
             "From": CALLER_ID,
         }
@@ -159,7 +164,8 @@ async def _sent(e: Engine, twilio: TwilioApi, count: int) -> _Contact:
         while len(e.smtp.handler.messages) < count or len(twilio.creates) < count:
             await asyncio.sleep(0.05)
     message = e.smtp.handler.messages[count - 1].message
-    return _Contact(message, twilio.creates[count - 1]["StatusCallback"])
+    call = twilio.creates[count - 1]
+    return _Contact(message, call["StatusCallback"], str(twilio.calls[count - 1]["sid"]))
 
 
 async def _run(e: Engine, version: PlanVersion) -> str:
@@ -198,34 +204,43 @@ async def test_the_previous_runs_pixel_link_reply_and_call_never_count_in_the_ne
             # The first run: the contact does nothing, and the run ends quiet.
             run_id = await _run(e, version)
             first = await _sent(e, twilio, 1)
+            # The call step waits for the call to end (engine 3): nobody answers it.
+            await first.call_status(server, twilio, "no-answer")
             first_state = await _finished(e, run_id)
             assert first_state.outcome == "quiet"
 
             # The contact runs the plan again: the same run id, a new execution.
             assert await _run(e, version) == run_id
-            await _sent(e, twilio, 2)
+            own = await _sent(e, twilio, 2)
             # Everything the first run's email and call can set off, replayed now.
             await first.open_and_click(server)
             await first.reply(server)
-            await first.answer(server, twilio, str(twilio.calls[0]["sid"]))
+            await first.answer(server, twilio)
+            await own.call_status(server, twilio, "no-answer")
             second = await _finished(e, run_id)
 
             # Positive control: a third run, whose own pixel counts.
             assert await _run(e, version) == run_id
             third = await _sent(e, twilio, 3)
             await third.open_and_click(server)
+            await third.call_status(server, twilio, "no-answer")
             third_state = await _finished(e, run_id)
 
     assert second.execution is not None and second.execution != first_state.execution
     # The four events reached the second run, as the first run's, and none counted.
     assert second.foreign == 4, second.events
-    assert sorted(event.type for event in second.events) == [
+    replayed = [event for event in second.events if event.execution != second.execution]
+    assert sorted(event.type for event in replayed) == [
         "call-answered",
         "click",
         "open",
         "reply",
     ]
-    assert {event.execution for event in second.events} == {first_state.execution}
+    assert {event.execution for event in replayed} == {first_state.execution}
+    # What it counted is its own call, which nobody answered.
+    own_events = [event for event in second.events if event.execution == second.execution]
+    assert sorted(event.type for event in own_events) == ["call-outcome", "no-answer"]
+    assert [call.outcome for call in second.calls] == ["no-answer"]
     assert second.outcome == "quiet"
     assert third_state.outcome == "clicked"
     assert third_state.foreign == 0
@@ -266,8 +281,15 @@ async def test_an_api_event_with_an_idempotency_key_is_one_event(
             )
             assert conflicting.status_code == 422
             assert conflicting.json()["code"] == "conflicting-event-id"
+            # The call step waits for the call to end (engine 3): the API can say how.
+            call = await _sent(e, twilio, 1)
+            ended = {"CallSid": call.call_sid, "outcome": "no-answer"}
+            outcome = {"type": "call-outcome", "stepId": "call", "details": ended}
+            posted = await server.http.post(events, json=outcome, headers=auth)
+            assert posted.status_code == 202, posted.text
             state = await _finished(e, run_id)
     assert [event.type for event in state.events].count("reply") == 1
     assert [event.type for event in state.events].count("open") == 2
-    assert state.event_count == 3
+    assert state.event_count == 4
+    assert [call.outcome for call in state.calls] == ["no-answer"]
     assert state.outcome == "replied"

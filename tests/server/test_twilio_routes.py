@@ -11,18 +11,15 @@ the call through the real worker and answer its own callback URLs.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from pydantic import JsonValue
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
-from twilio.request_validator import RequestValidator
 
 from dee.plans.content import PlanContent
 from dee.plans.model import ExecutionPlan
@@ -32,7 +29,6 @@ from dee.runs.client import send_event
 from dee.runs.ledger import SendLedger
 from dee.runs.model import EVENT_SIGNAL, Contact, RunEvent, RunInput, RunResult
 from dee.runs.tracking import sign_token, verify_token
-from dee.settings import Settings
 from tests.helpers.engine import CONTACT, Engine, engine
 from tests.helpers.logs import captured_logs
 from tests.helpers.plans import simple_plan
@@ -40,14 +36,22 @@ from tests.helpers.server import RunningServer, running_server
 from tests.helpers.smtp import SmtpServer
 from tests.helpers.temporal import new_task_queue, running_worker
 from tests.helpers.twilio_api import TwilioApi, new_sid, twilio_api
+from tests.helpers.twilio_callbacks import (
+    CALLER_ID,
+    PHONE,
+    PUBLIC_URL,
+    SECRET,
+    amd_params,
+    callback,
+    deliver,
+    placed_call,
+    server_settings,
+    signature,
+    status_params,
+)
 from tests.helpers.windows import ANY_HOUR
 from workflows.execution_plan import ExecutionPlanWorkflow
 
-#: What tests.helpers.engine gives the worker; the server must agree.
-PUBLIC_URL = "https://dee.example.com"
-SECRET = "test-secret-key"
-CALLER_ID = "+15551234567"
-PHONE = str(CONTACT["phone"])
 STATUS = "/webhooks/twilio/status"
 AMD = "/webhooks/twilio/amd"
 VOICEMAIL_TWIML = "<Response><Say>Sorry we missed you.</Say><Hangup/></Response>"
@@ -109,18 +113,6 @@ def call_plan(plan_id: str) -> tuple[ExecutionPlan, PlanContent]:
 def twilio() -> Iterator[TwilioApi]:
     with twilio_api() as api:
         yield api
-
-
-def server_settings(twilio: TwilioApi, folder: Path, **changes: Any) -> Settings:
-    settings = Settings(
-        database_url=f"sqlite:///{folder / 'server.db'}",
-        public_url=PUBLIC_URL,
-        secret_key=SECRET,
-        twilio_account_sid=twilio.account_sid,
-        twilio_auth_token=twilio.auth_token,
-        twilio_api_url=twilio.url,
-    )
-    return dataclasses.replace(settings, **changes)
 
 
 @pytest.fixture(scope="module")
@@ -217,59 +209,6 @@ def callback_url(
     return f"{PUBLIC_URL}{path}?token={sign_token(payload, secret=SECRET)}"
 
 
-def status_params(twilio: TwilioApi, sid: str, status: str, **extra: str) -> dict[str, str]:
-    """A status callback's form as Twilio posts it (empty ``ForwardedFrom`` included)."""
-    return {
-        "AccountSid": twilio.account_sid,
-        "ApiVersion": "2010-04-01",
-        "CallSid": sid,
-        "CallStatus": status,
-        "Called": PHONE,
-        "Caller": CALLER_ID,
-        "CallbackSource": "call-progress-events",
-        "Direction": "outbound-api",
-        "ForwardedFrom": "",
-        "From": CALLER_ID,
-        "SequenceNumber": "0",
-        "Timestamp": "Mon, 05 May 2025 10:00:00 +0000",
-        "To": PHONE,
-        **extra,
-    }
-
-
-def amd_params(twilio: TwilioApi, sid: str, answered_by: str) -> dict[str, str]:
-    return {
-        "AccountSid": twilio.account_sid,
-        "AnsweredBy": answered_by,
-        "CallSid": sid,
-        "MachineDetectionDuration": "2140",
-    }
-
-
-def signature(url: str, params: dict[str, str], auth_token: str) -> str:
-    return str(RequestValidator(auth_token).compute_signature(url, params))
-
-
-async def deliver(
-    server: RunningServer, url: str, params: dict[str, str], *, signature: str | None
-) -> httpx.Response:
-    """POST ``params`` to public ``url`` the way Twilio would, reaching the local server."""
-    assert url.startswith(PUBLIC_URL)
-    headers = {} if signature is None else {"X-Twilio-Signature": signature}
-    return await server.http.post(url.removeprefix(PUBLIC_URL), data=params, headers=headers)
-
-
-async def callback(
-    server: RunningServer, twilio: TwilioApi, url: str, params: dict[str, str]
-) -> None:
-    """Deliver a correctly signed callback; the server must accept it."""
-    response = await deliver(
-        server, url, params, signature=signature(url, params, twilio.auth_token)
-    )
-    assert response.status_code == 204, response.text
-    assert response.content == b""
-
-
 async def signalled(env: WorkflowEnvironment, handle: WorkflowHandle[Any, Any]) -> list[RunEvent]:
     """Every event the server signalled to the run, duplicates included, from its history.
 
@@ -295,43 +234,36 @@ async def signalled(env: WorkflowEnvironment, handle: WorkflowHandle[Any, Any]) 
     raise AssertionError("the fence signal never reached the run's history")
 
 
-async def placed_call(twilio: TwilioApi, before: int, known: set[str]) -> tuple[str, str, str]:
-    """The SID, status callback and AMD callback of the call the worker places after
-    ``before`` creates, when ``known`` are the calls that existed (polled, bounded)."""
-    for _ in range(400):
-        new = [call["sid"] for call in twilio.calls if call["sid"] not in known]
-        if new and len(twilio.creates) > before:
-            request = twilio.creates[before]
-            return new[0], request["StatusCallback"], request["AsyncAmdStatusCallback"]
-        await asyncio.sleep(0.025)
-    raise AssertionError("the run placed no call")
-
-
 # -- the mapping ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("call_status", "answered_by", "expected"),
+    ("call_status", "answered_by", "expected", "outcome"),
     [
         # Progress before anyone picks up is not an event.
-        ("queued", None, None),
-        ("initiated", None, None),
-        ("ringing", None, None),
-        # Picked up.
-        ("in-progress", None, "call-answered"),
-        # Ended after being answered: the same event as the answer (same id).
-        ("completed", None, "call-answered"),
-        ("no-answer", None, "no-answer"),
-        ("busy", None, "busy"),
-        ("failed", None, "call-failed"),
+        ("queued", None, None, None),
+        ("initiated", None, None, None),
+        ("ringing", None, None, None),
+        # Picked up: not over yet, so no outcome.
+        ("in-progress", None, "call-answered", None),
+        # Ended after being answered: the same event as the answer (same id), and the
+        # call's outcome.
+        ("completed", None, "call-answered", "answered"),
+        ("no-answer", None, "no-answer", "no-answer"),
+        ("busy", None, "busy", "busy"),
+        ("failed", None, "call-failed", "failed"),
         # Cancelled through the API before it connected.
-        ("canceled", None, "call-failed"),
+        ("canceled", None, "call-failed", "canceled"),
         # Synchronous AMD saying "machine": the AMD callback reports voicemail, not this.
-        ("in-progress", "machine_start", None),
+        ("in-progress", "machine_start", None, None),
+        # ... but a completed call a machine answered ended in voicemail.
+        ("completed", "machine_end_beep", None, "voicemail"),
+        ("completed", "fax", None, "voicemail"),
         # Synchronous AMD saying "human" is still an answer.
-        ("in-progress", "human", "call-answered"),
+        ("in-progress", "human", "call-answered", None),
+        ("completed", "human", "call-answered", "answered"),
         # A status Twilio may add one day.
-        ("paused", None, None),
+        ("paused", None, None, None),
     ],
 )
 async def test_status_callbacks_become_events(
@@ -342,6 +274,7 @@ async def test_status_callbacks_become_events(
     call_status: str,
     answered_by: str | None,
     expected: str | None,
+    outcome: str | None,
 ) -> None:
     sid = new_sid("CA")
     extra = {"CallDuration": "42"} if call_status == "completed" else {}
@@ -351,15 +284,9 @@ async def test_status_callbacks_become_events(
     await callback(server, twilio, callback_url(STATUS, run.id), params)
 
     events = await signalled(time_skipping_env, run)
-    if expected is None:
-        assert events == []
-        return
-    (event,) = events
-    assert (event.event_id, event.type, event.step_id) == (
-        f"twilio:{sid}:{expected}",
-        expected,
-        "call",
-    )
+    types = [expected] if expected else []
+    types += ["call-outcome"] if outcome else []
+    assert [event.type for event in events] == types
     details: dict[str, JsonValue] = {
         "provider": "twilio",
         "visit": 1,
@@ -370,8 +297,13 @@ async def test_status_callbacks_become_events(
         details["CallDuration"] = 42
     if answered_by is not None:
         details["AnsweredBy"] = answered_by
-    # No phone numbers: not To, From, Called nor Caller.
-    assert event.details == details
+    for event in events:
+        assert (event.event_id, event.step_id) == (f"twilio:{sid}:{event.type}", "call")
+        # No phone numbers: not To, From, Called nor Caller.
+        if event.type == "call-outcome":
+            assert event.details == {**details, "outcome": outcome}
+        else:
+            assert event.details == details
 
 
 @pytest.mark.parametrize(
@@ -622,25 +554,25 @@ async def test_callbacks_for_a_run_that_is_gone_are_accepted(
                 ("status", "completed"),
             ],
             "talked",
-            ["call-answered"],
+            ["call-answered", "call-outcome"],
             id="person",
         ),
         # A machine picks up; the message is left after the beep.
         pytest.param(
             [("status", "in-progress"), ("amd", "machine_end_beep"), ("status", "completed")],
             "left-message",
-            ["call-answered", "voicemail"],
+            ["call-answered", "call-outcome", "voicemail"],
             id="machine",
         ),
         # Nobody picks up.
         pytest.param(
             [("status", "ringing"), ("status", "no-answer")],
             "not-reached",
-            ["no-answer"],
+            ["call-outcome", "no-answer"],
             id="no-answer",
         ),
         # The line is busy.
-        pytest.param([("status", "busy")], "not-reached", ["busy"], id="busy"),
+        pytest.param([("status", "busy")], "not-reached", ["busy", "call-outcome"], id="busy"),
     ],
 )
 async def test_a_call_through_a_run(
@@ -680,6 +612,12 @@ async def test_a_call_through_a_run(
     state = await handle.query(ExecutionPlanWorkflow.state)
     assert sorted(event.type for event in state.events) == events
     assert all(event.event_id == f"twilio:{sid}:{event.type}" for event in state.events)
+    # The call step waited for the call to end, and recorded how it did.
+    (call,) = state.calls
+    assert (call.step_id, call.call_sid, call.source) == ("call", sid, "callback")
+    expected_outcome = {"talked": "answered", "left-message": "voicemail"}
+    assert call.outcome == expected_outcome.get(outcome, callbacks[-1][1])
+    assert state.history[0].result == f"placed {sid} {call.outcome}"
     updates = twilio.updates[before_updates:]
     if "voicemail" not in events:
         assert updates == []

@@ -127,6 +127,9 @@ async def test_the_ui_reads_like_the_plan(
         "wait wait-for-reply 3d 12h",
         "email cold-follow-up",
         "call follow-up-call",
+        # No callback reaches this run: the call step waits for its bound, then asks Twilio.
+        "call follow-up-call outcome",
+        "call follow-up-call outcome from Twilio",
     ]
 
 
