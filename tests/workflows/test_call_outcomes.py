@@ -47,6 +47,7 @@ from tests.helpers.twilio_callbacks import (
     server_settings,
     status_params,
 )
+from tests.helpers.windows import at_any_hour
 from workflows import _interpreter as interpreter
 from workflows._calls import outcome_bound
 from workflows.execution_plan import ExecutionPlanWorkflow
@@ -58,7 +59,7 @@ STEP = "follow-up-call"
 
 def version(e: Engine) -> PlanVersion:
     """The example plan, under an id of the test's own."""
-    plan = dee.load_plan(PLAN)
+    plan = at_any_hour(dee.load_plan(PLAN))
     plan = plan.model_copy(update={"id": f"call-outcomes-{uuid.uuid4().hex[:8]}"})
     return e.version(plan, dee.load_content(EXAMPLES / "content", plan))
 
@@ -369,7 +370,7 @@ async def test_a_late_voicemail_report_corrects_the_outcome(
     document["steps"].insert(1, {"type": "wait", "id": "pause", "duration": {"hours": 1}})
     document["transitions"][0] = {"from": STEP, "to": "pause"}
     document["transitions"].append({"from": "pause", "to": "after-call"})
-    plan = dee.plan_from_document(document)
+    plan = at_any_hour(dee.plan_from_document(document))
     handle = await e.start(e.version(plan, dee.load_content(EXAMPLES / "content", plan)))
     sid, status_url, amd_url = await placed_call(twilio, 0, set())
     await callback(server, twilio, status_url, status_params(twilio, sid, "completed"))
