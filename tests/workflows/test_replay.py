@@ -29,12 +29,18 @@ COVERED = {
     "continued-mid-wait",  # the execution after a continue-as-new, resuming its wait
     "call-voicemail",
 }
-#: Runs of engine 2 (dee.runs.model.ENGINE: fewer search attribute upserts, no patch
-#: markers) take the same paths.
-COVERED |= {f"engine2-{name}" for name in COVERED}
+#: Runs of engine 2 (fewer search attribute upserts, no patch markers) and of engine 3
+#: (dee.runs.model.ENGINE: windows, exitOn, calls that last as long as the call) take the
+#: same paths.
+COVERED |= {f"engine{engine}-{name}" for name in COVERED for engine in (2, 3)}
 #: Paths only engine 3 takes: a send held for its window, then sent; an unsubscribe that
-#: ends such a hold.
-COVERED |= {"engine3-send-window-hold", "engine3-send-window-hold-unsubscribed"}
+#: ends such a hold; a reply that ends a run mid-wait (exitOn); a wait whose until held.
+COVERED |= {
+    "engine3-send-window-hold",
+    "engine3-send-window-hold-unsubscribed",
+    "engine3-exit-on-reply",
+    "engine3-until-held",
+}
 
 
 def test_there_are_histories_to_replay() -> None:
