@@ -229,6 +229,8 @@ def test_malformed_event_bodies(body: bytes, error: str) -> None:
 PLAN = {
     "name": "Bounce test",
     "metadata": {"createdBy": "tests"},
+    # Runs that take every event, bounces included (a bounce ends a run by default).
+    "exitOn": ["unsubscribe"],
     "steps": [
         {"type": "sendEmail", "id": "intro-email", "templateId": "intro", "subject": "Hello"},
         {"type": "wait", "id": "pause", "duration": {"minutes": 10}},
