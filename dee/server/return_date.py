@@ -155,8 +155,6 @@ def _valid(year: int | None, month: int, day: int, received: datetime.date) -> d
     """The date, or with no year the next such date on or after ``received``."""
     years = (year,) if year is not None else (received.year, received.year + 1)
     for candidate_year in years:
-        if candidate_year is None:
-            continue
         try:
             candidate = datetime.date(candidate_year, month, day)
         except ValueError:
