@@ -169,3 +169,11 @@ def test_metadata_is_optional_and_the_creator_comes_from_the_caller(tmp_path: An
 def test_pause_on_auto_reply_is_checked(pause: dict[str, Any], message: str) -> None:
     with pytest.raises(PlanDataError, match=message):
         dee.plan_from_document(document(pauseOnAutoReply=pause))
+
+
+@pytest.mark.parametrize("days", [1, 365])
+def test_pause_on_auto_reply_takes_its_limits(days: int) -> None:
+    # The bounds themselves (the cases past them are refused above).
+    plan = dee.plan_from_document(document(pauseOnAutoReply={"maxDays": days}))
+    assert plan.pause_on_auto_reply is not None
+    assert plan.pause_on_auto_reply.max_days == days
